@@ -1,0 +1,1 @@
+"""callstream's shared runtime: the CLI where the program starts, settings and Kafka plumbing."""

@@ -1,0 +1,1 @@
+"""Benchmarks behind `callstream bench …`; figures are reported in the README."""

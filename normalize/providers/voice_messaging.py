@@ -1,0 +1,142 @@
+"""Voice messaging (TTS / audio) delivery callbacks (webhook): one job, a `data` list of calls.
+
+Seed: 003. Dates are epoch seconds or `false` until they happen; error codes are the platform's
+own (0, 3000-3005) or 4000+N for Q.850 cause N.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import lru_cache
+
+import msgspec
+
+from normalize.report import Adapter, Report, call_event, text, utc, word
+from schemas import CallEvent, Cause, Status, q850_cause
+from schemas.q850 import Q850_MAX
+
+PROVIDER = "voice_messaging"
+
+Date = datetime | bool | None
+"""Epoch seconds (number or numeric string, read by msgspec's lax mode), `false` or null."""
+
+
+class _Call(msgspec.Struct, gc=False):
+    message_id: str
+    status: str
+    to: str | None = None
+    sender: str | None = msgspec.field(default=None, name="from")
+    timestamp: datetime | None = None
+    ring_date: Date = None
+    answer_date: Date = None
+    hang_date: Date = None
+    actual_duration: int | None = None
+    billed_duration: int | None = None
+    error_code: int | None = None
+    error_description: str | None = None
+
+
+class _Callback(msgspec.Struct, gc=False):
+    api_job_id: str
+    data: list[_Call]
+
+
+_decoder = msgspec.json.Decoder(_Callback, strict=False)
+
+_STATUS_WORDS = {
+    "DELIVRD": "DELIVRD", "DELIVERED": "DELIVRD",
+    "UNDELIV": "UNDELIV", "UNDELIVERED": "UNDELIV", "UNDELIVERABLE": "UNDELIV",
+    "REJECTD": "REJECTD", "REJECTED": "REJECTD",
+    "ACCEPTD": "ACCEPTD", "ACCEPTED": "ACCEPTD",
+    "UNKNOWN": "UNKNOWN",
+}  # fmt: skip
+"""Every spelling seen of the five statuses → the documented one."""
+
+_UNDELIVERED = {
+    4017: Status.BUSY,
+    4018: Status.NO_ANSWER,
+    4019: Status.NO_ANSWER,
+    4602: Status.NO_ANSWER,
+    4021: Status.REJECTED,
+    4128: Status.CANCELED,
+}
+"""UNDELIV outcome by error code; any other code is a failure."""
+
+_PLATFORM_LABELS = {
+    0: "NORMAL_CLEARING",
+    3000: "UNSPECIFIED",
+    3001: "SERVER_TOO_BUSY",
+    3002: "NO_COVERAGE",
+    3003: "NO_FUNDS",
+    3004: "PAYMENT_ERROR",
+    3005: "FAILED_AUDIO_DOWNLOAD",
+    4602: "ALLOTTED_TIMEOUT",
+}
+"""Codes that are not Q.850 causes; 4602 is beyond Q.850's range despite its 4000+N form."""
+_Q850_BASE = 4000
+
+
+def _decode(body: bytes, report: Report) -> list[CallEvent]:
+    callback = _decoder.decode(body)
+    account = text(report.context.get("account"))
+    return [
+        _call_event(report, f"$.data[{i}]", callback.api_job_id, account, call)
+        for i, call in enumerate(callback.data)
+    ]
+
+
+def _call_event(
+    report: Report, path: str, job_id: str, account: str | None, call: _Call
+) -> CallEvent:
+    ringing_at = _date(report, f"{path}.ring_date", call.ring_date)
+    status, final = _status(report, path, call, ringing_at is not None)
+    return call_event(
+        report,
+        account=account,
+        session_id=call.message_id,
+        call_id=call.message_id,
+        status=status,
+        final=final,
+        direction="outbound",
+        from_number=text(call.sender),
+        to_number=text(call.to),
+        cause=None if call.error_code is None else _cause(call.error_code, call.error_description),
+        ringing_at=ringing_at,
+        answered_at=_date(report, f"{path}.answer_date", call.answer_date),
+        ended_at=_date(report, f"{path}.hang_date", call.hang_date),
+        duration_s=call.actual_duration,
+        billed_s=call.billed_duration,
+        reported_at=utc(call.timestamp),
+        job_id=job_id,
+    )
+
+
+def _status(report: Report, path: str, call: _Call, ringing: bool) -> tuple[Status, bool]:
+    documented = _STATUS_WORDS.get(word(call.status))
+    if documented == "DELIVRD":
+        return Status.COMPLETED, True
+    if documented == "UNDELIV":
+        return _UNDELIVERED.get(call.error_code or 0, Status.FAILED), True
+    if documented == "REJECTD":
+        return Status.REJECTED, True
+    if documented == "ACCEPTD":
+        return (Status.RINGING if ringing else Status.QUEUED), False
+    if documented == "UNKNOWN":
+        return Status.UNKNOWN, True
+    raise report.invalid(f"{path}.status", f"unknown status {call.status!r}")
+
+
+def _date(report: Report, path: str, value: datetime | bool | None) -> datetime | None:
+    if value is True:
+        raise report.invalid(path, "expected epoch seconds or false, got true")
+    return utc(value) if value else None
+
+
+@lru_cache(maxsize=512)
+def _cause(code: int, description: str | None) -> Cause:
+    if _Q850_BASE <= code <= _Q850_BASE + Q850_MAX:
+        return q850_cause(code - _Q850_BASE, str(code), description)
+    return Cause(label=_PLATFORM_LABELS.get(code, description), provider_code=str(code))
+
+
+ADAPTER = Adapter(name=PROVIDER, source="webhook", decode=_decode)

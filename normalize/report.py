@@ -1,0 +1,200 @@
+"""What every adapter shares: the report being normalized and the one canonical event builder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from hashlib import sha256
+from typing import TypeVar
+
+from callstream.errors import NormalizeError
+from schemas import (
+    EVENT_SCHEMA,
+    FINAL_STATUSES,
+    CallEvent,
+    Cause,
+    Direction,
+    HangupBy,
+    Leg,
+    Network,
+    RawRef,
+    Source,
+    Status,
+)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One raw report as received: whose it is and what came with it besides the body.
+
+    `context` carries what the body does not say itself (the callSerialNo a poller asked about,
+    an account configured for a webhook route); `raw` is where the report is stored in Kafka.
+    """
+
+    provider: str
+    source: Source
+    received_at: datetime
+    context: Mapping[str, str]
+    raw: RawRef | None = None
+
+    def invalid(self, path: str, reason: str) -> NormalizeError:
+        return NormalizeError(self.provider, path, reason)
+
+    def require(self, key: str) -> str:
+        """A context value the adapter cannot work without."""
+        value = self.context.get(key)
+        if not value:
+            raise self.invalid(f"context.{key}", "required context is missing")
+        return value
+
+
+def event_id(provider: str, key: str, call_id: str, leg: str | None, status: Status) -> str:
+    """Deterministic id of one reported state of one call leg.
+
+    It hashes who the leg is and which state was reported, nothing about when it was received or
+    how it was mapped otherwise: a provider retry, a second poll of the same state or a replay
+    gives the same id, a new state of the same leg a new one.
+    """
+    material = "\x1f".join((provider, key, call_id, leg or "", status))
+    return sha256(material.encode()).hexdigest()[:32]
+
+
+def call_event(
+    report: Report,
+    *,
+    account: str | None,
+    session_id: str,
+    call_id: str,
+    status: Status,
+    final: bool | None = None,
+    leg: Leg | None = None,
+    direction: Direction | None = None,
+    network: Network | None = None,
+    from_number: str | None = None,
+    to_number: str | None = None,
+    from_country: str | None = None,
+    to_country: str | None = None,
+    cause: Cause | None = None,
+    hangup_by: HangupBy | None = None,
+    initiated_at: datetime | None = None,
+    ringing_at: datetime | None = None,
+    answered_at: datetime | None = None,
+    ended_at: datetime | None = None,
+    duration_s: int | None = None,
+    billed_s: int | None = None,
+    reported_at: datetime | None = None,
+    bridged_s: int | None = None,
+    job_id: str | None = None,
+) -> CallEvent:
+    """Build a canonical event; derives the key, id, finality and occurred_at the same way for all.
+
+    `final` defaults to whether `status` always ends a call (pass True for an `unknown` outcome);
+    `reported_at` is when the provider says it produced the report, used for `occurred_at` when
+    the reported state has no time of its own.
+    """
+    provider = report.provider
+    key = f"{provider}:{account or ''}:{session_id}"
+    if final is None:
+        final = status in FINAL_STATUSES
+    if final:
+        state_time = ended_at
+    elif status is Status.IN_PROGRESS:
+        state_time = answered_at
+    elif status is Status.RINGING:
+        state_time = ringing_at
+    else:
+        state_time = initiated_at
+    return CallEvent(
+        EVENT_SCHEMA,
+        event_id(provider, key, call_id, leg, status),
+        provider,
+        account,
+        session_id,
+        key,
+        call_id,
+        leg,
+        direction,
+        network,
+        from_number,
+        to_number,
+        from_country,
+        to_country,
+        status,
+        final,
+        cause,
+        hangup_by,
+        initiated_at,
+        ringing_at,
+        answered_at,
+        ended_at,
+        duration_s,
+        billed_s,
+        state_time or reported_at or report.received_at,
+        report.received_at,
+        report.source,
+        report.raw,
+        bridged_s,
+        job_id,
+    )
+
+
+def utc(moment: datetime | None) -> datetime | None:
+    """The same instant in UTC; a time without an offset is taken as UTC (providers send GMT)."""
+    if moment is None or moment.tzinfo is UTC:
+        return moment
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def from_epoch_ms(report: Report, path: str, millis: int | str | None) -> datetime | None:
+    """Epoch milliseconds, given as a number or a numeric string; '' or null means unknown."""
+    if millis is None or millis == "":
+        return None
+    try:
+        return _EPOCH + timedelta(milliseconds=int(millis))
+    except (ValueError, OverflowError):
+        raise report.invalid(path, f"expected epoch milliseconds, got {millis!r}") from None
+
+
+def word(text: str) -> str:
+    """A status word folded for lookup: case, spaces, '_' and '-' do not matter."""
+    return text.upper().replace(" ", "").replace("_", "").replace("-", "")
+
+
+def lookup(table: dict[str, T], raw: str) -> T | None:
+    """`table[word(raw)]`, trying `raw` as it is first: most reports use one spelling."""
+    found = table.get(raw)
+    return found if found is not None else table.get(word(raw))
+
+
+def folded(table: dict[str, T]) -> dict[str, T]:
+    """A lookup table keyed by folded words, also keyed by the upper, lower and title spellings."""
+    spellings = {}
+    for key, value in table.items():
+        for spelling in (key, key.lower(), key.title()):
+            spellings[spelling] = value
+    return spellings | {word(key): value for key, value in table.items()}
+
+
+def text(value: str | None) -> str | None:
+    """A provider string with '' read as absent."""
+    return value or None
+
+
+@dataclass(frozen=True, slots=True)
+class Adapter:
+    """One provider's decoder: raw body bytes + report → canonical events.
+
+    `decode` is pure. It may raise msgspec.DecodeError or msgspec.ValidationError (the entry point
+    names the provider and path for them) or NormalizeError, and nothing else.
+    An empty list means a valid report that holds no calls.
+    """
+
+    name: str
+    source: Source
+    decode: Callable[[bytes, Report], list[CallEvent]]

@@ -1,0 +1,44 @@
+"""The canonical contract (../shared/contract.md, version 1) that every part and consumer shares.
+
+Pure data: msgspec Structs and vocabularies, no I/O.
+"""
+
+from schemas.events import (
+    EVENT_SCHEMA,
+    FINAL_STATUSES,
+    SESSION_SCHEMA,
+    CallEvent,
+    Cause,
+    Direction,
+    HangupBy,
+    Leg,
+    Network,
+    RawRef,
+    SessionLeg,
+    SessionRecord,
+    Source,
+    Status,
+    session_key,
+)
+from schemas.q850 import Q850_LABELS, Q850_SIP, q850_cause
+
+__all__ = [
+    "EVENT_SCHEMA",
+    "FINAL_STATUSES",
+    "Q850_LABELS",
+    "Q850_SIP",
+    "SESSION_SCHEMA",
+    "CallEvent",
+    "Cause",
+    "Direction",
+    "HangupBy",
+    "Leg",
+    "Network",
+    "RawRef",
+    "SessionLeg",
+    "SessionRecord",
+    "Source",
+    "Status",
+    "q850_cause",
+    "session_key",
+]

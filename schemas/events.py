@@ -1,0 +1,152 @@
+"""Canonical call event and session record, as msgspec Structs.
+
+Wire evolution rule: add fields with defaults, never change a field's type or meaning. Records are
+read by other services, so unknown fields are accepted on decode.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+EVENT_SCHEMA = "call_event/1"
+SESSION_SCHEMA = "call_session/1"
+
+UtcTime = Annotated[datetime, msgspec.Meta(tz=True)]
+"""An aware datetime; encoded as RFC 3339 with `Z` when it is UTC, as the contract requires."""
+
+Leg = Literal["a", "b"]
+Direction = Literal["inbound", "outbound"]
+Network = Literal["pstn", "voip"]
+HangupBy = Literal["caller", "callee", "system"]
+Source = Literal["webhook", "poll"]
+
+
+class Status(enum.StrEnum):
+    QUEUED = "queued"
+    RINGING = "ringing"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    BUSY = "busy"
+    NO_ANSWER = "no_answer"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    REJECTED = "rejected"
+    UNKNOWN = "unknown"
+
+
+FINAL_STATUSES = frozenset(
+    {
+        Status.COMPLETED,
+        Status.BUSY,
+        Status.NO_ANSWER,
+        Status.FAILED,
+        Status.CANCELED,
+        Status.REJECTED,
+    }
+)
+"""Statuses that always end a call; `unknown` is final only when reported as an outcome."""
+
+
+class Cause(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Why a call ended: a Q.850 cause where known, else the provider's own code and label."""
+
+    q850: int | None = None
+    label: str | None = None
+    provider_code: str | None = None
+    sip: int | None = None
+
+
+class RawRef(msgspec.Struct, frozen=True, gc=False):
+    """Where in `calls.raw` the report an event came from is stored."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class CallEvent(msgspec.Struct, frozen=True, gc=False):
+    """One leg of one provider report, in the canonical vocabulary (`calls.events`).
+
+    Fields are positional, in contract order: building one this way is ~10x faster than by
+    keyword, and normalize.report.call_event is the one place that builds them.
+    """
+
+    schema: Literal["call_event/1"]
+    event_id: str
+    provider: str
+    account: str | None
+    session_id: str
+    session_key: str
+    call_id: str
+    leg: Leg | None
+    direction: Direction | None
+    network: Network | None
+    from_number: str | None
+    to_number: str | None
+    from_country: str | None
+    to_country: str | None
+    status: Status
+    final: bool
+    cause: Cause | None
+    hangup_by: HangupBy | None
+    initiated_at: UtcTime | None
+    ringing_at: UtcTime | None
+    answered_at: UtcTime | None
+    ended_at: UtcTime | None
+    duration_s: int | None
+    billed_s: int | None
+    occurred_at: UtcTime
+    received_at: UtcTime
+    source: Source
+    raw: RawRef | None
+    bridged_s: int | None = None
+    """vpbx: seconds the two parties were bridged (`bridged_duration`)."""
+    job_id: str | None = None
+    """voice_messaging: the job the call belongs to (`api_job_id`)."""
+
+
+class SessionLeg(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The latest known state of one leg inside a session record."""
+
+    call_id: str
+    status: Status
+    final: bool
+    from_number: str | None
+    to_number: str | None
+    cause: Cause | None
+    hangup_by: HangupBy | None
+    answered_at: UtcTime | None
+    ended_at: UtcTime | None
+    duration_s: int | None
+    occurred_at: UtcTime
+    event_id: str
+
+
+class SessionRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """All legs of one call folded into one record (`calls.sessions`, compacted by session_key)."""
+
+    schema: Literal["call_session/1"] = SESSION_SCHEMA
+    session_key: str
+    provider: str
+    account: str | None
+    session_id: str
+    status: Status
+    final: bool
+    legs: dict[str, SessionLeg]
+    started_at: UtcTime | None
+    answered_at: UtcTime | None
+    ended_at: UtcTime | None
+    duration_s: int | None
+    billed_s: int | None
+    cause: Cause | None
+    event_count: int
+    updated_at: UtcTime
+
+
+def session_key(provider: str, account: str | None, session_id: str) -> str:
+    """`provider:account:session_id`, the Kafka key of events and sessions (empty account → '')."""
+    return f"{provider}:{account or ''}:{session_id}"
