@@ -39,6 +39,6 @@ def normalize(
         reason, at, path = str(exc).rpartition(" - at `")
         if not at:
             reason, path = path, "$"
-        raise NormalizeError(provider, path.rstrip("`"), reason) from exc
+        raise NormalizeError(provider, path.rstrip("`"), reason[:1].lower() + reason[1:]) from exc
     except msgspec.DecodeError as exc:
         raise NormalizeError(provider, "$", f"not valid JSON: {exc}") from exc

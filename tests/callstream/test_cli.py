@@ -1,0 +1,117 @@
+"""`callstream normalize` and `callstream schema`, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+GOLDEN = Path(__file__).parent.parent / "golden"
+CALLSTREAM = [sys.executable, "-m", "callstream"]
+
+
+def run(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [*CALLSTREAM, *args], input=stdin, capture_output=True, check=False, timeout=60
+    )
+
+
+def test_normalize_a_file_prints_one_event_per_line() -> None:
+    result = run(
+        "normalize", "--provider", "wavecell", "--received-at", "2026-11-01T12:00:00Z",
+        str(GOLDEN / "wavecell" / "doc_sample.json"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    expected = json.loads((GOLDEN / "wavecell" / "doc_sample.expected.json").read_text())
+    assert [json.loads(line) for line in lines] == expected
+
+
+def test_normalize_reads_stdin_and_takes_context() -> None:
+    body = (GOLDEN / "mobile_agent" / "doc_sample.json").read_bytes()
+    result = run(
+        "normalize", "--provider", "mobile_agent", "--context", "callSerialNo=42", stdin=body
+    )
+    assert result.returncode == 0, result.stderr
+    (event,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert (event["session_id"], event["status"], event["hangup_by"]) == (
+        "42",
+        "completed",
+        "callee",
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "message"),
+    [
+        (["--provider", "wavecell"], b"not json", "callstream: wavecell: $: not valid JSON"),
+        (
+            ["--provider", "wavecell"],
+            b'{"sessionId": 1}',
+            "callstream: wavecell: $.sessionId: expected `str`",
+        ),
+        (
+            ["--provider", "mobile_agent", "--context", "callSerialNo=1"],
+            b'{"retCode": "1", "retMsg": "Failed to query the status."}',
+            "callstream: mobile_agent: $.retCode: query failed with retCode '1'",
+        ),
+        (
+            ["--provider", "mobile_agent"],
+            b'{"retCode": "0", "result": {"state": 1}}',
+            "callstream: mobile_agent: context.callSerialNo: required context is missing",
+        ),
+    ],
+)
+def test_bad_input_exits_1_with_one_line_and_no_output(
+    args: list[str], stdin: bytes, message: str
+) -> None:
+    result = run("normalize", *args, stdin=stdin)
+    assert result.returncode == 1
+    assert result.stdout == b""
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr.decode().startswith(message)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--provider", "acme"],
+        ["--provider", "wavecell", "--context", "no-equals-sign"],
+        ["--provider", "wavecell", "--received-at", "yesterday"],
+        ["--provider", "wavecell", "/no/such/file.json"],
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(args: list[str]) -> None:
+    result = run("normalize", *args)
+    assert result.returncode == 2
+    assert result.stdout == b""
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_report_without_calls_prints_nothing_and_succeeds() -> None:
+    result = run(
+        "normalize", "--provider", "voice_messaging", stdin=b'{"api_job_id": "j", "data": []}'
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+
+
+@pytest.mark.parametrize(
+    ("record", "title"), [("event", "CallEvent"), ("session", "SessionRecord")]
+)
+def test_schema_prints_the_json_schema(record: str, title: str) -> None:
+    result = run("schema", record)
+    assert result.returncode == 0
+    schema = json.loads(result.stdout)
+    assert schema["$ref"] == f"#/$defs/{title}"
+    assert "status" in schema["$defs"][title]["required"]
+
+
+def test_bench_normalize_reports_the_keys_the_readme_promises() -> None:
+    result = run("bench", "normalize", "--json", "--seconds", "0.3")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert {"wavecell_per_s", "baseline_ratio", "baseline_isoformat_ratio"} <= set(figures)
+    assert all(value > 0 for value in figures.values())
