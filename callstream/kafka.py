@@ -1,0 +1,151 @@
+"""Kafka plumbing every service shares: clients, the topic bootstrap, key partitioning, batches.
+
+Producers wait for acks=all; idempotence is a setting (Apache Kafka: on; the embedded broker
+cannot). Consumers never auto-commit: services commit after what they produced is acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import zlib
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError, for_code
+
+from callstream import topics
+from callstream.settings import KafkaSettings
+
+MAX_BATCH_BYTES = 1 << 20
+
+
+class OutRecord(NamedTuple):
+    key: bytes | None
+    value: bytes
+    headers: topics.Headers
+
+
+def partition_for(key: bytes, partitions: Sequence[int]) -> int:
+    """The partition of `key`: CRC-32 of the key modulo the partition count.
+
+    Every callstream producer places keys with this one function, so all events of a session
+    land in one partition and calls.sessions is co-partitioned with calls.events. (Kafka's usual
+    murmur2 is pure Python in aiokafka, ~9 µs a key; CRC-32 is C.)
+    """
+    return partitions[zlib.crc32(key) % len(partitions)]
+
+
+def _partitioner(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+    if key is None:
+        return random.choice(available or all_partitions)
+    return partition_for(key, sorted(all_partitions))
+
+
+def producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
+    options: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap,
+        "client_id": kafka.client_id,
+        "acks": "all",
+        "enable_idempotence": kafka.idempotence,
+        "request_timeout_ms": kafka.request_timeout_ms,
+        "max_batch_size": MAX_BATCH_BYTES,
+        "max_request_size": 4 * MAX_BATCH_BYTES,
+        "linger_ms": 1,
+        "partitioner": _partitioner,
+    }
+    return AIOKafkaProducer(**(options | overrides))
+
+
+def consumer(
+    kafka: KafkaSettings, *subscribe: str, group_id: str | None, **overrides: Any
+) -> AIOKafkaConsumer:
+    options: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap,
+        "client_id": kafka.client_id,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        # "earliest": a new group must not skip what was written before it joined. (The embedded
+        # broker also answers "latest" wrongly for multi-record batches.)
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": kafka.session_timeout_ms,
+        "heartbeat_interval_ms": kafka.heartbeat_interval_ms,
+        "request_timeout_ms": kafka.request_timeout_ms,
+        "max_partition_fetch_bytes": 4 * MAX_BATCH_BYTES,
+    }
+    return AIOKafkaConsumer(*subscribe, **(options | overrides))
+
+
+async def ensure_topics(kafka: KafkaSettings, names: Iterable[str] = topics.ALL) -> None:
+    """Create the topics that do not exist yet; idempotent, safe to run from every service.
+
+    Run it before any other client touches a topic: a metadata request for a missing topic
+    makes some brokers (the embedded one included) auto-create it with their defaults.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap, client_id=kafka.client_id)
+    await admin.start()
+    try:
+        response = await admin.create_topics(
+            [
+                NewTopic(
+                    name,
+                    kafka.partitions,
+                    kafka.replication_factor,
+                    topic_configs=topics.CONFIGS.get(name, {}),
+                )
+                for name in names
+            ]
+        )
+    finally:
+        await admin.close()
+    for _, code, message in response.topic_errors:
+        if code not in (0, TopicAlreadyExistsError.errno):
+            raise for_code(code)(message)
+
+
+async def send_all(client: AIOKafkaProducer, topic: str, records: Iterable[OutRecord]) -> None:
+    """Produce `records` with the batch API, each to its key's partition; return when all are acked.
+
+    One `send` per record costs aiokafka ~25 µs; appending to per-partition batches a few µs.
+    Raises what the producer raises if any batch is not acknowledged.
+    """
+    partitions = sorted(await client.partitions_for(topic))
+    by_partition: dict[int, list[OutRecord]] = defaultdict(list)
+    for record in records:
+        key = record.key
+        by_partition[
+            partition_for(key, partitions) if key is not None else random.choice(partitions)
+        ].append(record)
+    acks = []
+    for partition, batch_records in by_partition.items():
+        batch = client.create_batch()
+        for record in batch_records:
+            if (
+                batch.append(
+                    key=record.key, value=record.value, timestamp=None, headers=record.headers
+                )
+                is None
+            ):
+                acks.append(await _send(client, batch, topic, partition))
+                batch = client.create_batch()
+                if (
+                    batch.append(
+                        key=record.key, value=record.value, timestamp=None, headers=record.headers
+                    )
+                    is None
+                ):
+                    raise ValueError(
+                        f"a record of {len(record.value)} bytes exceeds the batch size"
+                    )
+        acks.append(await _send(client, batch, topic, partition))
+    await asyncio.gather(*acks)
+
+
+async def _send(
+    client: AIOKafkaProducer, batch: Any, topic: str, partition: int
+) -> asyncio.Future[Any]:
+    batch.close()
+    return await client.send_batch(batch, topic, partition=partition)

@@ -1,0 +1,64 @@
+"""Raw and dead-letter records: their headers as the contract names them, built and read here."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import NamedTuple
+
+import msgspec
+
+from callstream import topics
+from callstream.topics import Headers
+
+
+class RawMeta(NamedTuple):
+    """What the headers of a raw record say about its body."""
+
+    provider: str
+    source: str
+    received_at: datetime
+    request_id: str
+    content_type: str
+    context: dict[str, str]
+
+
+def raw_headers(meta: RawMeta) -> Headers:
+    headers = [
+        (topics.PROVIDER, meta.provider.encode()),
+        (topics.SOURCE, meta.source.encode()),
+        (topics.RECEIVED_AT, msgspec.json.encode(meta.received_at)[1:-1]),
+        (topics.REQUEST_ID, meta.request_id.encode()),
+        (topics.CONTENT_TYPE, meta.content_type.encode()),
+    ]
+    if meta.context:
+        headers.append((topics.CONTEXT, msgspec.json.encode(meta.context)))
+    return headers
+
+
+class HeadersError(ValueError):
+    """A raw record whose headers are missing or malformed; it goes to the dead-letter topic."""
+
+
+def read_raw_headers(headers: Headers | tuple[tuple[str, bytes], ...]) -> RawMeta:
+    found = dict(headers)
+    try:
+        return RawMeta(
+            provider=found[topics.PROVIDER].decode(),
+            source=found.get(topics.SOURCE, b"").decode(),
+            received_at=msgspec.json.decode(b'"' + found[topics.RECEIVED_AT] + b'"', type=datetime),
+            request_id=found.get(topics.REQUEST_ID, b"").decode(),
+            content_type=found.get(topics.CONTENT_TYPE, b"").decode(),
+            context=msgspec.json.decode(found[topics.CONTEXT], type=dict[str, str])
+            if topics.CONTEXT in found
+            else {},
+        )
+    except (KeyError, UnicodeDecodeError, msgspec.DecodeError) as exc:
+        raise HeadersError(f"raw record headers: {exc!r}") from None
+
+
+def dead_letter_headers(
+    headers: Headers | tuple[tuple[str, bytes], ...], stage: str, error: str
+) -> Headers:
+    """The raw record's own headers plus where and why it failed (value stays the raw body)."""
+    kept = [(k, v) for k, v in headers if k not in (topics.ERROR_STAGE, topics.ERROR)]
+    return [*kept, (topics.ERROR_STAGE, stage.encode()), (topics.ERROR, error.encode())]

@@ -1,0 +1,117 @@
+"""Settings: one frozen Struct per concern, read from CALLSTREAM_* environment variables and flags.
+
+`CALLSTREAM_KAFKA__BOOTSTRAP=host:9092` sets `KafkaSettings.bootstrap`; `__` nests deeper
+(`CALLSTREAM_INGRESS__AUTH__WAVECELL__TOKEN`). Command-line flags override the environment.
+Values are converted leniently ("10" → 10), unknown keys are rejected as typos, and a bad value
+fails at start with a message naming the setting.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+from callstream.errors import CallstreamError
+
+PREFIX = "CALLSTREAM_"
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+class SettingsError(CallstreamError):
+    """A setting that is missing, unknown or of the wrong type; the message names it."""
+
+
+class Secret(str):
+    """A credential: compares and hashes like the string, never shows it in repr or logs."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+
+class KafkaSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    bootstrap: str = "127.0.0.1:9092"
+    """host:port of one or more brokers, comma-separated."""
+    client_id: str = "callstream"
+    idempotence: bool = False
+    """Idempotent producers; Apache Kafka supports them, the embedded broker does not."""
+    partitions: int = 4
+    """Partitions of each topic the bootstrap creates (existing topics are left as they are)."""
+    replication_factor: int = 1
+    request_timeout_ms: int = 30_000
+    session_timeout_ms: int = 10_000
+    """Consumer group session timeout: how long a dead member holds its partitions."""
+    heartbeat_interval_ms: int = 3_000
+
+
+class ProviderAuth(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How one provider proves itself to the ingress."""
+
+    method: Literal["none", "bearer", "basic", "hmac"] = "none"
+    token: Secret | None = None
+    """bearer: the expected token."""
+    username: str | None = None
+    password: Secret | None = None
+    """basic: the expected credentials."""
+    secret: Secret | None = None
+    """hmac: the key of the HMAC-SHA256 over the raw body."""
+    header: str = "X-Signature"
+    """hmac: the header carrying the hex digest (an optional `sha256=` prefix is accepted)."""
+    allow_ips: tuple[str, ...] = ()
+    """CIDRs allowed to call; empty means any address."""
+
+
+def load(cls: type[S], section: str, flags: Mapping[str, Any] | None = None) -> S:
+    """`cls` from CALLSTREAM_<SECTION>__* variables, then `flags` (those not None) on top."""
+    env_prefix = f"{PREFIX}{section.upper()}__"
+    raw: dict[str, Any] = {}
+    for name, value in os.environ.items():
+        if name.startswith(env_prefix):
+            _nest(raw, name.removeprefix(env_prefix).lower().split("__"), value)
+    raw.update({key: value for key, value in (flags or {}).items() if value is not None})
+    try:
+        return msgspec.convert(raw, cls, strict=False, dec_hook=_decode_secret)
+    except msgspec.ValidationError as exc:
+        reason, _, path = str(exc).partition(" - at `$")
+        setting = env_prefix + path.rstrip("`").lstrip(".").replace(".", "__").upper()
+        raise SettingsError(f"{setting.rstrip('_')}: {reason}") from None
+
+
+def _nest(tree: dict[str, Any], path: list[str], value: str) -> None:
+    for part in path[:-1]:
+        tree = tree.setdefault(part, {})
+    leaf = path[-1]
+    tree[leaf] = tuple(filter(None, value.split(","))) if leaf == "allow_ips" else value
+
+
+def _decode_secret(kind: type, value: Any) -> Any:
+    if kind is Secret and isinstance(value, str):
+        return Secret(value)
+    raise NotImplementedError
+
+
+class IngressSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 1 << 20
+    """Larger bodies are refused with 413."""
+    publish_timeout_s: float = 5.0
+    """How long a callback waits for the broker's ack before it is answered 503."""
+    retry_after_s: int = 5
+    """The Retry-After of a 503."""
+    insecure_no_auth: bool = False
+    """Allow listening on a non-loopback address while a provider has no authentication."""
+    auth: dict[str, ProviderAuth] = {}
+    """Per webhook provider; a provider not listed accepts unauthenticated callbacks."""
+
+
+class NormalizerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    group_id: str = "callstream-normalizer"
+    max_batch: int = 5_000
+    """Raw records normalized, produced and committed together."""
+    metrics_port: int = 0
+    """Serve Prometheus /metrics on this port (0: off)."""

@@ -1,0 +1,24 @@
+"""The topics callstream reads and writes, and the headers on their records (contract.md)."""
+
+from __future__ import annotations
+
+RAW = "calls.raw"
+EVENTS = "calls.events"
+SESSIONS = "calls.sessions"
+ALERTS = "calls.alerts"
+DLQ = "calls.dlq"
+
+ALL = (RAW, EVENTS, SESSIONS, ALERTS, DLQ)
+CONFIGS: dict[str, dict[str, str]] = {SESSIONS: {"cleanup.policy": "compact"}}
+
+# Raw record headers (calls.raw, and calls.dlq which adds the two error headers).
+PROVIDER = "cs-provider"
+SOURCE = "cs-source"
+RECEIVED_AT = "cs-received-at"
+REQUEST_ID = "cs-request-id"
+CONTENT_TYPE = "cs-content-type"
+CONTEXT = "cs-context"
+ERROR_STAGE = "cs-error-stage"
+ERROR = "cs-error"
+
+Headers = list[tuple[str, bytes]]

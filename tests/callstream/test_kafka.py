@@ -1,0 +1,65 @@
+"""Kafka plumbing against the real (embedded) broker."""
+
+from __future__ import annotations
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from callstream import kafka as kafka_io
+from callstream import topics
+from callstream.broker import BrokerError, EmbeddedBroker
+from callstream.settings import KafkaSettings
+
+
+async def test_topic_bootstrap_is_idempotent_and_compacts_sessions(kafka: KafkaSettings) -> None:
+    await kafka_io.ensure_topics(kafka)  # a second run changes nothing and raises nothing
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    await admin.start()
+    try:
+        described = {t["topic"]: t for t in await admin.describe_topics(list(topics.ALL))}
+        configs = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topics.SESSIONS)]
+        )
+    finally:
+        await admin.close()
+    assert {name: len(t["partitions"]) for name, t in described.items()} == dict.fromkeys(
+        topics.ALL, 4
+    )
+    entries = {entry[0]: entry[1] for entry in configs[0].resources[0][4]}
+    assert entries["cleanup.policy"] == "compact"
+
+
+async def test_send_all_places_each_key_in_its_partition_and_keeps_headers(
+    kafka: KafkaSettings,
+) -> None:
+    records = [
+        kafka_io.OutRecord(
+            f"session-{i % 50}".encode(), f"value-{i}".encode(), [("h", str(i).encode())]
+        )
+        for i in range(20_000)
+    ]
+    producer = kafka_io.producer(kafka)
+    await producer.start()
+    try:
+        await kafka_io.send_all(producer, topics.EVENTS, records)
+    finally:
+        await producer.stop()
+    consumer = kafka_io.consumer(kafka, topics.EVENTS, group_id="test")
+    await consumer.start()
+    seen = []
+    try:
+        while len(seen) < len(records):
+            for batch in (await consumer.getmany(timeout_ms=1000)).values():
+                seen.extend(batch)
+    finally:
+        await consumer.stop()
+    assert sorted(int(m.value.removeprefix(b"value-")) for m in seen) == list(range(20_000))
+    partitions = sorted({m.partition for m in seen})
+    assert all(m.partition == kafka_io.partition_for(m.key, partitions) for m in seen)
+    assert all(m.headers == (("h", m.value.removeprefix(b"value-")),) for m in seen)
+
+
+async def test_a_second_broker_on_a_taken_port_is_refused(broker: EmbeddedBroker) -> None:
+    with pytest.raises(BrokerError, match="already in use"):
+        await EmbeddedBroker(broker.port).start()
