@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import importlib
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -10,12 +12,25 @@ from typing import NoReturn
 
 import msgspec
 
+from callstream.broker import EmbeddedBroker
 from callstream.errors import CallstreamError
+from callstream.kafka import ensure_topics
+from callstream.log import configure_logging
+from callstream.service import run_until_signalled
+from callstream.settings import (
+    IngressSettings,
+    KafkaSettings,
+    LogSettings,
+    NormalizerSettings,
+    SettingsError,
+    load,
+)
 from normalize import ADAPTERS, normalize
 from schemas import CallEvent, SessionRecord
 
 EXIT_REJECTED = 1
 EXIT_USAGE = 2
+DEFAULT_KAFKA = KafkaSettings().bootstrap
 
 _encoder = msgspec.json.Encoder()
 
@@ -32,6 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
+    except SettingsError as exc:
+        print(f"callstream: setting {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except CallstreamError as exc:
         print(f"callstream: {exc}", file=sys.stderr)
         return EXIT_REJECTED
@@ -60,13 +78,45 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("record", nargs="?", choices=["event", "session"], default="event")
     cmd.set_defaults(run=_schema)
 
+    kafka = _Parser(add_help=False)
+    kafka.add_argument(
+        "--kafka", metavar="HOST:PORT", default=None,
+        help=f"Kafka bootstrap servers (default: $CALLSTREAM_KAFKA__BOOTSTRAP or {DEFAULT_KAFKA})",
+    )  # fmt: skip
+
+    cmd = commands.add_parser("broker", help="run the embedded broker until Ctrl-C")
+    cmd.add_argument("--port", type=int, default=9092)
+    cmd.set_defaults(run=_broker)
+
+    cmd = commands.add_parser(
+        "ingress", parents=[kafka], help="serve provider webhooks into calls.raw"
+    )
+    cmd.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    cmd.add_argument("--port", type=int, default=None, help="port to listen on (default 8080)")
+    cmd.add_argument(
+        "--insecure-no-auth", action="store_true", default=None,
+        help="allow a non-loopback address while a provider has no authentication",
+    )  # fmt: skip
+    cmd.set_defaults(run=_ingress)
+
+    cmd = commands.add_parser(
+        "normalizer", parents=[kafka], help="normalize calls.raw into calls.events"
+    )
+    cmd.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here (0: off)")
+    cmd.set_defaults(run=_normalizer)
+
     bench = commands.add_parser("bench", help="measure throughput").add_subparsers(
         dest="bench", required=True, metavar="BENCHMARK"
     )
-    cmd = bench.add_parser("normalize", help="payloads/s of each normalizer vs a plain baseline")
-    cmd.add_argument("--json", action="store_true", help="print one JSON object")
-    cmd.add_argument("--seconds", type=float, default=1.0, help="time per measurement")
-    cmd.set_defaults(run=_bench_normalize)
+    for name, help_text in (
+        ("normalize", "payloads/s of each normalizer vs a plain baseline"),
+        ("ingress", "requests/s of the ingress vs a bare aiohttp handler"),
+        ("normalizer", "raw records/s through the normalizer service"),
+    ):
+        cmd = bench.add_parser(name, help=help_text)
+        cmd.add_argument("--json", action="store_true", help="print one JSON object")
+        cmd.add_argument("--seconds", type=float, default=None, help="how long to measure")
+        cmd.set_defaults(run=_bench)
     return parser
 
 
@@ -108,9 +158,58 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_normalize(args: argparse.Namespace) -> int:
-    from callstream.bench.normalize import report, run  # noqa: PLC0415 - only the bench needs it
+def _bench(args: argparse.Namespace) -> int:
+    bench = importlib.import_module(f"callstream.bench.{args.bench}")
+    results = bench.run() if args.seconds is None else bench.run(seconds=args.seconds)
+    print(_encoder.encode(results).decode() if args.json else bench.report(results))
+    return 0
 
-    results = run(seconds=args.seconds)
-    print(_encoder.encode(results).decode() if args.json else report(results))
+
+def _kafka(args: argparse.Namespace) -> KafkaSettings:
+    return load(KafkaSettings, "kafka", {"bootstrap": args.kafka})
+
+
+def _service_logging() -> None:
+    settings = load(LogSettings, "log")
+    configure_logging(json=settings.json, level=settings.level, mask_numbers=settings.mask_numbers)
+
+
+def _broker(args: argparse.Namespace) -> int:
+    _service_logging()
+    broker = EmbeddedBroker(args.port)
+    kafka = load(KafkaSettings, "kafka", {"bootstrap": broker.bootstrap})
+
+    async def serve(stop: asyncio.Event) -> None:
+        await broker.start()
+        try:
+            await ensure_topics(kafka)
+            await stop.wait()
+        finally:
+            broker.stop()
+
+    run_until_signalled(serve)
+    return 0
+
+
+def _ingress(args: argparse.Namespace) -> int:
+    from ingest.server import serve  # noqa: PLC0415 - each service imports only what it runs
+
+    _service_logging()
+    settings = load(
+        IngressSettings,
+        "ingress",
+        {"host": args.host, "port": args.port, "insecure_no_auth": args.insecure_no_auth},
+    )
+    kafka = _kafka(args)
+    run_until_signalled(lambda stop: serve(settings, kafka, stop))
+    return 0
+
+
+def _normalizer(args: argparse.Namespace) -> int:
+    from normalize.service import serve  # noqa: PLC0415 - each service imports only what it runs
+
+    _service_logging()
+    settings = load(NormalizerSettings, "normalizer", {"metrics_port": args.metrics_port})
+    kafka = _kafka(args)
+    run_until_signalled(lambda stop: serve(settings, kafka, stop))
     return 0

@@ -115,3 +115,11 @@ class NormalizerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     """Raw records normalized, produced and committed together."""
     metrics_port: int = 0
     """Serve Prometheus /metrics on this port (0: off)."""
+
+
+class LogSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    json: bool | None = None
+    """JSON lines (true), console (false), or JSON unless stderr is a terminal (unset)."""
+    mask_numbers: bool = False
+    """Mask phone numbers in logs (+65*******3225)."""
