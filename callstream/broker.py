@@ -46,8 +46,9 @@ class EmbeddedBroker:
             "--listener-url", url, "--advertised-listener-url", url,
         ]  # fmt: skip
         # Popen only forks: the broker outlives this call, and stop() may run outside any loop.
+        # Its own process group: a terminal's Ctrl-C must not stop it before its clients.
         self.process = subprocess.Popen(  # noqa: S603, ASYNC220
-            command, stdout=self._output(), stderr=subprocess.STDOUT
+            command, stdout=self._output(), stderr=subprocess.STDOUT, process_group=0
         )
         try:
             await asyncio.wait_for(self._answers(), ready_within)
@@ -96,7 +97,9 @@ class EmbeddedBroker:
 
 
 def _port_free(host: str, port: int) -> bool:
+    """Whether a server could listen there (connections still in TIME_WAIT do not count)."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:

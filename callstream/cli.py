@@ -8,6 +8,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import NoReturn
 
 import msgspec
@@ -105,6 +106,22 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here (0: off)")
     cmd.set_defaults(run=_normalizer)
 
+    cmd = commands.add_parser("up", parents=[kafka], help="run the whole pipeline on this machine")
+    cmd.add_argument(
+        "--broker-port", type=int, default=9092, help="embedded broker port (without --kafka)"
+    )
+    cmd.add_argument("--http-port", type=int, default=8080, help="ingress port, on 127.0.0.1")
+    cmd.add_argument("--data-dir", type=Path, default=Path(".callstream"), help="local state")
+    cmd.set_defaults(run=_up)
+
+    cmd = commands.add_parser(
+        "tail", parents=[kafka], help="print the records of a topic as JSON lines"
+    )
+    cmd.add_argument("topic", help="e.g. calls.events")
+    cmd.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
+    cmd.add_argument("--count", type=int, default=None, help="stop after N records")
+    cmd.set_defaults(run=_tail)
+
     bench = commands.add_parser("bench", help="measure throughput").add_subparsers(
         dest="bench", required=True, metavar="BENCHMARK"
     )
@@ -188,6 +205,33 @@ def _broker(args: argparse.Namespace) -> int:
             broker.stop()
 
     run_until_signalled(serve)
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    from callstream import up  # noqa: PLC0415 - each command imports only what it runs
+
+    _service_logging()
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    embedded = None
+    if args.kafka is None:
+        embedded = EmbeddedBroker(args.broker_port, log_file=args.data_dir / "broker.log")
+    bootstrap = args.kafka if embedded is None else embedded.bootstrap
+    kafka = load(KafkaSettings, "kafka", {"bootstrap": bootstrap})
+    children = up.services(kafka, args.http_port)
+    run_until_signalled(lambda stop: up.run(kafka, embedded, children, stop))
+    return 0
+
+
+def _tail(args: argparse.Namespace) -> int:
+    from callstream.tail import tail  # noqa: PLC0415 - each command imports only what it runs
+
+    kafka = _kafka(args)
+    run_until_signalled(
+        lambda stop: tail(
+            kafka, args.topic, from_beginning=args.from_beginning, count=args.count, stop=stop
+        )
+    )
     return 0
 
 

@@ -1,4 +1,8 @@
-"""Structured logging, configured once per process: JSON lines unless stderr is a terminal."""
+"""Structured logging, configured once per process: JSON lines unless stderr is a terminal.
+
+structlog's own loggers and the standard-library loggers of libraries (aiokafka, aiohttp) go
+through one formatter, so every line of a process has the same shape.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ import re
 import sys
 from typing import Any
 
-import msgspec
 import structlog
 
 _NUMBER = re.compile(r"\+?\d{7,15}")
@@ -20,32 +23,40 @@ def configure_logging(
     """`json=None` picks JSON when stderr is not a terminal; `mask_numbers` hides phone numbers."""
     if json is None:
         json = not sys.stderr.isatty()
-    processors: list[Any] = [
+    chain: list[Any] = [
         structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.format_exc_info,
     ]
     if mask_numbers:
-        processors.append(_mask_numbers)
-    if json:
-        processors.append(structlog.processors.JSONRenderer(serializer=_json))
-        factory: Any = structlog.BytesLoggerFactory(sys.stderr.buffer)
-    else:
-        processors.append(structlog.dev.ConsoleRenderer())
-        factory = structlog.PrintLoggerFactory(sys.stderr)
+        chain.append(_mask_numbers)
+    renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=chain,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info if json else _keep,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("aiokafka").setLevel(max(root.level, logging.WARNING))
     structlog.configure(
-        processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
-        logger_factory=factory,
+        processors=[*chain, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
 
 
-def _json(event: dict[str, Any], **_: Any) -> bytes:
-    return msgspec.json.encode(event, enc_hook=str)
+def _keep(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    return event
 
 
 def mask(number: str) -> str:

@@ -1,0 +1,92 @@
+"""`callstream tail`: print what flows through a topic, one JSON object per record."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import Any, BinaryIO
+
+import msgspec
+from aiokafka import ConsumerRecord, TopicPartition
+
+from callstream import kafka as kafka_io
+from callstream.errors import CallstreamError
+from callstream.settings import KafkaSettings
+
+_encoder = msgspec.json.Encoder()
+
+
+class TailError(CallstreamError):
+    """The topic to tail does not exist."""
+
+
+def render(record: ConsumerRecord[bytes, bytes]) -> bytes:
+    """A record as JSON: `value` decoded when it is JSON, else as text."""
+    return _encoder.encode(
+        {
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "timestamp": record.timestamp,
+            "key": _text(record.key),
+            "headers": {name: _text(value) for name, value in record.headers},
+            "value": _value(record.value),
+        }
+    )
+
+
+def _text(data: bytes | None) -> str | None:
+    return None if data is None else data.decode(errors="replace")
+
+
+def _value(data: bytes | None) -> Any:
+    if data is None:
+        return None
+    try:
+        return msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return _text(data)
+
+
+async def tail(
+    kafka: KafkaSettings,
+    topic: str,
+    *,
+    from_beginning: bool,
+    count: int | None,
+    stop: asyncio.Event,
+    out: BinaryIO = sys.stdout.buffer,
+) -> None:
+    """Print records of `topic` (all partitions, no consumer group) until `count` or `stop`.
+
+    Without `from_beginning` only records written from now on are shown. Some brokers (the
+    embedded one) answer "end of log" with the start of its last batch, so records older than
+    the start of the command are skipped by their timestamp as well.
+    """
+    started_ms = int(time.time() * 1000)
+    consumer = kafka_io.consumer(kafka, group_id=None)
+    await consumer.start()
+    try:
+        if topic not in await consumer.topics():
+            raise TailError(f"topic {topic!r} does not exist on {kafka.bootstrap}")
+        partitions = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        consumer.assign(partitions)
+        if from_beginning:
+            await consumer.seek_to_beginning(*partitions)
+        else:
+            await consumer.seek_to_end(*partitions)
+        shown = 0
+        while not stop.is_set() and (count is None or shown < count):
+            batches = await consumer.getmany(
+                timeout_ms=200, max_records=500 if count is None else count - shown
+            )
+            for record in (r for records in batches.values() for r in records):
+                if from_beginning or record.timestamp >= started_ms:
+                    out.write(render(record) + b"\n")
+                    shown += 1
+            out.flush()
+    finally:
+        await consumer.stop()

@@ -1,0 +1,52 @@
+"""`callstream up`: the whole pipeline on one machine, as one supervised process tree."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from callstream.broker import BrokerError, EmbeddedBroker
+from callstream.kafka import ensure_topics
+from callstream.settings import KafkaSettings
+from callstream.supervisor import Child, supervise
+
+log = structlog.get_logger("callstream.up")
+
+
+def services(kafka: KafkaSettings, http_port: int) -> list[Child]:
+    """The services `up` runs, each the same `callstream <service>` command a container runs."""
+    return [
+        Child("ingress", ("ingress", "--kafka", kafka.bootstrap, "--port", str(http_port))),
+        Child("normalizer", ("normalizer", "--kafka", kafka.bootstrap)),
+    ]
+
+
+async def run(
+    kafka: KafkaSettings, broker: EmbeddedBroker | None, children: list[Child], stop: asyncio.Event
+) -> None:
+    """Start the embedded broker (None: Kafka runs elsewhere), bootstrap topics, supervise."""
+    if broker is not None:
+        await broker.start()
+    try:
+        await ensure_topics(kafka)
+        log.info("pipeline_up", kafka=kafka.bootstrap, services=[child.name for child in children])
+        watch = asyncio.create_task(_watch(broker, stop)) if broker else None
+        await supervise(children, stop)
+        if watch is not None:
+            watch.cancel()
+        if broker is not None and broker.process is not None and broker.process.poll() is not None:
+            raise BrokerError(f"the embedded broker exited with code {broker.process.returncode}")
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+async def _watch(broker: EmbeddedBroker, stop: asyncio.Event) -> None:
+    """The embedded broker keeps its data in memory: if it dies, the pipeline stops, loudly."""
+    if broker.process is None:
+        return
+    code = await asyncio.to_thread(broker.process.wait)
+    if not stop.is_set():
+        log.critical("broker_exited", code=code, detail="its in-memory topics are gone; stopping")
+        stop.set()

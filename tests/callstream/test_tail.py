@@ -1,0 +1,64 @@
+"""`callstream tail` prints what flows through a topic, as a user watches it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+from callstream import kafka as kafka_io
+from callstream import topics
+from callstream.settings import KafkaSettings
+
+
+async def _produce(kafka: KafkaSettings, values: list[bytes]) -> None:
+    producer = kafka_io.producer(kafka)
+    await producer.start()
+    try:
+        await kafka_io.send_all(
+            producer,
+            topics.EVENTS,
+            [kafka_io.OutRecord(b"k", v, [("ce_id", b"x")]) for v in values],
+        )
+    finally:
+        await producer.stop()
+
+
+async def _tail(
+    kafka: KafkaSettings, *args: str, topic: str = topics.EVENTS
+) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "callstream", "tail", topic, "--kafka", kafka.bootstrap, *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
+async def test_from_beginning_prints_records_as_json_lines(kafka: KafkaSettings) -> None:
+    await _produce(kafka, [b'{"n": 1}', b"not json"])
+    process = await _tail(kafka, "--from-beginning", "--count", "2")
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["value"] for line in lines] == [{"n": 1}, "not json"]
+    assert lines[0]["key"] == "k"
+    assert lines[0]["headers"] == {"ce_id": "x"}
+
+
+async def test_without_from_beginning_only_new_records_are_printed(kafka: KafkaSettings) -> None:
+    await _produce(kafka, [b'{"old": %d}' % i for i in range(50)])  # one batch
+    process = await _tail(kafka, "--count", "1")
+    await asyncio.sleep(2)  # let it reach the end of the log before the new record is written
+    await _produce(kafka, [b'{"new": 1}'])
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, err
+    assert [json.loads(line)["value"] for line in out.splitlines()] == [{"new": 1}]
+
+
+async def test_an_unknown_topic_is_a_one_line_error(kafka: KafkaSettings) -> None:
+    process = await _tail(kafka, topic="calls.nope")
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert (process.returncode, out) == (1, b"")
+    assert (
+        err.decode().strip()
+        == f"callstream: topic 'calls.nope' does not exist on {kafka.bootstrap}"
+    )
