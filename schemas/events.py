@@ -119,9 +119,12 @@ class SessionLeg(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     to_number: str | None
     cause: Cause | None
     hangup_by: HangupBy | None
+    initiated_at: UtcTime | None
+    ringing_at: UtcTime | None
     answered_at: UtcTime | None
     ended_at: UtcTime | None
     duration_s: int | None
+    billed_s: int | None
     occurred_at: UtcTime
     event_id: str
 

@@ -1,0 +1,86 @@
+"""Folding call events into session records (contract: "Session record"). Pure: no I/O.
+
+Per leg, an event applies only if it moves the leg forward: a non-final state by its progress
+(queued < ringing < in_progress, then time); any final state beats a non-final one; among final
+states the later report wins. A duplicate (same event_id) or an older report changes nothing.
+The session takes its status from the b leg when there is one, else from its single leg.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from schemas import SESSION_SCHEMA, CallEvent, SessionLeg, SessionRecord, Status
+
+CALL = "call"
+"""The legs key of providers without legs (one entry)."""
+
+_RANK = {Status.QUEUED: 0, Status.RINGING: 1, Status.IN_PROGRESS: 2}
+
+Progress = tuple[bool, int, datetime]
+
+
+def progress(final: bool, status: Status, occurred_at: datetime) -> Progress:
+    """Sort key of a leg's states: a later key is further along and replaces an earlier one."""
+    return (final, 0 if final else _RANK.get(status, 0), occurred_at)
+
+
+def fold(session: SessionRecord | None, event: CallEvent) -> SessionRecord | None:
+    """The session after `event`, or None when the event changes nothing."""
+    key = event.leg or CALL
+    current = session.legs.get(key) if session else None
+    if current is not None and (
+        current.event_id == event.event_id
+        or progress(event.final, event.status, event.occurred_at)
+        <= progress(current.final, current.status, current.occurred_at)
+    ):
+        return None
+    legs = dict(session.legs) if session else {}
+    legs[key] = _leg(event)
+    return _record(event, legs, (session.event_count if session else 0) + 1)
+
+
+def _leg(event: CallEvent) -> SessionLeg:
+    return SessionLeg(
+        call_id=event.call_id,
+        status=event.status,
+        final=event.final,
+        from_number=event.from_number,
+        to_number=event.to_number,
+        cause=event.cause,
+        hangup_by=event.hangup_by,
+        initiated_at=event.initiated_at,
+        ringing_at=event.ringing_at,
+        answered_at=event.answered_at,
+        ended_at=event.ended_at,
+        duration_s=event.duration_s,
+        billed_s=event.billed_s,
+        occurred_at=event.occurred_at,
+        event_id=event.event_id,
+    )
+
+
+def _record(event: CallEvent, legs: dict[str, SessionLeg], event_count: int) -> SessionRecord:
+    deciding = legs.get("b") or legs.get("a") or legs[CALL]
+    starts = [
+        t for leg in legs.values() if (t := leg.initiated_at or leg.ringing_at or leg.answered_at)
+    ]
+    ends = [leg.ended_at for leg in legs.values() if leg.ended_at is not None]
+    return SessionRecord(
+        schema=SESSION_SCHEMA,
+        session_key=event.session_key,
+        provider=event.provider,
+        account=event.account,
+        session_id=event.session_id,
+        status=deciding.status,
+        final=deciding.final,
+        legs=legs,
+        started_at=min(starts) if starts else None,
+        answered_at=deciding.answered_at,
+        ended_at=max(ends) if ends else None,
+        duration_s=deciding.duration_s,
+        billed_s=deciding.billed_s,
+        cause=deciding.cause,
+        event_count=event_count,
+        updated_at=max(leg.occurred_at for leg in legs.values()),
+    )

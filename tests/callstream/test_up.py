@@ -1,0 +1,75 @@
+"""`callstream up` end to end, as a user runs it: a callback in, canonical events out."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import msgspec
+import pytest
+
+from callstream import kafka as kafka_io
+from callstream import topics
+from callstream.broker import free_port
+from callstream.settings import KafkaSettings
+
+SAMPLE = Path(__file__).parent.parent / "golden" / "wavecell" / "doc_sample.json"
+
+
+@pytest.fixture
+async def pipeline(tmp_path: Path) -> AsyncIterator[tuple[str, KafkaSettings]]:
+    broker_port, http_port = free_port(), free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "callstream", "up", "--broker-port", str(broker_port),
+        "--http-port", str(http_port), "--data-dir", str(tmp_path / "data"),
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{http_port}"
+    try:
+        async with aiohttp.ClientSession() as http, asyncio.timeout(60):
+            while True:
+                try:
+                    async with http.get(f"{base}/readyz") as answer:
+                        if answer.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.2)
+        yield base, KafkaSettings(bootstrap=f"127.0.0.1:{broker_port}")
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(process.wait(), 60)
+    assert code == 0
+
+
+async def test_a_callback_comes_out_as_canonical_events(
+    pipeline: tuple[str, KafkaSettings],
+) -> None:
+    base, kafka = pipeline
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{base}/v1/callbacks/wavecell", data=SAMPLE.read_bytes()) as answer,
+    ):
+        assert answer.status == 202
+        request_id = (await answer.json())["id"]
+    consumer = kafka_io.consumer(kafka, topics.EVENTS, group_id="test-up")
+    await consumer.start()
+    events = []
+    try:
+        async with asyncio.timeout(60):
+            while len(events) < 2:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    events.extend(records)
+    finally:
+        await consumer.stop()
+    values = [msgspec.json.decode(record.value) for record in events]
+    assert sorted(v["leg"] for v in values) == ["a", "b"]
+    assert {record.key for record in events} == {
+        b"wavecell:account_x:37f31065-b050-11ea-aed2-b9458c490aa3"
+    }
+    assert {v["session_key"].encode() for v in values} == {record.key for record in events}
+    assert all(dict(record.headers)["ce_type"] == b"callstream.call_event.v1" for record in events)
+    assert request_id

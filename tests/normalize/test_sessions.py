@@ -1,0 +1,92 @@
+"""Folding events into sessions by the contract's rules."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import msgspec
+
+from normalize import normalize
+from normalize.sessions import fold
+from schemas import CallEvent, SessionRecord, Status
+
+GOLDEN = Path(__file__).parent.parent / "golden"
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+def _events(provider: str, case: str, context: dict[str, str] | None = None) -> list[CallEvent]:
+    return normalize(
+        provider, (GOLDEN / provider / f"{case}.json").read_bytes(), received_at=T0, context=context
+    )
+
+
+def _fold_all(events: list[CallEvent]) -> SessionRecord | None:
+    session = None
+    for event in events:
+        session = fold(session, event) or session
+    return session
+
+
+def _poll(state: int, at: datetime, reason: int | None = None) -> CallEvent:
+    result = {"state": state} | ({"reasonCode": reason} if reason is not None else {})
+    body = msgspec.json.encode({"retCode": "0", "result": result})
+    (event,) = normalize("mobile_agent", body, received_at=at, context={"callSerialNo": "42"})
+    return event
+
+
+def test_the_b_leg_decides_the_status_of_a_two_leg_session() -> None:
+    session = _fold_all(_events("wavecell", "table_completed_no_answer"))
+    assert session is not None
+    assert (session.status, session.final, session.event_count) == (Status.NO_ANSWER, True, 2)
+    assert set(session.legs) == {"a", "b"}
+    assert session.legs["a"].status is Status.COMPLETED
+
+
+def test_a_session_without_b_leg_takes_the_a_leg_status() -> None:
+    session = _fold_all(_events("wavecell", "table_completed_null_leg_missing"))
+    assert session is not None
+    assert (session.status, session.final, list(session.legs)) == (Status.COMPLETED, True, ["a"])
+
+
+def test_legs_in_any_order_give_the_same_session() -> None:
+    events = _events("wavecell", "table_completed_busy")
+    assert _fold_all(events) == _fold_all(list(reversed(events)))
+
+
+def test_a_duplicate_changes_nothing() -> None:
+    events = _events("wavecell", "table_completed_busy")
+    session = _fold_all(events)
+    assert fold(session, events[1]) is None
+
+
+def test_states_of_a_polled_call_progress_and_a_late_older_state_does_not_regress() -> None:
+    ringing, talking, ended = (
+        _poll(1, T0),
+        _poll(2, T0 + timedelta(seconds=5)),
+        _poll(3, T0 + timedelta(seconds=9), 0),
+    )
+    session = _fold_all([ringing, talking, ended])
+    assert session is not None
+    assert (session.status, session.final, session.event_count) == (Status.COMPLETED, True, 3)
+    assert fold(session, talking) is None  # late non-final after final
+    assert fold(session, _poll(2, T0 + timedelta(seconds=60))) is None  # even if received later
+    out_of_order = _fold_all([talking, ringing])
+    assert out_of_order is not None
+    assert (out_of_order.status, out_of_order.event_count) == (Status.IN_PROGRESS, 1)
+
+
+def test_a_later_final_report_replaces_an_earlier_one_but_not_the_reverse() -> None:
+    unknown, completed = _poll(3, T0), _poll(3, T0 + timedelta(seconds=30), 0)
+    assert _fold_all([unknown, completed]).status is Status.COMPLETED  # type: ignore[union-attr]
+    assert _fold_all([completed, unknown]).status is Status.COMPLETED  # type: ignore[union-attr]
+
+
+def test_session_times_come_from_all_legs() -> None:
+    session = _fold_all(_events("wavecell", "doc_sample"))
+    assert session is not None
+    assert session.started_at == datetime(2020, 6, 17, 4, 8, 37, tzinfo=UTC)
+    assert session.ended_at == datetime(2020, 6, 17, 4, 9, 37, tzinfo=UTC)
+    assert session.answered_at == session.legs["b"].answered_at
+    encoded = msgspec.json.encode(session)
+    assert msgspec.json.decode(encoded, type=SessionRecord) == session
