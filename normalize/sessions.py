@@ -3,7 +3,8 @@
 Per leg, an event applies only if it moves the leg forward: a non-final state by its progress
 (queued < ringing < in_progress, then time); any final state beats a non-final one; among final
 states the later report wins. A duplicate (same event_id) or an older report changes nothing.
-The session takes its status from the b leg when there is one, else from its single leg.
+The session takes its status from the b leg when there is one, else from its single leg, and
+a final session never becomes non-final again.
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ def fold(session: SessionRecord | None, event: CallEvent) -> SessionRecord | Non
         return None
     legs = dict(session.legs) if session else {}
     legs[key] = _leg(event)
-    return _record(event, legs, (session.event_count if session else 0) + 1)
+    folded = _record(event, legs, (session.event_count if session else 0) + 1)
+    if session is not None and session.final and not folded.final:
+        return None  # a final session status is never replaced by a non-final one
+    return folded
 
 
 def _leg(event: CallEvent) -> SessionLeg:

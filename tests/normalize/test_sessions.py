@@ -82,6 +82,19 @@ def test_a_later_final_report_replaces_an_earlier_one_but_not_the_reverse() -> N
     assert _fold_all([completed, unknown]).status is Status.COMPLETED  # type: ignore[union-attr]
 
 
+def test_a_final_session_is_not_reopened_by_a_late_non_final_leg() -> None:
+    (leg_a,) = _events("wavecell", "table_completed_null_leg_missing")
+    session = fold(None, leg_a)
+    ringing_b = msgspec.structs.replace(
+        leg_a, leg="b", call_id="b-1", event_id="b-ringing", status=Status.RINGING, final=False
+    )
+    assert session is not None
+    assert session.final
+    assert fold(session, ringing_b) is None
+    busy_b = msgspec.structs.replace(ringing_b, event_id="b-busy", status=Status.BUSY, final=True)
+    assert fold(session, busy_b).status is Status.BUSY  # type: ignore[union-attr]
+
+
 def test_session_times_come_from_all_legs() -> None:
     session = _fold_all(_events("wavecell", "doc_sample"))
     assert session is not None
