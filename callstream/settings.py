@@ -123,3 +123,16 @@ class LogSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """JSON lines (true), console (false), or JSON unless stderr is a terminal (unset)."""
     mask_numbers: bool = False
     """Mask phone numbers in logs (+65*******3225)."""
+
+
+class AggregatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    group_id: str = "callstream-aggregator"
+    max_batch: int = 5_000
+    open_timeout_s: float = 7_200.0
+    """A session with no final status this long after its last report is closed as unknown."""
+    final_retention_s: float = 900.0
+    """A final session is dropped from memory this long after its last report."""
+    sweep_interval_s: float = 30.0
+    """How often timeouts and retention are checked."""
+    metrics_port: int = 0
+    """Serve Prometheus /metrics on this port (0: off)."""

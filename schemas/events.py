@@ -148,6 +148,8 @@ class SessionRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     cause: Cause | None
     event_count: int
     updated_at: UtcTime
+    close_reason: str | None = None
+    """Why the aggregator closed the session itself (e.g. no final status within the timeout)."""
 
 
 def session_key(provider: str, account: str | None, session_id: str) -> str:

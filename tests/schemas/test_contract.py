@@ -33,8 +33,10 @@ def test_event_fields_are_the_contract_fields_in_order_then_additions() -> None:
     assert fields[len(CONTRACT_EVENT_FIELDS) :] == ["bridged_s", "job_id"]
 
 
-def test_session_fields_are_the_contract_fields() -> None:
-    assert list(SessionRecord.__struct_fields__) == CONTRACT_SESSION_FIELDS
+def test_session_fields_are_the_contract_fields_then_additions() -> None:
+    fields = list(SessionRecord.__struct_fields__)
+    assert fields[: len(CONTRACT_SESSION_FIELDS)] == CONTRACT_SESSION_FIELDS
+    assert fields[len(CONTRACT_SESSION_FIELDS) :] == ["close_reason"]
 
 
 def test_status_vocabulary_and_finality() -> None:
