@@ -19,6 +19,7 @@ from callstream.kafka import ensure_topics
 from callstream.log import configure_logging
 from callstream.service import run_until_signalled
 from callstream.settings import (
+    AggregatorSettings,
     IngressSettings,
     KafkaSettings,
     LogSettings,
@@ -122,6 +123,12 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--count", type=int, default=None, help="stop after N records")
     cmd.set_defaults(run=_tail)
 
+    cmd = commands.add_parser(
+        "aggregator", parents=[kafka], help="fold calls.events into calls.sessions"
+    )
+    cmd.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here (0: off)")
+    cmd.set_defaults(run=_aggregator)
+
     bench = commands.add_parser("bench", help="measure throughput").add_subparsers(
         dest="bench", required=True, metavar="BENCHMARK"
     )
@@ -129,6 +136,7 @@ def _parser() -> argparse.ArgumentParser:
         ("normalize", "payloads/s of each normalizer vs a plain baseline"),
         ("ingress", "requests/s of the ingress vs a bare aiohttp handler"),
         ("normalizer", "raw records/s through the normalizer service"),
+        ("aggregate", "events/s folded into sessions by the aggregator"),
     ):
         cmd = bench.add_parser(name, help=help_text)
         cmd.add_argument("--json", action="store_true", help="print one JSON object")
@@ -205,6 +213,16 @@ def _broker(args: argparse.Namespace) -> int:
             broker.stop()
 
     run_until_signalled(serve)
+    return 0
+
+
+def _aggregator(args: argparse.Namespace) -> int:
+    from normalize.aggregator import serve  # noqa: PLC0415 - each service imports only what it runs
+
+    _service_logging()
+    settings = load(AggregatorSettings, "aggregator", {"metrics_port": args.metrics_port})
+    kafka = _kafka(args)
+    run_until_signalled(lambda stop: serve(settings, kafka, stop))
     return 0
 
 
