@@ -1,0 +1,1 @@
+"""The webhook ingress: provider callbacks into calls.raw (`callstream ingress`)."""
