@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 import msgspec
 
@@ -99,13 +99,17 @@ def _parser() -> argparse.ArgumentParser:
         "--insecure-no-auth", action="store_true", default=None,
         help="allow a non-loopback address while a provider has no authentication",
     )  # fmt: skip
-    cmd.set_defaults(run=_ingress)
+    cmd.set_defaults(run=_service)
 
-    cmd = commands.add_parser(
-        "normalizer", parents=[kafka], help="normalize calls.raw into calls.events"
-    )
-    cmd.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here (0: off)")
-    cmd.set_defaults(run=_normalizer)
+    for name, help_text in (
+        ("normalizer", "normalize calls.raw into calls.events"),
+        ("aggregator", "fold calls.events into calls.sessions"),
+    ):
+        cmd = commands.add_parser(name, parents=[kafka], help=help_text)
+        cmd.add_argument(
+            "--metrics-port", type=int, default=None, help="serve /metrics here (0: off)"
+        )
+        cmd.set_defaults(run=_service)
 
     cmd = commands.add_parser("up", parents=[kafka], help="run the whole pipeline on this machine")
     cmd.add_argument(
@@ -122,12 +126,6 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
     cmd.add_argument("--count", type=int, default=None, help="stop after N records")
     cmd.set_defaults(run=_tail)
-
-    cmd = commands.add_parser(
-        "aggregator", parents=[kafka], help="fold calls.events into calls.sessions"
-    )
-    cmd.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here (0: off)")
-    cmd.set_defaults(run=_aggregator)
 
     bench = commands.add_parser("bench", help="measure throughput").add_subparsers(
         dest="bench", required=True, metavar="BENCHMARK"
@@ -216,16 +214,6 @@ def _broker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _aggregator(args: argparse.Namespace) -> int:
-    from normalize.aggregator import serve  # noqa: PLC0415 - each service imports only what it runs
-
-    _service_logging()
-    settings = load(AggregatorSettings, "aggregator", {"metrics_port": args.metrics_port})
-    kafka = _kafka(args)
-    run_until_signalled(lambda stop: serve(settings, kafka, stop))
-    return 0
-
-
 def _up(args: argparse.Namespace) -> int:
     from callstream import up  # noqa: PLC0415 - each command imports only what it runs
 
@@ -253,25 +241,27 @@ def _tail(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ingress(args: argparse.Namespace) -> int:
-    from ingest.server import serve  # noqa: PLC0415 - each service imports only what it runs
+class _Service(NamedTuple):
+    module: str
+    """Where its `serve(settings, kafka, stop)` lives."""
+    settings: type[msgspec.Struct]
+    flags: tuple[str, ...]
+    """Command-line options that override the settings of the same name."""
 
+
+_SERVICES = {
+    "ingress": _Service("ingest.server", IngressSettings, ("host", "port", "insecure_no_auth")),
+    "normalizer": _Service("normalize.service", NormalizerSettings, ("metrics_port",)),
+    "aggregator": _Service("normalize.aggregator", AggregatorSettings, ("metrics_port",)),
+}
+
+
+def _service(args: argparse.Namespace) -> int:
+    """Run one service until SIGTERM/SIGINT; its settings section is named after it."""
+    spec = _SERVICES[args.command]
+    serve = importlib.import_module(spec.module).serve  # each service imports only what it runs
     _service_logging()
-    settings = load(
-        IngressSettings,
-        "ingress",
-        {"host": args.host, "port": args.port, "insecure_no_auth": args.insecure_no_auth},
-    )
-    kafka = _kafka(args)
-    run_until_signalled(lambda stop: serve(settings, kafka, stop))
-    return 0
-
-
-def _normalizer(args: argparse.Namespace) -> int:
-    from normalize.service import serve  # noqa: PLC0415 - each service imports only what it runs
-
-    _service_logging()
-    settings = load(NormalizerSettings, "normalizer", {"metrics_port": args.metrics_port})
+    settings = load(spec.settings, args.command, {flag: getattr(args, flag) for flag in spec.flags})
     kafka = _kafka(args)
     run_until_signalled(lambda stop: serve(settings, kafka, stop))
     return 0
