@@ -1,7 +1,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install lint test bench golden
+.PHONY: install lint test bench up golden
 
 install:
 	python3 -m venv $(VENV) && $(BIN)/pip install -e '.[dev]'
@@ -12,8 +12,11 @@ lint:
 test:
 	$(BIN)/pytest
 
-bench:
-	$(BIN)/callstream bench normalize
+bench:  ## every benchmark, as JSON lines
+	for name in normalize normalizer ingress aggregate; do $(BIN)/callstream bench $$name --json; done
+
+up:
+	$(BIN)/callstream up
 
 golden:  ## rewrite golden expectations from the current normalizers; review the diff
 	$(BIN)/pytest tests/normalize/test_golden.py --update-golden
