@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import msgspec
+
 from schemas import SESSION_SCHEMA, CallEvent, SessionLeg, SessionRecord, Status
 
 CALL = "call"
@@ -42,6 +44,23 @@ def fold(session: SessionRecord | None, event: CallEvent) -> SessionRecord | Non
     if session is not None and session.final and not folded.final:
         return None  # a final session status is never replaced by a non-final one
     return folded
+
+
+def close(session: SessionRecord, now: datetime, reason: str) -> SessionRecord:
+    """`session` closed by the aggregator itself as final `unknown`, because of `reason`.
+
+    Only session-level fields change and the legs stay as reported, so a real final report that
+    comes later still moves its leg forward and `fold` replaces this guess with it. updated_at
+    becomes `now`: the close is itself an update, kept in memory for the retention from then.
+    """
+    return msgspec.structs.replace(
+        session,
+        status=Status.UNKNOWN,
+        final=True,
+        close_reason=reason,
+        event_count=session.event_count + 1,
+        updated_at=now,
+    )
 
 
 def _leg(event: CallEvent) -> SessionLeg:

@@ -8,7 +8,7 @@ from pathlib import Path
 import msgspec
 
 from normalize import normalize
-from normalize.sessions import fold
+from normalize.sessions import close, fold
 from schemas import CallEvent, SessionRecord, Status
 
 GOLDEN = Path(__file__).parent.parent / "golden"
@@ -103,3 +103,26 @@ def test_session_times_come_from_all_legs() -> None:
     assert session.answered_at == session.legs["b"].answered_at
     encoded = msgspec.json.encode(session)
     assert msgspec.json.decode(encoded, type=SessionRecord) == session
+
+
+def test_a_timeout_close_is_final_unknown_and_keeps_the_legs() -> None:
+    ringing = _poll(1, T0)
+    session = fold(None, ringing)
+    assert session is not None
+    later = T0 + timedelta(hours=2)
+    closed = close(session, later, "no final status within 7200 s")
+    assert (closed.status, closed.final, closed.event_count) == (Status.UNKNOWN, True, 2)
+    assert (closed.close_reason, closed.updated_at) == ("no final status within 7200 s", later)
+    assert closed.legs == session.legs
+    assert fold(closed, ringing) is None  # a duplicate
+    assert fold(closed, _poll(2, T0 + timedelta(seconds=5))) is None  # no reopening
+
+
+def test_a_real_final_report_replaces_the_timeout_guess() -> None:
+    session = fold(None, _poll(1, T0))
+    assert session is not None
+    closed = close(session, T0 + timedelta(hours=2), "no final status within 7200 s")
+    ended = fold(closed, _poll(3, T0 + timedelta(seconds=60), 0))
+    assert ended is not None
+    assert (ended.status, ended.final, ended.close_reason) == (Status.COMPLETED, True, None)
+    assert ended.event_count == 3
