@@ -13,12 +13,16 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import CommitFailedError, IllegalStateError, TopicAlreadyExistsError, for_code
 
 from callstream import topics
+from callstream.records import dead_letter_headers
 from callstream.settings import KafkaSettings
+
+log = structlog.get_logger("callstream.kafka")
 
 MAX_BATCH_BYTES = 1 << 20
 
@@ -149,3 +153,25 @@ async def _send(
 ) -> asyncio.Future[Any]:
     batch.close()
     return await client.send_batch(batch, topic, partition=partition)
+
+
+async def commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+    """Commit, or log that a rebalance took the partitions: their new owner redoes the batch."""
+    try:
+        await consumer.commit(offsets)
+    except (CommitFailedError, IllegalStateError) as exc:
+        log.warning("commit_failed_rebalance", error=str(exc), partitions=len(offsets))
+
+
+def dead_letter(record: ConsumerRecord[bytes, bytes], stage: str, error: str) -> OutRecord:
+    """`record` for calls.dlq: same key and value, its headers plus where and why it failed."""
+    log.warning(
+        "record_dead_lettered",
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        stage=stage,
+        error=error,
+    )
+    headers = dead_letter_headers(record.headers, stage=stage, error=error)
+    return OutRecord(record.key, record.value or b"", headers)

@@ -15,13 +15,12 @@ from collections.abc import Iterable
 import msgspec
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from callstream import cloudevents, topics
 from callstream import kafka as kafka_io
 from callstream.kafka import OutRecord
-from callstream.records import HeadersError, dead_letter_headers, read_raw_headers
+from callstream.records import HeadersError, read_raw_headers
 from callstream.settings import KafkaSettings, NormalizerSettings
 from normalize import NormalizeError, normalize
 from schemas import RawRef
@@ -127,7 +126,7 @@ async def _process(
         kafka_io.send_all(producer, topics.EVENTS, events),
         kafka_io.send_all(producer, topics.DLQ, dead),
     )
-    await _commit(consumer, {tp: records[-1].offset + 1 for tp, records in batch.items()})
+    await kafka_io.commit(consumer, {tp: records[-1].offset + 1 for tp, records in batch.items()})
     consumed = sum(map(len, batch.values()))
     metrics.consumed.inc(consumed)
     metrics.produced.inc(len(events))
@@ -138,14 +137,6 @@ async def _process(
     return consumed, len(events), len(dead)
 
 
-async def _commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
-    """Commit, or log that a rebalance took the partitions: their new owner redoes the batch."""
-    try:
-        await consumer.commit(offsets)
-    except (CommitFailedError, IllegalStateError) as exc:
-        log.warning("commit_failed_rebalance", error=str(exc), partitions=len(offsets))
-
-
 def _route(records: Iterable[Raw]) -> tuple[list[OutRecord], list[OutRecord]]:
     """Each record's events, or the record itself as a dead letter carrying its error."""
     events: list[OutRecord] = []
@@ -154,7 +145,7 @@ def _route(records: Iterable[Raw]) -> tuple[list[OutRecord], list[OutRecord]]:
         try:
             events.extend(_events(record))
         except (HeadersError, NormalizeError) as exc:
-            dead.append(_dead_letter(record, str(exc)))
+            dead.append(kafka_io.dead_letter(record, STAGE, str(exc)))
         except Exception as exc:
             # A bug rather than bad input: say where, and keep the partition moving.
             log.exception(
@@ -163,7 +154,9 @@ def _route(records: Iterable[Raw]) -> tuple[list[OutRecord], list[OutRecord]]:
                 partition=record.partition,
                 offset=record.offset,
             )
-            dead.append(_dead_letter(record, f"unexpected {type(exc).__name__}: {exc}"))
+            dead.append(
+                kafka_io.dead_letter(record, STAGE, f"unexpected {type(exc).__name__}: {exc}")
+            )
     return events, dead
 
 
@@ -185,18 +178,6 @@ def _events(record: Raw) -> list[OutRecord]:
             raw=RawRef(record.topic, record.partition, record.offset),
         )
     ]
-
-
-def _dead_letter(record: Raw, error: str) -> OutRecord:
-    log.warning(
-        "record_dead_lettered",
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        error=error,
-    )
-    headers = dead_letter_headers(record.headers, stage=STAGE, error=error)
-    return OutRecord(record.key, record.value or b"", headers)
 
 
 class _Progress:
