@@ -19,6 +19,7 @@ def services(kafka: KafkaSettings, http_port: int) -> list[Child]:
     return [
         Child("ingress", ("ingress", "--kafka", kafka.bootstrap, "--port", str(http_port))),
         Child("normalizer", ("normalizer", "--kafka", kafka.bootstrap)),
+        Child("aggregator", ("aggregator", "--kafka", kafka.bootstrap)),
     ]
 
 

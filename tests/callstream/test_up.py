@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
 import msgspec
 import pytest
+from aiokafka import ConsumerRecord
 
 from callstream import kafka as kafka_io
 from callstream import topics
@@ -45,7 +46,25 @@ async def pipeline(tmp_path: Path) -> AsyncIterator[tuple[str, KafkaSettings]]:
     assert code == 0
 
 
-async def test_a_callback_comes_out_as_canonical_events(
+Records = list[ConsumerRecord[bytes, bytes]]
+
+
+async def _read(kafka: KafkaSettings, topic: str, enough: Callable[[Records], bool]) -> Records:
+    """The records of `topic` once `enough` of them have been written (within a deadline)."""
+    consumer = kafka_io.consumer(kafka, topic, group_id=f"test-{topic}")
+    await consumer.start()
+    records: Records = []
+    try:
+        async with asyncio.timeout(60):
+            while not enough(records):
+                for batch in (await consumer.getmany(timeout_ms=500)).values():
+                    records.extend(batch)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def test_a_callback_comes_out_as_canonical_events_and_a_session(
     pipeline: tuple[str, KafkaSettings],
 ) -> None:
     base, kafka = pipeline
@@ -54,17 +73,8 @@ async def test_a_callback_comes_out_as_canonical_events(
         http.post(f"{base}/v1/callbacks/wavecell", data=SAMPLE.read_bytes()) as answer,
     ):
         assert answer.status == 202
-        request_id = (await answer.json())["id"]
-    consumer = kafka_io.consumer(kafka, topics.EVENTS, group_id="test-up")
-    await consumer.start()
-    events = []
-    try:
-        async with asyncio.timeout(60):
-            while len(events) < 2:
-                for records in (await consumer.getmany(timeout_ms=500)).values():
-                    events.extend(records)
-    finally:
-        await consumer.stop()
+        assert (await answer.json())["id"]
+    events = await _read(kafka, topics.EVENTS, lambda records: len(records) >= 2)
     values = [msgspec.json.decode(record.value) for record in events]
     assert sorted(v["leg"] for v in values) == ["a", "b"]
     assert {record.key for record in events} == {
@@ -72,4 +82,12 @@ async def test_a_callback_comes_out_as_canonical_events(
     }
     assert {v["session_key"].encode() for v in values} == {record.key for record in events}
     assert all(dict(record.headers)["ce_type"] == b"callstream.call_event.v1" for record in events)
-    assert request_id
+    sessions = await _read(
+        kafka, topics.SESSIONS, lambda records: bool(records) and b'"b":' in records[-1].value
+    )
+    latest = msgspec.json.decode(sessions[-1].value)
+    assert (latest["status"], latest["final"], sorted(latest["legs"])) == (
+        "completed",
+        True,
+        ["a", "b"],
+    )
