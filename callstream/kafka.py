@@ -175,3 +175,57 @@ def dead_letter(record: ConsumerRecord[bytes, bytes], stage: str, error: str) ->
     )
     headers = dead_letter_headers(record.headers, stage=stage, error=error)
     return OutRecord(record.key, record.value or b"", headers)
+
+
+async def publish(kafka: KafkaSettings, topic: str, records: Iterable[OutRecord]) -> None:
+    """Produce `records` with a producer of their own and wait for every ack (tools, benchmarks)."""
+    client = producer(kafka)
+    await client.start()
+    try:
+        await send_all(client, topic, records)
+    finally:
+        await client.stop()
+
+
+async def partitions_of(client: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """The partitions of `topic`, none if it does not exist.
+
+    Asks for every topic's metadata: asking for this one by name would make some brokers (the
+    embedded one included) create it.
+    """
+    await client.topics()
+    return [TopicPartition(topic, p) for p in sorted(client.partitions_for_topic(topic) or ())]
+
+
+async def at_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
+    """Whether `tp` is read up to the highwater its last fetch reported.
+
+    Not end_offsets(): the embedded broker answers it with the start of the last batch.
+    """
+    highwater = consumer.highwater(tp)
+    return highwater is not None and await consumer.position(tp) >= highwater
+
+
+async def read_all(
+    kafka: KafkaSettings, topic: str, *, within_s: float = 30.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of `topic` written so far, in offset order per partition (no group).
+
+    Raises TimeoutError if the topic cannot be read to its end within `within_s`.
+    """
+    client = consumer(kafka, group_id=None, fetch_max_wait_ms=50)
+    await client.start()
+    records: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        partitions = await partitions_of(client, topic)
+        client.assign(partitions)
+        await client.seek_to_beginning(*partitions)
+        async with asyncio.timeout(within_s):
+            pending = set(partitions)
+            while pending:
+                for batch in (await client.getmany(*pending, timeout_ms=50)).values():
+                    records.extend(batch)
+                pending = {tp for tp in pending if not await at_end(client, tp)}
+    finally:
+        await client.stop()
+    return records

@@ -8,7 +8,7 @@ import time
 from typing import Any, BinaryIO
 
 import msgspec
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord
 
 from callstream import kafka as kafka_io
 from callstream.errors import CallstreamError
@@ -68,11 +68,9 @@ async def tail(
     consumer = kafka_io.consumer(kafka, group_id=None)
     await consumer.start()
     try:
-        if topic not in await consumer.topics():
+        partitions = await kafka_io.partitions_of(consumer, topic)
+        if not partitions:
             raise TailError(f"topic {topic!r} does not exist on {kafka.bootstrap}")
-        partitions = [
-            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
         consumer.assign(partitions)
         if from_beginning:
             await consumer.seek_to_beginning(*partitions)

@@ -310,7 +310,7 @@ class _Aggregator(ConsumerRebalanceListener):
                 fetched: Batch = await consumer.getmany(*pending, timeout_ms=RESTORE_POLL_MS)
                 for tp, records in fetched.items():
                     _restore_all(restored[tp.partition], records, now, self.settings)
-                pending = {tp for tp in pending if not await _at_end(consumer, tp)}
+                pending = {tp for tp in pending if not await kafka_io.at_end(consumer, tp)}
         finally:
             await consumer.stop()
         log.info(
@@ -363,13 +363,6 @@ def _restore_all(
             )
             continue
         partition.restore(session, now, settings.final_retention_s)
-
-
-async def _at_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
-    """Whether `tp` is read to the highwater of its last fetch (end_offsets is not reliable on
-    the embedded broker; the highwater is known once a fetch response came back)."""
-    highwater = consumer.highwater(tp)
-    return highwater is not None and await consumer.position(tp) >= highwater
 
 
 def _out(session: SessionRecord) -> OutRecord:

@@ -64,12 +64,7 @@ async def _preload(kafka: KafkaSettings, sessions: int) -> int:
         for body in samples.payloads("wavecell", sessions)
         for event in normalize("wavecell", body, received_at=received_at)
     ]
-    producer = kafka_io.producer(kafka)
-    await producer.start()
-    try:
-        await kafka_io.send_all(producer, topics.EVENTS, records)
-    finally:
-        await producer.stop()
+    await kafka_io.publish(kafka, topics.EVENTS, records)
     return len(records)
 
 

@@ -55,14 +55,7 @@ async def _preload(kafka: KafkaSettings, count: int) -> None:
         RawMeta("wavecell", "webhook", datetime.now(UTC), "bench", "application/json", {})
     )
     bodies = islice(cycle(samples.payloads("wavecell", min(POOL, count))), count)
-    producer = kafka_io.producer(kafka)
-    await producer.start()
-    try:
-        await kafka_io.send_all(
-            producer, topics.RAW, (OutRecord(None, body, headers) for body in bodies)
-        )
-    finally:
-        await producer.stop()
+    await kafka_io.publish(kafka, topics.RAW, (OutRecord(None, body, headers) for body in bodies))
 
 
 async def _measure(kafka: KafkaSettings, count: int) -> dict[str, float]:

@@ -39,12 +39,7 @@ async def test_send_all_places_each_key_in_its_partition_and_keeps_headers(
         )
         for i in range(20_000)
     ]
-    producer = kafka_io.producer(kafka)
-    await producer.start()
-    try:
-        await kafka_io.send_all(producer, topics.EVENTS, records)
-    finally:
-        await producer.stop()
+    await kafka_io.publish(kafka, topics.EVENTS, records)
     consumer = kafka_io.consumer(kafka, topics.EVENTS, group_id="test")
     await consumer.start()
     seen = []

@@ -12,16 +12,9 @@ from callstream.settings import KafkaSettings
 
 
 async def _produce(kafka: KafkaSettings, values: list[bytes]) -> None:
-    producer = kafka_io.producer(kafka)
-    await producer.start()
-    try:
-        await kafka_io.send_all(
-            producer,
-            topics.EVENTS,
-            [kafka_io.OutRecord(b"k", v, [("ce_id", b"x")]) for v in values],
-        )
-    finally:
-        await producer.stop()
+    await kafka_io.publish(
+        kafka, topics.EVENTS, [kafka_io.OutRecord(b"k", v, [("ce_id", b"x")]) for v in values]
+    )
 
 
 async def _tail(

@@ -6,15 +6,15 @@ import asyncio
 import contextlib
 import os
 import sys
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 import pytest
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord
+from helpers import eventually
 
 from callstream import cloudevents, samples, topics
 from callstream import kafka as kafka_io
@@ -70,68 +70,34 @@ def _fold_all(events: Iterable[CallEvent]) -> SessionRecord | None:
 
 
 async def _produce(kafka: KafkaSettings, events: Iterable[CallEvent | OutRecord]) -> None:
-    producer = kafka_io.producer(kafka)
-    await producer.start()
-    try:
-        await kafka_io.send_all(
-            producer,
-            topics.EVENTS,
-            [
-                event
-                if isinstance(event, OutRecord)
-                else OutRecord(
-                    event.session_key.encode(),
-                    msgspec.json.encode(event),
-                    cloudevents.headers(
-                        event.event_id, event.provider, cloudevents.EVENT_TYPE, event.occurred_at
-                    ),
-                )
-                for event in events
-            ],
-        )
-    finally:
-        await producer.stop()
-
-
-async def _read_to_end(kafka: KafkaSettings, topic: str) -> list[Read]:
-    """Every record of `topic` present now, in offset order per partition."""
-    consumer = kafka_io.consumer(kafka, group_id=None)
-    await consumer.start()
-    seen: list[Read] = []
-    try:
-        partitions = [TopicPartition(topic, p) for p in range(kafka.partitions)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning()
-        deadline = time.monotonic() + DEADLINE_S
-        while True:
-            for batch in (await consumer.getmany(timeout_ms=50)).values():
-                seen.extend(batch)
-            highwaters = [consumer.highwater(tp) for tp in partitions]
-            positions = [await consumer.position(tp) for tp in partitions]
-            if all(h is not None and p >= h for h, p in zip(highwaters, positions, strict=True)):
-                return seen
-            assert time.monotonic() < deadline, f"{topic}: not read to its end"
-    finally:
-        await consumer.stop()
+    await kafka_io.publish(
+        kafka,
+        topics.EVENTS,
+        [
+            event
+            if isinstance(event, OutRecord)
+            else OutRecord(
+                event.session_key.encode(),
+                msgspec.json.encode(event),
+                cloudevents.headers(
+                    event.event_id, event.provider, cloudevents.EVENT_TYPE, event.occurred_at
+                ),
+            )
+            for event in events
+        ],
+    )
 
 
 async def _sessions(kafka: KafkaSettings) -> tuple[dict[str, SessionRecord], Counter[str]]:
     """The latest record of each session on calls.sessions, and how many records each has."""
     latest: dict[str, SessionRecord] = {}
     counts: Counter[str] = Counter()
-    for record in await _read_to_end(kafka, topics.SESSIONS):
+    for record in await kafka_io.read_all(kafka, topics.SESSIONS):
         session = _session.decode(record.value)
         assert record.key == session.session_key.encode()
         latest[session.session_key] = session
         counts[session.session_key] += 1
     return latest, counts
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not await check():
-        assert time.monotonic() < deadline, f"not within {DEADLINE_S:.0f}s: {what}"
-        await asyncio.sleep(0.1)
 
 
 async def _consumed(metrics: aggregator.Metrics, count: int) -> None:
@@ -140,7 +106,7 @@ async def _consumed(metrics: aggregator.Metrics, count: int) -> None:
     async def done() -> bool:
         return metrics.totals()["consumed_events"] >= count
 
-    await _eventually(done, f"{count} events consumed")
+    await eventually(done, f"{count} events consumed")
 
 
 @contextlib.asynccontextmanager
@@ -177,7 +143,7 @@ async def test_legs_out_of_order_and_duplicated_make_one_correct_session(
         await _produce(kafka, [*doc, *busy])  # duplicates, a batch of their own
         await _consumed(metrics, len(arrivals) + 4)
     assert await _sessions(kafka) == (latest, counts)
-    for record in await _read_to_end(kafka, topics.SESSIONS):
+    for record in await kafka_io.read_all(kafka, topics.SESSIONS):
         session = _session.decode(record.value)
         ce_id = f"{session.session_key}:{session.event_count}"
         assert record.headers == tuple(
@@ -206,7 +172,7 @@ async def test_records_that_are_not_call_events_go_to_the_dlq(kafka: KafkaSettin
     await _produce(kafka, [bad, *events])
     async with _running(kafka) as metrics:
         await _consumed(metrics, 3)
-    (letter,) = await _read_to_end(kafka, topics.DLQ)
+    (letter,) = await kafka_io.read_all(kafka, topics.DLQ)
     assert (letter.key, letter.value) == (bad.key, bad.value)
     headers = dict(letter.headers)
     assert headers["origin"] == b"test"
@@ -238,7 +204,7 @@ async def _all_sessions_have(kafka: KafkaSettings, keys: set[str], leg: str) -> 
         latest, _ = await _sessions(kafka)
         return keys <= latest.keys() and all(leg in latest[key].legs for key in keys)
 
-    await _eventually(done, f"{len(keys)} sessions with leg {leg}")
+    await eventually(done, f"{len(keys)} sessions with leg {leg}")
 
 
 async def test_a_killed_aggregator_restarts_from_its_stored_sessions(
@@ -284,7 +250,7 @@ async def test_a_second_instance_takes_over_partitions_with_their_state(
                 folded = leaving.totals()["consumed_events"] + staying.totals()["consumed_events"]
                 return folded >= len(sessions)
 
-            await _eventually(all_a_legs, "every a leg folded")
+            await eventually(all_a_legs, "every a leg folded")
         # The leaving instance has committed and left: its partitions move to the staying one.
         await _produce(kafka, [b for _, b in sessions])
         await _all_sessions_have(kafka, {a.session_key for a, _ in sessions}, "b")
@@ -304,7 +270,7 @@ async def test_an_open_session_is_closed_as_unknown_and_a_real_outcome_still_rep
         async def closed() -> bool:
             return metrics.registry.get_sample_value("aggregator_timed_out_sessions_total") == 1
 
-        await _eventually(closed, "the session closed")
+        await eventually(closed, "the session closed")
         latest, _ = await _sessions(kafka)
         guess = latest[ringing.session_key]
         assert (guess.status, guess.final, guess.event_count) == (Status.UNKNOWN, True, 2)
@@ -332,7 +298,7 @@ async def test_evicted_sessions_ignore_late_reports(kafka: KafkaSettings) -> Non
         async def evicted() -> bool:
             return metrics.registry.get_sample_value("aggregator_sessions_in_memory") == 0
 
-        await _eventually(evicted, "the final session evicted")
+        await eventually(evicted, "the final session evicted")
         await _produce(kafka, [late_b, leg_a])
         await _consumed(metrics, 3)
         assert metrics.totals()["late_events"] == 2

@@ -6,14 +6,14 @@ import asyncio
 import contextlib
 import os
 import sys
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 from aiokafka import ConsumerRecord, TopicPartition
+from helpers import eventually
 
 from callstream import cloudevents, samples, topics
 from callstream import kafka as kafka_io
@@ -53,38 +53,6 @@ def _golden(errors: bool) -> list[tuple[Path, dict[str, str]]]:
     return cases
 
 
-async def _produce(kafka: KafkaSettings, records: Iterable[OutRecord]) -> None:
-    producer = kafka_io.producer(kafka)
-    await producer.start()
-    try:
-        await kafka_io.send_all(producer, topics.RAW, records)
-    finally:
-        await producer.stop()
-
-
-async def _read_to_end(kafka: KafkaSettings, topic: str) -> list[Read]:
-    """Every record of `topic` present now: read until each partition's position reaches the
-    highwater its last fetch reported (the embedded broker's end_offsets are not reliable)."""
-    consumer = kafka_io.consumer(kafka, group_id=None)
-    await consumer.start()
-    seen: list[Read] = []
-    try:
-        partitions = [TopicPartition(topic, p) for p in range(kafka.partitions)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning()
-        deadline = time.monotonic() + DEADLINE_S
-        while True:
-            for batch in (await consumer.getmany(timeout_ms=100)).values():
-                seen.extend(batch)
-            highwaters = [consumer.highwater(tp) for tp in partitions]
-            positions = [await consumer.position(tp) for tp in partitions]
-            if all(h is not None and p >= h for h, p in zip(highwaters, positions, strict=True)):
-                return seen
-            assert time.monotonic() < deadline, f"{topic}: not read to its end"
-    finally:
-        await consumer.stop()
-
-
 async def _committed(kafka: KafkaSettings, group_id: str = GROUP) -> dict[int, int]:
     consumer = kafka_io.consumer(kafka, group_id=group_id)
     await consumer.start()
@@ -97,18 +65,11 @@ async def _committed(kafka: KafkaSettings, group_id: str = GROUP) -> dict[int, i
         await consumer.stop()
 
 
-async def _eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not await check():
-        assert time.monotonic() < deadline, f"not within {DEADLINE_S:.0f}s: {what}"
-        await asyncio.sleep(0.2)
-
-
 async def _all_committed(kafka: KafkaSettings, count: int) -> None:
     async def done() -> bool:
         return sum((await _committed(kafka)).values()) >= count
 
-    await _eventually(done, f"{count} raw records committed")
+    await eventually(done, f"{count} raw records committed")
 
 
 @contextlib.asynccontextmanager
@@ -152,17 +113,19 @@ def _expected(raw: Read) -> list[tuple[bytes, bytes, tuple[tuple[str, bytes], ..
 
 async def test_golden_reports_become_their_canonical_events(kafka: KafkaSettings) -> None:
     cases = _golden(errors=False)
-    await _produce(kafka, [_raw(body.parent.name, body.read_bytes(), ctx) for body, ctx in cases])
+    await kafka_io.publish(
+        kafka, topics.RAW, [_raw(body.parent.name, body.read_bytes(), ctx) for body, ctx in cases]
+    )
     async with _running(kafka):
         await _all_committed(kafka, len(cases))
-    raws = await _read_to_end(kafka, topics.RAW)
+    raws = await kafka_io.read_all(kafka, topics.RAW)
     expected = Counter(out for raw in raws for out in _expected(raw))
-    produced = await _read_to_end(kafka, topics.EVENTS)
+    produced = await kafka_io.read_all(kafka, topics.EVENTS)
     assert Counter((m.key, m.value, m.headers) for m in produced) == expected
     assert {_event.decode(m.value).provider for m in produced} == {
         body.parent.name for body, _ in cases
     }
-    assert await _read_to_end(kafka, topics.DLQ) == []
+    assert await kafka_io.read_all(kafka, topics.DLQ) == []
 
 
 async def test_bad_records_go_to_the_dlq_with_their_error_and_the_rest_flows(
@@ -186,11 +149,11 @@ async def test_bad_records_go_to_the_dlq_with_their_error_and_the_rest_flows(
         "raw record headers: ValidationError('Invalid RFC3339 encoded datetime')"
     )
     good = _raw("wavecell", (GOLDEN / "wavecell" / "doc_sample.json").read_bytes())
-    await _produce(kafka, [*bad, good])
+    await kafka_io.publish(kafka, topics.RAW, [*bad, good])
 
     async with _running(kafka, max_batch=7):
         await _all_committed(kafka, len(bad) + 1)
-    dead = {m.key: m for m in await _read_to_end(kafka, topics.DLQ)}
+    dead = {m.key: m for m in await kafka_io.read_all(kafka, topics.DLQ)}
     sent = {record.key: record for record in bad}
     assert dead.keys() == sent.keys()
     for key, letter in dead.items():
@@ -200,21 +163,23 @@ async def test_bad_records_go_to_the_dlq_with_their_error_and_the_rest_flows(
             (topics.ERROR_STAGE, b"normalize"),
             (topics.ERROR, reasons[key].encode()),
         ), key
-    assert len(await _read_to_end(kafka, topics.EVENTS)) == 2  # the good record's two legs
+    assert len(await kafka_io.read_all(kafka, topics.EVENTS)) == 2  # the good record's two legs
 
 
 async def test_offsets_are_committed_only_after_their_events_are_on_the_broker(
     kafka: KafkaSettings,
 ) -> None:
     count = 3_000
-    await _produce(kafka, [_raw("wavecell", body) for body in samples.payloads("wavecell", count)])
+    await kafka_io.publish(
+        kafka, topics.RAW, [_raw("wavecell", body) for body in samples.payloads("wavecell", count)]
+    )
     checks = 0
     async with _running(kafka, max_batch=40):
         while True:
             committed = await _committed(kafka)
             produced = {
                 (ref.partition, ref.offset)
-                for m in await _read_to_end(kafka, topics.EVENTS)
+                for m in await kafka_io.read_all(kafka, topics.EVENTS)
                 if (ref := _event.decode(m.value).raw) is not None
             }
             for partition, offset in committed.items():
@@ -228,17 +193,17 @@ async def test_offsets_are_committed_only_after_their_events_are_on_the_broker(
 
 async def test_stop_finishes_commits_and_hands_the_partitions_over(kafka: KafkaSettings) -> None:
     bodies = samples.payloads("wavecell", 600)
-    await _produce(kafka, [_raw("wavecell", body) for body in bodies[:500]])
+    await kafka_io.publish(kafka, topics.RAW, [_raw("wavecell", body) for body in bodies[:500]])
     async with _running(kafka) as first:
         await _all_committed(kafka, 500)
     assert first.done()
     assert first.exception() is None
 
-    await _produce(kafka, [_raw("wavecell", body) for body in bodies[500:]])
+    await kafka_io.publish(kafka, topics.RAW, [_raw("wavecell", body) for body in bodies[500:]])
     async with _running(kafka):
         await _all_committed(kafka, 600)
     # Everything the first run had was committed when it stopped: nothing was done twice.
-    assert len(await _read_to_end(kafka, topics.EVENTS)) == 2 * 600
+    assert len(await kafka_io.read_all(kafka, topics.EVENTS)) == 2 * 600
 
 
 async def _start_normalizer(kafka: KafkaSettings, log: Path) -> asyncio.subprocess.Process:
@@ -262,34 +227,40 @@ async def test_a_killed_normalizer_loses_no_raw_record(
     normalizer = await _start_normalizer(kafka, log)
     try:
         for chunk in range(0, 2_000, 100):  # fed while it runs
-            await _produce(kafka, [_raw("wavecell", body) for body in bodies[chunk : chunk + 100]])
+            await kafka_io.publish(
+                kafka, topics.RAW, [_raw("wavecell", body) for body in bodies[chunk : chunk + 100]]
+            )
 
         async def some_committed() -> bool:
             return sum((await _committed(kafka, "callstream-normalizer")).values()) > 0
 
-        await _eventually(some_committed, "the first commits")
+        await eventually(some_committed, "the first commits")
         normalizer.kill()  # SIGKILL: no final batch, no commit, no leaving the group
         await normalizer.wait()
-        await _produce(kafka, [_raw("wavecell", body) for body in bodies[2_000:3_000]])
+        await kafka_io.publish(
+            kafka, topics.RAW, [_raw("wavecell", body) for body in bodies[2_000:3_000]]
+        )
         normalizer = await _start_normalizer(kafka, log)
-        await _produce(kafka, [_raw("wavecell", body) for body in bodies[3_000:]])
+        await kafka_io.publish(
+            kafka, topics.RAW, [_raw("wavecell", body) for body in bodies[3_000:]]
+        )
 
         async def all_committed() -> bool:
             committed = await _committed(kafka, "callstream-normalizer")
             return sum(committed.values()) >= len(bodies)
 
-        await _eventually(all_committed, f"all raw records committed; see {log}")
+        await eventually(all_committed, f"all raw records committed; see {log}")
     finally:
         if normalizer.returncode is None:
             normalizer.terminate()
             await normalizer.wait()
 
     legs = Counter()
-    for message in await _read_to_end(kafka, topics.EVENTS):
+    for message in await kafka_io.read_all(kafka, topics.EVENTS):
         event = _event.decode(message.value)
         assert event.raw is not None
         legs[event.raw.partition, event.raw.offset, event.leg] += 1
-    raws = await _read_to_end(kafka, topics.RAW)
+    raws = await kafka_io.read_all(kafka, topics.RAW)
     assert len(raws) == len(bodies)
     lost = [(m.partition, m.offset) for m in raws if not legs[m.partition, m.offset, "a"]]
     assert not lost, f"raw records without events: {lost[:5]}"
