@@ -20,11 +20,13 @@ from callstream.log import configure_logging
 from callstream.service import run_until_signalled
 from callstream.settings import (
     AggregatorSettings,
+    AlertSettings,
     IngressSettings,
     KafkaSettings,
     LogSettings,
     NormalizerSettings,
     SettingsError,
+    StoreSettings,
     load,
 )
 from normalize import ADAPTERS, normalize
@@ -101,6 +103,18 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     cmd.set_defaults(run=_service)
 
+    cmd = commands.add_parser("store", parents=[kafka], help="write events and sessions to a store")
+    cmd.add_argument("--store", dest="url", default=None, help="sqlite:///PATH or postgresql://…")
+    cmd.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here (0: off)")
+    cmd.set_defaults(run=_service)
+
+    cmd = commands.add_parser(
+        "alerts", parents=[kafka], help="evaluate alert rules into calls.alerts"
+    )
+    cmd.add_argument("--rules", default=None, help="TOML file of rules (default: built-in rules)")
+    cmd.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here (0: off)")
+    cmd.set_defaults(run=_service)
+
     for name, help_text in (
         ("normalizer", "normalize calls.raw into calls.events"),
         ("aggregator", "fold calls.events into calls.sessions"),
@@ -135,6 +149,7 @@ def _parser() -> argparse.ArgumentParser:
         ("ingress", "requests/s of the ingress vs a bare aiohttp handler"),
         ("normalizer", "raw records/s through the normalizer service"),
         ("aggregate", "events/s folded into sessions by the aggregator"),
+        ("sink", "events/s written to each store backend"),
     ):
         cmd = bench.add_parser(name, help=help_text)
         cmd.add_argument("--json", action="store_true", help="print one JSON object")
@@ -253,6 +268,8 @@ _SERVICES = {
     "ingress": _Service("ingest.server", IngressSettings, ("host", "port", "insecure_no_auth")),
     "normalizer": _Service("normalize.service", NormalizerSettings, ("metrics_port",)),
     "aggregator": _Service("normalize.aggregator", AggregatorSettings, ("metrics_port",)),
+    "store": _Service("sinks.store", StoreSettings, ("url", "metrics_port")),
+    "alerts": _Service("sinks.alerts", AlertSettings, ("rules", "metrics_port")),
 }
 
 

@@ -136,3 +136,22 @@ class AggregatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     """How often timeouts and retention are checked."""
     metrics_port: int = 0
     """Serve Prometheus /metrics on this port (0: off)."""
+
+
+class StoreSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    url: str = "sqlite:///.callstream/callstream.sqlite3"
+    """Where events and sessions are stored: sqlite:///PATH or postgresql://USER@HOST:PORT/DB."""
+    group_id: str = "callstream-store"
+    max_batch: int = 5_000
+    """Records written and committed together."""
+    metrics_port: int = 0
+    """Serve Prometheus /metrics on this port (0: off)."""
+
+
+class AlertSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    rules: str | None = None
+    """A TOML file of alert rules; the documented defaults when unset."""
+    group_id: str = "callstream-alerts"
+    max_batch: int = 5_000
+    metrics_port: int = 0
+    """Serve Prometheus /metrics on this port (0: off)."""
