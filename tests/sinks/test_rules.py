@@ -1,0 +1,257 @@
+"""Alert rules without Kafka: episodes, minimums, hysteresis, account causes, rules files."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from callstream.settings import SettingsError
+from schemas import Cause, SessionLeg, SessionRecord, Status
+from sinks.rules import (
+    Acd,
+    Alert,
+    AnyRule,
+    Asr,
+    Causes,
+    Countries,
+    Evaluator,
+    FailureRatio,
+    Pdd,
+    Scope,
+    load_rules,
+)
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+_ids = itertools.count()
+
+
+def make_session(
+    at_s: float,
+    status: Status = Status.COMPLETED,
+    *,
+    key: str | None = None,
+    account: str | None = "acc1",
+    duration_s: int | None = 60,
+    pdd_s: float | None = None,
+    cause: str | None = None,
+    final: bool = True,
+) -> SessionRecord:
+    at = T0 + timedelta(seconds=at_s)
+    initiated = at - timedelta(seconds=90)
+    leg = SessionLeg(
+        call_id="c",
+        status=status,
+        final=final,
+        from_number=None,
+        to_number=None,
+        cause=None,
+        hangup_by=None,
+        initiated_at=initiated,
+        ringing_at=initiated + timedelta(seconds=pdd_s) if pdd_s is not None else None,
+        answered_at=None,
+        ended_at=at,
+        duration_s=duration_s,
+        billed_s=None,
+        occurred_at=at,
+        event_id="e",
+    )
+    session_id = key or f"s{next(_ids)}"
+    return SessionRecord(
+        session_key=f"wavecell:{account or ''}:{session_id}",
+        provider="wavecell",
+        account=account,
+        session_id=session_id,
+        status=status,
+        final=final,
+        legs={"call": leg},
+        started_at=initiated,
+        answered_at=None,
+        ended_at=at,
+        duration_s=duration_s,
+        billed_s=None,
+        cause=Cause(label=cause) if cause else None,
+        event_count=1,
+        updated_at=at,
+    )
+
+
+def _feed(evaluator: Evaluator, sessions: list[SessionRecord]) -> list[Alert]:
+    return [alert for session in sessions for alert in evaluator.feed(session)]
+
+
+def _states(alerts: list[Alert]) -> list[tuple[str, str]]:
+    return [(alert.key, alert.state) for alert in alerts]
+
+
+PROVIDER = ("provider",)
+EPISODES: list[tuple[AnyRule, dict[str, object], dict[str, object]]] = [
+    (
+        Asr(name="asr", scopes=PROVIDER, fire=0.3, clear=0.4),
+        {"status": Status.FAILED},
+        {"status": Status.COMPLETED},
+    ),
+    (
+        FailureRatio(name="fail", scopes=PROVIDER, fire=0.5, clear=0.4),
+        {"status": Status.REJECTED},
+        {"status": Status.BUSY},
+    ),
+    (
+        Acd(name="acd", scopes=PROVIDER, min_attempts=10, fire=10, clear=15),
+        {"duration_s": 3},
+        {"duration_s": 60},
+    ),
+    (
+        Pdd(name="pdd", scopes=PROVIDER, min_attempts=10, fire=8, clear=6),
+        {"pdd_s": 12.0},
+        {"pdd_s": 2.0},
+    ),
+]
+
+
+@pytest.mark.parametrize(("rule", "bad", "good"), EPISODES, ids=lambda p: getattr(p, "name", ""))
+def test_an_episode_fires_once_and_resolves_once(
+    rule: AnyRule, bad: dict[str, object], good: dict[str, object]
+) -> None:
+    evaluator = Evaluator([rule])
+    sessions = [make_session(i, **bad) for i in range(60)]  # type: ignore[arg-type]
+    sessions += [make_session(60 + i, **good) for i in range(150)]  # type: ignore[arg-type]
+    alerts = _feed(evaluator, sessions)
+    assert _states(alerts) == [
+        (f"{rule.name}:provider=wavecell", "firing"),
+        (f"{rule.name}:provider=wavecell", "resolved"),
+    ]
+    firing, resolved = alerts
+    assert firing.attempts == rule.min_attempts  # fires as soon as the minimum is reached
+    assert firing.threshold == rule.fire
+    assert resolved.since == firing.since == firing.at
+    assert resolved.alert_id == f"{resolved.key}:resolved:{firing.at:%Y-%m-%dT%H:%M:%SZ}"
+
+
+def test_no_alert_below_the_minimum_of_attempts() -> None:
+    rule = Asr(name="asr", scopes=PROVIDER, min_attempts=20, fire=0.3, clear=0.4)
+    evaluator = Evaluator([rule])
+    assert _feed(evaluator, [make_session(i, Status.FAILED) for i in range(19)]) == []
+    assert _states(evaluator.feed(make_session(19, Status.FAILED))) == [
+        ("asr:provider=wavecell", "firing")
+    ]
+
+
+def test_hysteresis_keeps_an_oscillating_value_to_one_alert() -> None:
+    """Three completed in ten: an 11 s window holds 3 or 4 of 11 (0.27 or 0.36), around 0.3.
+    Without a margin (clear == fire) the same stream floods; with one it is one firing."""
+    pattern = [Status.COMPLETED] * 3 + [Status.FAILED] * 7
+    statuses = list(itertools.islice(itertools.cycle(pattern), 500))
+    sessions = [make_session(i, status) for i, status in enumerate(statuses)]
+
+    def alerts(clear: float) -> list[Alert]:
+        rule = Asr(name="asr", scopes=PROVIDER, window_s=10, min_attempts=10, fire=0.3, clear=clear)
+        return _feed(Evaluator([rule]), sessions)
+
+    assert _states(alerts(clear=0.4)) == [("asr:provider=wavecell", "firing")]
+    assert len(alerts(clear=0.3)) > 50
+
+
+def test_account_causes_fire_at_once_and_resolve_after_a_quiet_window() -> None:
+    rule = Causes(name="account", window_s=300)
+    evaluator = Evaluator([rule])
+    key = "account:provider=wavecell,account=acc1"
+    assert _states(evaluator.feed(make_session(0, Status.FAILED, cause="NO_FUNDS"))) == [
+        (key, "firing")
+    ]
+    more = [make_session(10 + i, Status.FAILED, cause="NO_FUNDS") for i in range(5)]
+    assert _feed(evaluator, more) == []  # the same episode
+    calm = [make_session(20 + i * 10, account="other") for i in range(40)]  # time moves on
+    alerts = _feed(evaluator, calm)
+    assert _states(alerts) == [(key, "resolved")]
+    (resolved,) = alerts
+    assert resolved.at - T0 > timedelta(seconds=14 + 300)  # 300 s after the last cause
+    assert resolved.value == 0
+    assert resolved.since == T0
+
+
+def test_a_session_is_counted_once() -> None:
+    """Non-final versions, duplicates and later versions of a final session add nothing."""
+    evaluator = Evaluator([Causes(name="account", min_attempts=2)])
+    versions = [
+        make_session(0, Status.RINGING, key="x", cause="NO_FUNDS", final=False),
+        make_session(1, Status.FAILED, key="x", cause="NO_FUNDS"),
+        make_session(1, Status.FAILED, key="x", cause="NO_FUNDS"),
+        make_session(2, Status.REJECTED, key="x", cause="NO_FUNDS"),
+    ]
+    assert _feed(evaluator, versions) == []
+    assert evaluator.tracks["account:provider=wavecell,account=acc1"].window.count == 1
+    assert evaluator.feed(make_session(3, Status.FAILED, key="y", cause="NO_FUNDS")) != []
+
+
+def test_a_restored_firing_alert_is_not_fired_again() -> None:
+    rule = Asr(name="asr", scopes=PROVIDER, fire=0.3, clear=0.4)
+    since = T0 - timedelta(seconds=30)
+    restored = Alert(
+        alert_id="old",
+        rule="asr",
+        kind="asr",
+        scope=Scope("wavecell"),
+        state="firing",
+        value=0.0,
+        threshold=0.3,
+        window_s=300,
+        attempts=20,
+        at=since,
+        since=since,
+    )
+    evaluator = Evaluator([rule], [restored])
+    assert _feed(evaluator, [make_session(i, Status.FAILED) for i in range(40)]) == []
+    alerts = _feed(evaluator, [make_session(40 + i) for i in range(40)])
+    assert _states(alerts) == [("asr:provider=wavecell", "resolved")]
+    assert alerts[0].since == since
+
+
+def test_country_scope_follows_the_deciding_leg() -> None:
+    countries = Countries()
+    session = make_session(0, Status.FAILED, cause="NO_COVERAGE")
+    session = msgspec.structs.replace(
+        session, legs={"a": session.legs["call"]} | {"b": session.legs["call"]}
+    )
+    countries.note(session.session_key, "a", "FR")
+    countries.note(session.session_key, "b", "GB")
+    assert countries.of(session) == "GB"
+    evaluator = Evaluator([Causes(name="cov", scopes=("provider", "account", "country"))])
+    assert sorted(alert.key for alert in evaluator.feed(session, countries.of(session))) == [
+        "cov:provider=wavecell",
+        "cov:provider=wavecell,account=acc1",
+        "cov:provider=wavecell,country=GB",
+    ]
+
+
+def test_the_default_rules_load() -> None:
+    rules = load_rules(None)
+    assert {type(rule) for rule in rules} == {Asr, FailureRatio, Acd, Pdd, Causes}
+    (causes,) = (rule for rule in rules if isinstance(rule, Causes))
+    assert causes.causes == {"NO_FUNDS", "PAYMENT_ERROR", "NO_COVERAGE", "SERVER_TOO_BUSY"}
+    assert causes.scopes == ("account",)
+
+
+@pytest.mark.parametrize(
+    ("body", "names"),
+    [
+        ('name = "a"\nkind = "asr"\nfire = 0.3\nclear = 0.4\nfier = 0.2\n', "fier"),
+        ('name = "a"\nkind = "asr"\nfire = 0.3\nclear = 0.2\n', "clear must be ≥ fire"),
+        ('name = "a"\nkind = "nope"\n', "kind"),
+        ('name = "a"\nkind = "acd"\nfire = 10\n', "clear"),
+    ],
+)
+def test_a_bad_rules_file_names_the_file_and_the_key(tmp_path: Path, body: str, names: str) -> None:
+    path = tmp_path / "rules.toml"
+    path.write_text("[[rules]]\n" + body)
+    with pytest.raises(SettingsError, match=names) as error:
+        load_rules(str(path))
+    assert str(path) in str(error.value)
+
+
+def test_a_missing_rules_file_is_a_settings_error(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"missing\.toml"):
+        load_rules(str(tmp_path / "missing.toml"))
