@@ -1,0 +1,187 @@
+"""The SQLite backend: one file, WAL mode, one writer.
+
+The stdlib `sqlite3` runs in a single thread of our own rather than through aiosqlite: a whole
+batch (its executemany calls and the commit) is one hop to that thread instead of one per
+statement, and it needs no extra dependency. One thread also serializes every use of the
+connection, which sqlite3 requires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from schemas import CallEvent, SessionRecord, Status
+from sinks import backend
+from sinks.backend import (
+    CALL_COLUMNS,
+    EVENT_COLUMNS,
+    SESSION_COLUMNS,
+    TIME_COLUMNS,
+    Backend,
+    Dialect,
+    GroupBy,
+    Row,
+    Written,
+)
+
+T = TypeVar("T")
+BUSY_TIMEOUT_S = 30.0
+"""How long a statement waits for another connection's lock (a reader's checkpoint, a CLI)."""
+
+
+def iso(moment: datetime | None) -> str | None:
+    """A time as fixed-width ISO-8601 UTC text, so that text order is time order."""
+    return None if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+_DIALECT = Dialect(
+    param=lambda _: "?",
+    seconds=lambda start, end: f"(julianday({end}) - julianday({start})) * 86400.0",
+    time=iso,
+)
+_INSERT_EVENTS = (
+    f"INSERT INTO call_events ({', '.join(EVENT_COLUMNS)})"  # noqa: S608 - identifiers are ours; values are bound
+    f" VALUES ({', '.join('?' * len(EVENT_COLUMNS))}) ON CONFLICT (event_id) DO NOTHING"
+)
+_UPSERT_SESSIONS = (
+    f"INSERT INTO call_sessions ({', '.join(SESSION_COLUMNS)})"  # noqa: S608 - identifiers are ours; values are bound
+    f" VALUES ({', '.join('?' * len(SESSION_COLUMNS))}) ON CONFLICT (session_key) DO UPDATE SET "
+    + ", ".join(f"{name} = excluded.{name}" for name in SESSION_COLUMNS[1:])
+    + " WHERE call_sessions.event_count < excluded.event_count"
+)
+
+
+class SqliteBackend(Backend):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        self._db: sqlite3.Connection | None = None
+
+    async def _run(self, work: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, work, *args)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError(f"{self.path}: the store is not open")
+        return self._db
+
+    async def open(self) -> list[int]:
+        await self._run(self._connect)
+        return await self.migrate()
+
+    def _connect(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: transactions are ours (BEGIN IMMEDIATE … COMMIT), DDL included.
+        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")  # durable across a process crash (WAL)
+        self._db = db
+
+    async def migrate(self) -> list[int]:
+        return await self._run(self._migrate)
+
+    def _migrate(self) -> list[int]:
+        with self._transaction() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
+                " name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+            )
+            applied = {
+                version for (version,) in db.execute("SELECT version FROM schema_migrations")
+            }
+            missing = [m for m in backend.migrations("sqlite") if m.version not in applied]
+            for migration in missing:
+                for statement in _statements(migration.sql):
+                    db.execute(statement)
+                db.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                    (migration.version, migration.name, iso(datetime.now(UTC))),
+                )
+        return [migration.version for migration in missing]
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE takes the write lock at once, so a concurrent writer waits at the
+        start instead of failing at its first write."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    async def write(
+        self, events: Sequence[CallEvent], sessions: Sequence[SessionRecord]
+    ) -> Written:
+        event_rows = [backend.event_row(event, iso) for event in events]
+        session_rows = [backend.session_row(session, iso) for session in backend.latest(sessions)]
+        return await self._run(self._write, event_rows, session_rows)
+
+    def _write(self, events: list[tuple[Any, ...]], sessions: list[tuple[Any, ...]]) -> Written:
+        with self._transaction() as db:
+            written_events = db.executemany(_INSERT_EVENTS, events).rowcount if events else 0
+            written_sessions = (
+                db.executemany(_UPSERT_SESSIONS, sessions).rowcount if sessions else 0
+            )
+        return Written(written_events, written_sessions)
+
+    async def calls(
+        self,
+        *,
+        provider: str | None = None,
+        status: Status | str | None = None,
+        since: datetime | None = None,
+        number: str | None = None,
+        limit: int = 50,
+    ) -> list[Row]:
+        sql, args = backend.calls_query(
+            _DIALECT, provider=provider, status=status, since=since, number=number, limit=limit
+        )
+        rows = await self._run(self._fetch, sql, args)
+        return [_row(CALL_COLUMNS, row) for row in rows]
+
+    async def stats(self, *, since: datetime | None = None, by: GroupBy | None = None) -> list[Row]:
+        sql, args = backend.stats_query(_DIALECT, since=since, by=by)
+        return backend.summarize(await self._run(self._fetch, sql, args))
+
+    def _fetch(self, sql: str, args: list[Any]) -> list[tuple[Any, ...]]:
+        return self.db.execute(sql, args).fetchall()
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._run(self._db.close)
+            self._db = None
+        self._thread.shutdown()
+
+
+def _row(columns: Sequence[str], values: Sequence[Any]) -> Row:
+    """A row with the types PostgreSQL returns: aware datetimes and booleans."""
+    row = dict(zip(columns, values, strict=True))
+    for name in TIME_COLUMNS.intersection(row):
+        if row[name] is not None:
+            row[name] = datetime.fromisoformat(row[name])
+    row["final"] = bool(row["final"])
+    return row
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a migration, split where sqlite3 says one is complete: executescript
+    would commit first, and a migration must run inside the runner's transaction."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            yield statement
+            statement = ""
+    if statement.strip():  # a last statement without ";", or a trailing comment (a no-op)
+        yield statement

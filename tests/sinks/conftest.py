@@ -1,0 +1,66 @@
+"""Stores for the sink tests: every backend, each test in a store of its own.
+
+PostgreSQL is the real server (CALLSTREAM_TEST_POSTGRES_URL, default the CI one); each test
+gets a fresh schema, reached through the store URL's `search_path` parameter, dropped after.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from sink_helpers import Query
+
+from sinks.backend import Backend, backend_for
+
+POSTGRES_URL = os.environ.get(
+    "CALLSTREAM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest_asyncio.fixture(loop_scope="function", params=["sqlite", "postgres"])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/store/callstream.sqlite3"  # an absolute path: sqlite:////…
+        return
+    schema = f"t_{uuid.uuid4().hex}"
+    admin = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await admin.execute(f"CREATE SCHEMA {schema}")
+        yield f"{POSTGRES_URL}?search_path={schema}"
+    finally:
+        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await admin.close()
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def store(store_url: str) -> AsyncIterator[Backend]:
+    backend = backend_for(store_url)
+    await backend.open()
+    yield backend
+    await backend.close()
+
+
+@pytest.fixture
+def query(store_url: str) -> Query:
+    """Run SQL on the test's store directly, around the backend under test."""
+
+    async def run(sql: str) -> list[tuple[Any, ...]]:
+        if store_url.startswith("sqlite"):
+            with closing(sqlite3.connect(store_url.removeprefix("sqlite:///"))) as lite:
+                return lite.execute(sql).fetchall()
+        db = await asyncpg.connect(store_url)
+        try:
+            return [tuple(row) for row in await db.fetch(sql)]
+        finally:
+            await db.close()
+
+    return run

@@ -1,0 +1,128 @@
+"""The store service against the embedded broker and each real store: rows, dead letters, crash."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import msgspec
+from helpers import eventually
+from sink_helpers import Query, events_of, sessions_of
+
+from callstream import kafka as kafka_io
+from callstream import samples, topics
+from callstream.kafka import OutRecord
+from callstream.settings import KafkaSettings, StoreSettings
+from schemas import CallEvent, SessionRecord
+from sinks import store
+
+_encoder = msgspec.json.Encoder()
+
+
+def _records(items: list[CallEvent] | list[SessionRecord]) -> list[OutRecord]:
+    return [OutRecord(item.session_key.encode(), _encoder.encode(item), []) for item in items]
+
+
+async def _counts(query: Query) -> tuple[int, int]:
+    try:
+        [(events,)] = await query("SELECT count(*) FROM call_events")
+        [(sessions,)] = await query("SELECT count(*) FROM call_sessions")
+    except Exception:  # the service has not migrated the store yet
+        return -1, -1
+    return events, sessions
+
+
+async def test_events_and_sessions_become_rows_and_garbage_is_dead_lettered(
+    kafka: KafkaSettings, store_url: str, query: Query
+) -> None:
+    events = events_of(samples.payloads("wavecell", 300))
+    sessions = sessions_of(events)
+    await kafka_io.publish(kafka, topics.EVENTS, _records(events))
+    await kafka_io.publish(kafka, topics.SESSIONS, _records(sessions))
+    await kafka_io.publish(kafka, topics.EVENTS, [OutRecord(b"k", b"not json", [])])
+    stop, metrics = asyncio.Event(), store.Metrics()
+    settings = StoreSettings(url=store_url, group_id="test-store", max_batch=200)
+    serving = asyncio.create_task(store.serve(settings, kafka, stop, metrics))
+    try:
+        latest = {session.session_key: session for session in sessions}
+        expected = (len(events), len(latest))
+
+        async def stored() -> bool:
+            assert not serving.done(), serving
+            return await _counts(query) == expected
+
+        await eventually(stored, f"{expected} rows")
+        [(count,)] = await query("SELECT count(*) FROM call_sessions WHERE event_count = 2")
+        assert count == len(latest)  # every session at its newest version
+    finally:
+        stop.set()
+        await serving
+    dead = await kafka_io.read_all(kafka, topics.DLQ)
+    assert [(m.value, dict(m.headers)[topics.ERROR_STAGE]) for m in dead] == [
+        (b"not json", b"store")
+    ]
+    sample = metrics.registry.get_sample_value
+    assert sample("store_written_events_total") == len(events)
+    assert sample("store_dead_lettered_records_total") == 1
+
+
+async def _start_store(kafka: KafkaSettings, url: str, log: Path) -> asyncio.subprocess.Process:
+    env = os.environ | {
+        "CALLSTREAM_KAFKA__SESSION_TIMEOUT_MS": "2000",
+        "CALLSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "200",
+        "CALLSTREAM_STORE__MAX_BATCH": "100",
+    }
+    with log.open("ab") as stderr:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "callstream", "store", "--kafka", kafka.bootstrap,
+            "--store", url, env=env, stdout=stderr, stderr=stderr,
+        )  # fmt: skip
+
+
+async def _committed(kafka: KafkaSettings) -> int:
+    consumer = kafka_io.consumer(kafka, group_id="callstream-store")
+    await consumer.start()
+    try:
+        partitions = [
+            tp
+            for topic in (topics.EVENTS, topics.SESSIONS)
+            for tp in await kafka_io.partitions_of(consumer, topic)
+        ]
+        offsets = [await consumer.committed(tp) for tp in partitions]
+        return sum(offset or 0 for offset in offsets)
+    finally:
+        await consumer.stop()
+
+
+async def test_a_killed_store_loses_no_row_and_doubles_none(
+    kafka: KafkaSettings, store_url: str, query: Query, tmp_path: Path
+) -> None:
+    events = events_of(samples.payloads("wavecell", 3_000))
+    log = tmp_path / "store.log"
+    process = await _start_store(kafka, store_url, log)
+    try:
+        for start in range(0, 3_000, 100):  # fed while it runs
+            await kafka_io.publish(kafka, topics.EVENTS, _records(events[start : start + 100]))
+
+        async def some_committed() -> bool:
+            return await _committed(kafka) > 0
+
+        await eventually(some_committed, f"the first commits; see {log}")
+        process.kill()  # SIGKILL: between some write and its commit, most likely
+        await process.wait()
+        await kafka_io.publish(kafka, topics.EVENTS, _records(events[3_000:]))
+        process = await _start_store(kafka, store_url, log)
+
+        async def all_committed() -> bool:
+            return await _committed(kafka) >= len(events)
+
+        await eventually(all_committed, f"every event committed; see {log}")
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            await process.wait()
+    assert await query("SELECT count(*), count(DISTINCT event_id) FROM call_events") == [
+        (len({event.event_id for event in events}),) * 2
+    ]
