@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import msgspec
 
@@ -30,7 +30,7 @@ from callstream.settings import (
     load,
 )
 from normalize import ADAPTERS, normalize
-from schemas import CallEvent, SessionRecord
+from schemas import CallEvent, SessionRecord, Status
 
 EXIT_REJECTED = 1
 EXIT_USAGE = 2
@@ -82,6 +82,14 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("record", nargs="?", choices=["event", "session"], default="event")
     cmd.set_defaults(run=_schema)
 
+    _add_pipeline_commands(commands)
+    _add_store_commands(commands)
+    _add_bench_commands(commands)
+    return parser
+
+
+def _add_pipeline_commands(commands: Any) -> None:
+    """The broker, the services and `up`, `tail`: everything that talks to Kafka."""
     kafka = _Parser(add_help=False)
     kafka.add_argument(
         "--kafka", metavar="HOST:PORT", default=None,
@@ -141,6 +149,37 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--count", type=int, default=None, help="stop after N records")
     cmd.set_defaults(run=_tail)
 
+
+def _add_store_commands(commands: Any) -> None:
+    """`calls` and `stats`: what the store holds, for people."""
+    store = _Parser(add_help=False)
+    store.add_argument(
+        "--store", default=None,
+        help="sqlite:///PATH or postgresql://… (default: the SQLite store of --data-dir)",
+    )  # fmt: skip
+    store.add_argument(
+        "--data-dir", type=Path, default=Path(".callstream"), help="where `up` keeps its store"
+    )
+    store.add_argument(
+        "--since", type=_since, default=None, metavar="TIME",
+        help="15m, 2h, 7d ago or an RFC 3339 time",
+    )  # fmt: skip
+
+    cmd = commands.add_parser("calls", parents=[store], help="list calls from the store")
+    cmd.add_argument("--provider", default=None)
+    cmd.add_argument("--status", default=None, choices=[status.value for status in Status])
+    cmd.add_argument("--number", default=None, help="calls from or to this number")
+    cmd.add_argument("--limit", type=int, default=50)
+    cmd.set_defaults(
+        run=_report, report="calls", filters=("provider", "status", "since", "number", "limit")
+    )
+
+    cmd = commands.add_parser("stats", parents=[store], help="attempts, outcomes, ASR, ACD, PDD")
+    cmd.add_argument("--by", default=None, choices=["provider", "account", "country"])
+    cmd.set_defaults(run=_report, report="stats", filters=("since", "by"))
+
+
+def _add_bench_commands(commands: Any) -> None:
     bench = commands.add_parser("bench", help="measure throughput").add_subparsers(
         dest="bench", required=True, metavar="BENCHMARK"
     )
@@ -155,7 +194,6 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--json", action="store_true", help="print one JSON object")
         cmd.add_argument("--seconds", type=float, default=None, help="how long to measure")
         cmd.set_defaults(run=_bench)
-    return parser
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -203,6 +241,27 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _since(text: str) -> datetime:
+    from callstream.reports import since  # noqa: PLC0415 - only the reports need the store
+
+    try:
+        return since(text)
+    except msgspec.ValidationError:
+        raise argparse.ArgumentTypeError(
+            f"expected 15m, 2h, 7d or an RFC 3339 time, got {text!r}"
+        ) from None
+
+
+def _report(args: argparse.Namespace) -> int:
+    from callstream import reports  # noqa: PLC0415 - only the reports need the store
+    from callstream.up import store_url  # noqa: PLC0415
+
+    url = args.store or store_url(args.data_dir)
+    filters = {name: getattr(args, name) for name in args.filters}
+    print(asyncio.run(getattr(reports, args.report)(url, **filters)))
+    return 0
+
+
 def _kafka(args: argparse.Namespace) -> KafkaSettings:
     return load(KafkaSettings, "kafka", {"bootstrap": args.kafka})
 
@@ -239,7 +298,7 @@ def _up(args: argparse.Namespace) -> int:
         embedded = EmbeddedBroker(args.broker_port, log_file=args.data_dir / "broker.log")
     bootstrap = args.kafka if embedded is None else embedded.bootstrap
     kafka = load(KafkaSettings, "kafka", {"bootstrap": bootstrap})
-    children = up.services(kafka, args.http_port)
+    children = up.services(kafka, args.http_port, args.data_dir)
     run_until_signalled(lambda stop: up.run(kafka, embedded, children, stop))
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import structlog
 
@@ -14,12 +15,19 @@ from callstream.supervisor import Child, supervise
 log = structlog.get_logger("callstream.up")
 
 
-def services(kafka: KafkaSettings, http_port: int) -> list[Child]:
+def store_url(data_dir: Path) -> str:
+    """The SQLite store `up` keeps under its data directory (and `calls`/`stats` read)."""
+    return f"sqlite:///{data_dir / 'callstream.sqlite3'}"
+
+
+def services(kafka: KafkaSettings, http_port: int, data_dir: Path) -> list[Child]:
     """The services `up` runs, each the same `callstream <service>` command a container runs."""
     return [
         Child("ingress", ("ingress", "--kafka", kafka.bootstrap, "--port", str(http_port))),
         Child("normalizer", ("normalizer", "--kafka", kafka.bootstrap)),
         Child("aggregator", ("aggregator", "--kafka", kafka.bootstrap)),
+        Child("store", ("store", "--kafka", kafka.bootstrap, "--store", store_url(data_dir))),
+        Child("alerts", ("alerts", "--kafka", kafka.bootstrap)),
     ]
 
 

@@ -35,7 +35,7 @@ EVENT_COLUMNS = (
 )  # fmt: skip
 SESSION_COLUMNS = (
     "session_key", "provider", "account", "session_id", "status", "final", "started_at",
-    "ringing_at", "answered_at", "ended_at", "duration_s", "billed_s", "cause_q850",
+    "initiated_at", "ringing_at", "answered_at", "ended_at", "duration_s", "billed_s", "cause_q850",
     "cause_label", "event_count", "updated_at", "close_reason", "record",
 )  # fmt: skip
 CALL_COLUMNS = (*SESSION_COLUMNS[:-1], "from_number", "to_number")
@@ -171,14 +171,18 @@ def event_row(event: CallEvent, time: Time) -> tuple[Any, ...]:
 
 
 def session_row(session: SessionRecord, time: Time) -> tuple[Any, ...]:
-    """`session`'s values in `SESSION_COLUMNS` order. ringing_at is its legs' earliest (the
-    record has none of its own): with started_at it gives the post-dial delay."""
+    """`session`'s values in `SESSION_COLUMNS` order. initiated_at and ringing_at are its legs'
+    earliest (the record has neither: started_at may be a ringing time when nothing says when
+    the call was placed); together they give the post-dial delay."""
     cause = session.cause
-    ringing = [leg.ringing_at for leg in session.legs.values() if leg.ringing_at is not None]
+    legs = session.legs.values()
+    initiated = [leg.initiated_at for leg in legs if leg.initiated_at is not None]
+    ringing = [leg.ringing_at for leg in legs if leg.ringing_at is not None]
     return (
         session.session_key, session.provider, session.account, session.session_id,
         session.status.value, session.final, time(session.started_at),
-        time(min(ringing, default=None)), time(session.answered_at), time(session.ended_at),
+        time(min(initiated, default=None)), time(min(ringing, default=None)),
+        time(session.answered_at), time(session.ended_at),
         session.duration_s, session.billed_s,
         None if cause is None else cause.q850,
         None if cause is None else cause.label,
@@ -260,7 +264,7 @@ def stats_query(
     if since is not None:
         args.append(dialect.time(since))
         where += f" AND s.started_at >= {dialect.param(1)}"
-    pdd = dialect.seconds("s.started_at", "coalesce(s.ringing_at, s.answered_at)")
+    pdd = dialect.seconds("s.initiated_at", "coalesce(s.ringing_at, s.answered_at)")
     sql = (
         "SELECT grp, status, count(*), sum(duration_s), count(duration_s),"  # noqa: S608 - identifiers are ours; values are bound
         " sum(pdd), count(pdd)"
@@ -275,7 +279,7 @@ def summarize(rows: Iterable[Sequence[Any]]) -> list[Row]:
 
     `group` (None when not grouped), `attempts` (final sessions), `statuses` ({status: count}),
     `asr` (completed ÷ attempts), `acd_s` (mean duration_s of completed sessions that report
-    one), `pdd_s` (mean seconds from started_at to the first ringing, else to the answer, where
+    one), `pdd_s` (mean seconds from initiated_at to the first ringing, else to the answer, where
     both are known). A mean over nothing is None.
     """
     groups: dict[Any, dict[str, Any]] = {}

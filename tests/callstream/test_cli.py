@@ -115,3 +115,19 @@ def test_bench_normalize_reports_the_keys_the_readme_promises() -> None:
     figures = json.loads(result.stdout)
     assert {"wavecell_per_s", "baseline_ratio", "baseline_isoformat_ratio"} <= set(figures)
     assert all(value > 0 for value in figures.values())
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["calls", "--status", "lost"], ["calls", "--since", "yesterday"], ["stats", "--by", "planet"]],
+)
+def test_report_usage_errors_exit_2_with_one_line(args: list[str]) -> None:
+    result = run(*args)
+    assert (result.returncode, result.stdout) == (2, b"")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_calls_on_an_empty_store_says_so(tmp_path: Path) -> None:
+    result = run("calls", "--data-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().splitlines()[-1] == "(none)"

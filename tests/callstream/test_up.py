@@ -12,6 +12,7 @@ import aiohttp
 import msgspec
 import pytest
 from aiokafka import ConsumerRecord
+from helpers import eventually
 
 from callstream import kafka as kafka_io
 from callstream import topics
@@ -22,11 +23,11 @@ SAMPLE = Path(__file__).parent.parent / "golden" / "wavecell" / "doc_sample.json
 
 
 @pytest.fixture
-async def pipeline(tmp_path: Path) -> AsyncIterator[tuple[str, KafkaSettings]]:
-    broker_port, http_port = free_port(), free_port()
+async def pipeline(tmp_path: Path) -> AsyncIterator[tuple[str, KafkaSettings, Path]]:
+    broker_port, http_port, data_dir = free_port(), free_port(), tmp_path / "data"
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "callstream", "up", "--broker-port", str(broker_port),
-        "--http-port", str(http_port), "--data-dir", str(tmp_path / "data"),
+        "--http-port", str(http_port), "--data-dir", str(data_dir),
     )  # fmt: skip
     base = f"http://127.0.0.1:{http_port}"
     try:
@@ -39,7 +40,7 @@ async def pipeline(tmp_path: Path) -> AsyncIterator[tuple[str, KafkaSettings]]:
                 except aiohttp.ClientError:
                     pass
                 await asyncio.sleep(0.2)
-        yield base, KafkaSettings(bootstrap=f"127.0.0.1:{broker_port}")
+        yield base, KafkaSettings(bootstrap=f"127.0.0.1:{broker_port}"), data_dir
     finally:
         process.send_signal(signal.SIGINT)
         code = await asyncio.wait_for(process.wait(), 60)
@@ -65,9 +66,9 @@ async def _read(kafka: KafkaSettings, topic: str, enough: Callable[[Records], bo
 
 
 async def test_a_callback_comes_out_as_canonical_events_and_a_session(
-    pipeline: tuple[str, KafkaSettings],
+    pipeline: tuple[str, KafkaSettings, Path],
 ) -> None:
-    base, kafka = pipeline
+    base, kafka, data_dir = pipeline
     async with (
         aiohttp.ClientSession() as http,
         http.post(f"{base}/v1/callbacks/wavecell", data=SAMPLE.read_bytes()) as answer,
@@ -91,3 +92,23 @@ async def test_a_callback_comes_out_as_canonical_events_and_a_session(
         True,
         ["a", "b"],
     )
+
+    async def listed() -> bool:
+        calls = await _callstream("calls", "--data-dir", str(data_dir))
+        return "37f31065-b050-11ea-aed2-b9458c490aa3" in calls and "completed" in calls
+
+    await eventually(listed, "the call in `callstream calls`")
+    stats = (
+        await _callstream("stats", "--data-dir", str(data_dir), "--by", "provider")
+    ).splitlines()
+    assert stats[0].split()[:3] == ["group", "attempts", "completed"]
+    assert stats[1].split()[:3] == ["wavecell", "1", "1"]
+
+
+async def _callstream(*args: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "callstream", *args, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await process.communicate()
+    assert process.returncode == 0
+    return out.decode()

@@ -16,8 +16,8 @@ Query = Callable[[str], Awaitable[list[tuple[Any, ...]]]]
 """Runs SQL on a test's store directly, around the backend under test (the `query` fixture)."""
 
 
-def events_of(bodies: list[bytes]) -> list[CallEvent]:
-    return [e for body in bodies for e in normalize("wavecell", body, received_at=RECEIVED_AT)]
+def events_of(bodies: list[bytes], provider: str = "wavecell") -> list[CallEvent]:
+    return [e for body in bodies for e in normalize(provider, body, received_at=RECEIVED_AT)]
 
 
 def sessions_of(events: list[CallEvent]) -> list[SessionRecord]:

@@ -87,9 +87,10 @@ def _expected(sessions: list[SessionRecord], group: dict[str, str | None]) -> li
         delays = []
         for s in members:
             rings = [leg.ringing_at for leg in s.legs.values() if leg.ringing_at is not None]
+            placed = [leg.initiated_at for leg in s.legs.values() if leg.initiated_at is not None]
             reached = min(rings) if rings else s.answered_at
-            if reached is not None and s.started_at is not None:
-                delays.append((reached - s.started_at).total_seconds())
+            if reached is not None and placed:  # a call with no initiation time has no PDD
+                delays.append((reached - min(placed)).total_seconds())
         result.append(
             {
                 "group": name,
@@ -135,3 +136,13 @@ def _round(rows: list[dict]) -> list[dict]:
     return [
         row | {"pdd_s": None if row["pdd_s"] is None else round(row["pdd_s"], 2)} for row in rows
     ]
+
+
+async def test_a_call_with_no_initiation_time_has_no_post_dial_delay(store: Backend) -> None:
+    # voice_messaging reports when a call rang, never when it was placed: its started_at is the
+    # ringing time, and "ringing - started" would be a false 0 s.
+    events = events_of(samples.payloads("voice_messaging", 50), "voice_messaging")
+    assert all(e.initiated_at is None for e in events)
+    await store.write(events, _latest(events))
+    [row] = await store.stats(by="provider")
+    assert (row["group"], row["pdd_s"]) == ("voice_messaging", None)

@@ -42,6 +42,7 @@ CREATE TABLE call_sessions (
     status       text NOT NULL,
     final        boolean NOT NULL,
     started_at   timestamptz,
+    initiated_at timestamptz,
     ringing_at   timestamptz,
     answered_at  timestamptz,
     ended_at     timestamptz,

@@ -44,6 +44,7 @@ CREATE TABLE call_sessions (
     status       text NOT NULL,
     final        integer NOT NULL,
     started_at   text,
+    initiated_at text,
     ringing_at   text,
     answered_at  text,
     ended_at     text,
