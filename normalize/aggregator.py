@@ -240,7 +240,9 @@ class _Aggregator(ConsumerRebalanceListener):
                 for tp, records in batch.items()
             )
             await asyncio.gather(
-                kafka_io.send_all(self.producer, topics.SESSIONS, map(_out, changed.values())),
+                kafka_io.send_all(
+                    self.producer, topics.SESSIONS, map(session_record, changed.values())
+                ),
                 kafka_io.send_all(self.producer, topics.DLQ, dead),
             )
             await kafka_io.commit(
@@ -261,7 +263,7 @@ class _Aggregator(ConsumerRebalanceListener):
                 for partition in self.partitions.values()
                 for session in partition.sweep(now, self.settings)
             ]
-            await kafka_io.send_all(self.producer, topics.SESSIONS, map(_out, closed))
+            await kafka_io.send_all(self.producer, topics.SESSIONS, map(session_record, closed))
             after = self._count_in_memory()
         self.metrics.produced.inc(len(closed))
         self.metrics.timed_out.inc(len(closed))
@@ -365,7 +367,8 @@ def _restore_all(
         partition.restore(session, now, settings.final_retention_s)
 
 
-def _out(session: SessionRecord) -> OutRecord:
+def session_record(session: SessionRecord) -> OutRecord:
+    """`session` as calls.sessions carries it: keyed by session_key, with CloudEvents headers."""
     key = session.session_key
     return OutRecord(
         key.encode(),

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import msgspec
 
@@ -81,7 +81,8 @@ class Backend(abc.ABC):
         only if its event_count is higher, so replays and late records never regress a row.
         """
 
-    @abc.abstractmethod
+    dialect: ClassVar[Dialect]
+
     async def calls(
         self,
         *,
@@ -96,11 +97,27 @@ class Backend(abc.ABC):
         `since` bounds started_at; `number` matches the from or to number of any of its events.
         from_number is the a leg's (the caller), to_number the b leg's (the called party).
         """
+        sql, args = calls_query(
+            self.dialect, provider=provider, status=status, since=since, number=number, limit=limit
+        )
+        return [
+            self.typed(dict(zip(CALL_COLUMNS, row, strict=True)))
+            for row in await self.fetch(sql, args)
+        ]
 
-    @abc.abstractmethod
     async def stats(self, *, since: datetime | None = None, by: GroupBy | None = None) -> list[Row]:
         """Outcomes of final sessions (started at `since` or later), one row per group; see
         `summarize` for the row."""
+        sql, args = stats_query(self.dialect, since=since, by=by)
+        return summarize(await self.fetch(sql, args))
+
+    @abc.abstractmethod
+    async def fetch(self, sql: str, args: list[Any]) -> Sequence[Sequence[Any]]:
+        """The rows of one query in this backend's dialect."""
+
+    def typed(self, row: Row) -> Row:
+        """`row` with the types PostgreSQL returns (aware datetimes, booleans)."""
+        return row
 
     @abc.abstractmethod
     async def close(self) -> None:

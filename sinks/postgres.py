@@ -11,21 +11,17 @@ FROM unnest($1::text[], …)` of column arrays. The staging tables are session o
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any, NamedTuple
 
 import asyncpg
 
-from schemas import CallEvent, SessionRecord, Status
+from schemas import CallEvent, SessionRecord
 from sinks import backend
 from sinks.backend import (
-    CALL_COLUMNS,
     EVENT_COLUMNS,
     SESSION_COLUMNS,
     Backend,
     Dialect,
-    GroupBy,
-    Row,
     Written,
 )
 
@@ -72,6 +68,8 @@ _SESSIONS = _merge(
 
 
 class PostgresBackend(Backend):
+    dialect = _DIALECT
+
     def __init__(self, url: str) -> None:
         self.url = url
         self._pool: asyncpg.Pool | None = None
@@ -117,25 +115,7 @@ class PostgresBackend(Backend):
                 await _copy_merge(db, _SESSIONS, session_rows),
             )
 
-    async def calls(
-        self,
-        *,
-        provider: str | None = None,
-        status: Status | str | None = None,
-        since: datetime | None = None,
-        number: str | None = None,
-        limit: int = 50,
-    ) -> list[Row]:
-        sql, args = backend.calls_query(
-            _DIALECT, provider=provider, status=status, since=since, number=number, limit=limit
-        )
-        return [dict(zip(CALL_COLUMNS, row, strict=True)) for row in await self._fetch(sql, args)]
-
-    async def stats(self, *, since: datetime | None = None, by: GroupBy | None = None) -> list[Row]:
-        sql, args = backend.stats_query(_DIALECT, since=since, by=by)
-        return backend.summarize(await self._fetch(sql, args))
-
-    async def _fetch(self, sql: str, args: list[Any]) -> list[asyncpg.Record]:
+    async def fetch(self, sql: str, args: list[Any]) -> list[asyncpg.Record]:
         async with self.pool.acquire() as db:
             return await db.fetch(sql, *args)
 

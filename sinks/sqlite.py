@@ -17,16 +17,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from schemas import CallEvent, SessionRecord, Status
+from schemas import CallEvent, SessionRecord
 from sinks import backend
 from sinks.backend import (
-    CALL_COLUMNS,
     EVENT_COLUMNS,
     SESSION_COLUMNS,
     TIME_COLUMNS,
     Backend,
     Dialect,
-    GroupBy,
     Row,
     Written,
 )
@@ -59,6 +57,8 @@ _UPSERT_SESSIONS = (
 
 
 class SqliteBackend(Backend):
+    dialect = _DIALECT
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
@@ -135,43 +135,22 @@ class SqliteBackend(Backend):
             )
         return Written(written_events, written_sessions)
 
-    async def calls(
-        self,
-        *,
-        provider: str | None = None,
-        status: Status | str | None = None,
-        since: datetime | None = None,
-        number: str | None = None,
-        limit: int = 50,
-    ) -> list[Row]:
-        sql, args = backend.calls_query(
-            _DIALECT, provider=provider, status=status, since=since, number=number, limit=limit
-        )
-        rows = await self._run(self._fetch, sql, args)
-        return [_row(CALL_COLUMNS, row) for row in rows]
+    async def fetch(self, sql: str, args: list[Any]) -> list[tuple[Any, ...]]:
+        return await self._run(lambda: self.db.execute(sql, args).fetchall())
 
-    async def stats(self, *, since: datetime | None = None, by: GroupBy | None = None) -> list[Row]:
-        sql, args = backend.stats_query(_DIALECT, since=since, by=by)
-        return backend.summarize(await self._run(self._fetch, sql, args))
-
-    def _fetch(self, sql: str, args: list[Any]) -> list[tuple[Any, ...]]:
-        return self.db.execute(sql, args).fetchall()
+    def typed(self, row: Row) -> Row:
+        """Times are stored as ISO 8601 text and booleans as integers: read them back."""
+        for name in TIME_COLUMNS.intersection(row):
+            if row[name] is not None:
+                row[name] = datetime.fromisoformat(row[name])
+        row["final"] = bool(row["final"])
+        return row
 
     async def close(self) -> None:
         if self._db is not None:
             await self._run(self._db.close)
             self._db = None
         self._thread.shutdown()
-
-
-def _row(columns: Sequence[str], values: Sequence[Any]) -> Row:
-    """A row with the types PostgreSQL returns: aware datetimes and booleans."""
-    row = dict(zip(columns, values, strict=True))
-    for name in TIME_COLUMNS.intersection(row):
-        if row[name] is not None:
-            row[name] = datetime.fromisoformat(row[name])
-    row["final"] = bool(row["final"])
-    return row
 
 
 def _statements(script: str) -> Iterator[str]:

@@ -11,10 +11,11 @@ import msgspec
 from helpers import eventually
 from test_rules import make_session
 
-from callstream import cloudevents, topics
 from callstream import kafka as kafka_io
+from callstream import topics
 from callstream.kafka import OutRecord
 from callstream.settings import AlertSettings, KafkaSettings
+from normalize.aggregator import session_record
 from schemas import SessionRecord, Status
 from sinks import alerts
 from sinks.rules import Alert
@@ -33,21 +34,6 @@ _encoder = msgspec.json.Encoder()
 _alert = msgspec.json.Decoder(Alert)
 
 
-def _record(session: SessionRecord) -> OutRecord:
-    """As the aggregator writes it."""
-    key = session.session_key
-    return OutRecord(
-        key.encode(),
-        _encoder.encode(session),
-        cloudevents.headers(
-            f"{key}:{session.event_count}",
-            session.provider,
-            cloudevents.SESSION_TYPE,
-            session.updated_at,
-        ),
-    )
-
-
 @contextlib.asynccontextmanager
 async def _running(settings: AlertSettings, kafka: KafkaSettings) -> AsyncIterator[alerts.Metrics]:
     metrics, stop = alerts.Metrics(), asyncio.Event()
@@ -62,7 +48,7 @@ async def _running(settings: AlertSettings, kafka: KafkaSettings) -> AsyncIterat
 async def _publish_and_wait(
     kafka: KafkaSettings, metrics: alerts.Metrics, sessions: list[SessionRecord]
 ) -> None:
-    await kafka_io.publish(kafka, topics.SESSIONS, map(_record, sessions))
+    await kafka_io.publish(kafka, topics.SESSIONS, map(session_record, sessions))
 
     async def evaluated() -> bool:
         value = metrics.registry.get_sample_value("alerts_evaluated_sessions_total") or 0
