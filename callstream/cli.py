@@ -96,6 +96,11 @@ def _add_pipeline_commands(commands: Any) -> None:
         help=f"Kafka bootstrap servers (default: $CALLSTREAM_KAFKA__BOOTSTRAP or {DEFAULT_KAFKA})",
     )  # fmt: skip
 
+    cmd = commands.add_parser(
+        "topics", parents=[kafka], help="create the topics that do not exist yet, then exit"
+    )
+    cmd.set_defaults(run=_topics)
+
     cmd = commands.add_parser("broker", help="run the embedded broker until Ctrl-C")
     cmd.add_argument("--port", type=int, default=9092)
     cmd.set_defaults(run=_broker)
@@ -285,6 +290,13 @@ def _broker(args: argparse.Namespace) -> int:
             broker.stop()
 
     run_until_signalled(serve)
+    return 0
+
+
+def _topics(args: argparse.Namespace) -> int:
+    """The topic bootstrap every service runs at start, alone: for a one-shot deployment step."""
+    _service_logging()
+    asyncio.run(ensure_topics(_kafka(args)))
     return 0
 
 

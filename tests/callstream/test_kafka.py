@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -58,3 +62,21 @@ async def test_send_all_places_each_key_in_its_partition_and_keeps_headers(
 async def test_a_second_broker_on_a_taken_port_is_refused(broker: EmbeddedBroker) -> None:
     with pytest.raises(BrokerError, match="already in use"):
         await EmbeddedBroker(broker.port).start()
+
+
+async def test_the_topics_command_creates_what_is_missing_and_can_run_again(
+    broker: EmbeddedBroker,
+) -> None:
+    for _ in range(2):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "callstream", "topics", "--kafka", broker.bootstrap,
+            env={**os.environ, "CALLSTREAM_KAFKA__PARTITIONS": "3"},
+        )  # fmt: skip
+        assert await asyncio.wait_for(process.wait(), 60) == 0
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(topics.ALL))
+    finally:
+        await admin.close()
+    assert {t["topic"]: len(t["partitions"]) for t in described} == dict.fromkeys(topics.ALL, 3)
