@@ -1,0 +1,42 @@
+# syntax=docker/dockerfile:1
+# One image for every callstream service; the service is the command:
+#   docker run --rm callstream normalizer --kafka kafka:9092 --metrics-port 9100
+# Needs BuildKit (the default of Docker Engine >= 23 and of `docker compose`).
+
+# --- builder: the project and every dependency as wheels in /wheels --------------------------
+FROM python:3.11-slim AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY callstream ./callstream
+COPY ingest ./ingest
+COPY normalize ./normalize
+COPY schemas ./schemas
+COPY sinks ./sinks
+RUN pip wheel --wheel-dir /wheels .
+
+# --- runtime: the wheels installed, no build tools, no sources, non-root ---------------------
+FROM python:3.11-slim
+LABEL org.opencontainers.image.title="callstream" \
+      org.opencontainers.image.description="Provider call-status reports into one canonical stream of call events on Kafka." \
+      org.opencontainers.image.licenses="MIT"
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    CALLSTREAM_LOG__JSON=true
+# The wheels are bind-mounted from the builder, so they never become a layer of this image.
+RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
+    pip install --no-index --find-links=/wheels callstream \
+ && groupadd --system --gid 10001 callstream \
+ && useradd --system --uid 10001 --gid callstream --home-dir /app --create-home \
+        --shell /usr/sbin/nologin callstream
+USER callstream:callstream
+# The working directory is the user's: `up`, and `store` with its default SQLite URL, write
+# .callstream/ here.
+WORKDIR /app
+# 8080: the ingress (also /healthz, /readyz, /metrics); 9100: a service's --metrics-port.
+EXPOSE 8080 9100
+ENTRYPOINT ["callstream"]
+CMD ["--help"]
