@@ -82,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("record", nargs="?", choices=["event", "session"], default="event")
     cmd.set_defaults(run=_schema)
 
+    cmd = commands.add_parser("asyncapi", help="print the AsyncAPI document of the topics")
+    cmd.set_defaults(run=_asyncapi)
+
     _add_pipeline_commands(commands)
     _add_store_commands(commands)
     _add_bench_commands(commands)
@@ -290,6 +293,13 @@ def _broker(args: argparse.Namespace) -> int:
             broker.stop()
 
     run_until_signalled(serve)
+    return 0
+
+
+def _asyncapi(_: argparse.Namespace) -> int:
+    from callstream.asyncapi import render  # noqa: PLC0415 - only this command needs the sinks
+
+    sys.stdout.buffer.write(render())
     return 0
 
 

@@ -131,3 +131,19 @@ def test_calls_on_an_empty_store_says_so(tmp_path: Path) -> None:
     result = run("calls", "--data-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert result.stdout.decode().splitlines()[-1] == "(none)"
+
+
+def test_the_committed_asyncapi_document_is_the_generated_one() -> None:
+    result = run("asyncapi")
+    assert result.returncode == 0, result.stderr
+    committed = Path(__file__).parent.parent.parent / "docs" / "asyncapi.json"
+    assert result.stdout == committed.read_bytes(), "run: callstream asyncapi > docs/asyncapi.json"
+    document = json.loads(result.stdout)
+    assert set(document["channels"]) == {
+        "calls.raw",
+        "calls.events",
+        "calls.sessions",
+        "calls.alerts",
+        "calls.dlq",
+    }
+    assert {"CallEvent", "SessionRecord", "Alert"} <= set(document["components"]["schemas"])
