@@ -21,6 +21,7 @@ from schemas import (
     RawRef,
     Source,
     Status,
+    session_key,
 )
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -97,7 +98,7 @@ def call_event(
     the reported state has no time of its own.
     """
     provider = report.provider
-    key = f"{provider}:{account or ''}:{session_id}"
+    key = session_key(provider, account, session_id)
     if final is None:
         final = status in FINAL_STATUSES
     if final:
