@@ -39,15 +39,22 @@ _RAW_HEADERS = {
     },
     "required": [topics.PROVIDER, topics.SOURCE, topics.RECEIVED_AT],
 }
+_STAGES = ("ingress", "normalize", "aggregate", "store", "alerts", "replay", "redrive")
 _DLQ_HEADERS = {
     **_RAW_HEADERS,
     "properties": {
         **_RAW_HEADERS["properties"],
         topics.ERROR_STAGE: {
             **_STRING,
-            "enum": ["ingress", "normalize", "aggregate", "store", "alerts"],
+            "enum": [*_STAGES, "redriven"],
+            "description": "Where it failed; `redriven` marks a letter redriven successfully "
+            "(an empty record that follows it up).",
         },
         topics.ERROR: {**_STRING, "description": "Why it failed: provider, field path, reason."},
+        topics.REDRIVE_OF: {
+            **_STRING,
+            "description": "partition:offset of the dead letter this record follows up.",
+        },
     },
     "required": [*_RAW_HEADERS["required"], topics.ERROR_STAGE, topics.ERROR],
 }

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
@@ -35,6 +35,7 @@ from schemas import CallEvent, SessionRecord, Status
 EXIT_REJECTED = 1
 EXIT_USAGE = 2
 DEFAULT_KAFKA = KafkaSettings().bootstrap
+_SINCE_HELP = "15m, 2h, 7d ago or an RFC 3339 time"
 
 _encoder = msgspec.json.Encoder()
 
@@ -86,18 +87,25 @@ def _parser() -> argparse.ArgumentParser:
     cmd.set_defaults(run=_asyncapi)
 
     _add_pipeline_commands(commands)
+    _add_operations_commands(commands)
     _add_store_commands(commands)
     _add_bench_commands(commands)
     return parser
 
 
-def _add_pipeline_commands(commands: Any) -> None:
-    """The broker, the services and `up`, `tail`: everything that talks to Kafka."""
+def _kafka_parent() -> argparse.ArgumentParser:
+    """The --kafka option of every command that talks to Kafka."""
     kafka = _Parser(add_help=False)
     kafka.add_argument(
         "--kafka", metavar="HOST:PORT", default=None,
         help=f"Kafka bootstrap servers (default: $CALLSTREAM_KAFKA__BOOTSTRAP or {DEFAULT_KAFKA})",
     )  # fmt: skip
+    return kafka
+
+
+def _add_pipeline_commands(commands: Any) -> None:
+    """The broker, the services and `up`, `tail`: everything that talks to Kafka."""
+    kafka = _kafka_parent()
 
     cmd = commands.add_parser(
         "topics", parents=[kafka], help="create the topics that do not exist yet, then exit"
@@ -158,6 +166,38 @@ def _add_pipeline_commands(commands: Any) -> None:
     cmd.set_defaults(run=_tail)
 
 
+def _add_operations_commands(commands: Any) -> None:
+    """Reprocessing what was received: replay of calls.raw, and the dead letters of calls.dlq."""
+    kafka = _kafka_parent()
+    cmd = commands.add_parser(
+        "replay", parents=[kafka], help="normalize calls.raw again into calls.events"
+    )
+    start = cmd.add_mutually_exclusive_group(required=True)
+    start.add_argument("--from-beginning", action="store_true", help="from the oldest raw record")
+    start.add_argument("--since", type=_since, default=None, metavar="TIME", help=_SINCE_HELP)
+    cmd.add_argument("--provider", default=None, choices=sorted(ADAPTERS))
+    cmd.set_defaults(run=_replay)
+
+    dlq = commands.add_parser("dlq", help="dead letters: list, show, redrive").add_subparsers(
+        dest="dlq", required=True, metavar="ACTION"
+    )
+    filters = _Parser(add_help=False)
+    filters.add_argument("--stage", default=None, help="ingress, normalize, replay, redrive, …")
+    filters.add_argument("--provider", default=None)
+    filters.add_argument("--since", type=_since, default=None, metavar="TIME", help=_SINCE_HELP)
+    cmd = dlq.add_parser("list", parents=[kafka, filters], help="the dead letters, one line each")
+    cmd.add_argument(
+        "--all", action="store_true", help="also letters already redriven, and markers"
+    )
+    cmd.set_defaults(run=_dlq)
+    cmd = dlq.add_parser("show", parents=[kafka], help="one dead letter: headers and body")
+    cmd.add_argument("id", metavar="PARTITION:OFFSET")
+    cmd.set_defaults(run=_dlq)
+    cmd = dlq.add_parser("redrive", parents=[kafka, filters], help="normalize dead letters again")
+    cmd.add_argument("ids", nargs="*", metavar="PARTITION:OFFSET", help="only these letters")
+    cmd.set_defaults(run=_dlq)
+
+
 def _add_store_commands(commands: Any) -> None:
     """`calls` and `stats`: what the store holds, for people."""
     store = _Parser(add_help=False)
@@ -170,7 +210,7 @@ def _add_store_commands(commands: Any) -> None:
     )
     store.add_argument(
         "--since", type=_since, default=None, metavar="TIME",
-        help="15m, 2h, 7d ago or an RFC 3339 time",
+        help=_SINCE_HELP,
     )  # fmt: skip
 
     cmd = commands.add_parser("calls", parents=[store], help="list calls from the store")
@@ -301,6 +341,49 @@ def _asyncapi(_: argparse.Namespace) -> int:
 
     sys.stdout.buffer.write(render())
     return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from callstream.replay import replay  # noqa: PLC0415 - each command imports only what it runs
+
+    _service_logging()
+    kafka = _kafka(args)
+    run_until_signalled(
+        lambda stop: _print_result(
+            replay(kafka, since=args.since, from_beginning=args.from_beginning,
+                   provider=args.provider, stop=stop)
+        )
+    )  # fmt: skip
+    return 0
+
+
+def _dlq(args: argparse.Namespace) -> int:
+    from callstream import dlq  # noqa: PLC0415 - each command imports only what it runs
+
+    _service_logging()
+    kafka = _kafka(args)
+    if args.dlq == "show":
+        print(dlq.render_show(asyncio.run(dlq.show(kafka, args.id))))
+    elif args.dlq == "list":
+        found = dlq.letters(
+            kafka, stage=args.stage, provider=args.provider, since=args.since,
+            include_redriven=args.all,
+        )  # fmt: skip
+        print(dlq.render_list(asyncio.run(found)))
+    else:
+        run_until_signalled(
+            lambda stop: _print_result(
+                dlq.redrive(kafka, stage=args.stage, provider=args.provider, since=args.since,
+                            ids=args.ids, stop=stop)
+            )
+        )  # fmt: skip
+    return 0
+
+
+async def _print_result(result: Awaitable[Any]) -> None:
+    """A command's counts (a NamedTuple) as one line: `read=10 produced=20 …`."""
+    counts = await result
+    print(" ".join(f"{name}={value}" for name, value in counts._asdict().items()))
 
 
 def _topics(args: argparse.Namespace) -> int:

@@ -20,5 +20,7 @@ CONTENT_TYPE = "cs-content-type"
 CONTEXT = "cs-context"
 ERROR_STAGE = "cs-error-stage"
 ERROR = "cs-error"
+REDRIVE_OF = "cs-redrive-of"
+"""On calls.dlq: the partition:offset of the dead letter this record follows up (dlq redrive)."""
 
 Headers = list[tuple[str, bytes]]

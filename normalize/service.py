@@ -121,7 +121,7 @@ async def _process(
 
     Returns how many raw records were consumed, events produced and records dead-lettered.
     """
-    events, dead = _route(record for records in batch.values() for record in records)
+    events, dead = route(record for records in batch.values() for record in records)
     await asyncio.gather(
         kafka_io.send_all(producer, topics.EVENTS, events),
         kafka_io.send_all(producer, topics.DLQ, dead),
@@ -137,15 +137,18 @@ async def _process(
     return consumed, len(events), len(dead)
 
 
-def _route(records: Iterable[Raw]) -> tuple[list[OutRecord], list[OutRecord]]:
-    """Each record's events, or the record itself as a dead letter carrying its error."""
+def route(records: Iterable[Raw], stage: str = STAGE) -> tuple[list[OutRecord], list[OutRecord]]:
+    """Each raw record's events, or the record as a dead letter of `stage` with its error.
+
+    Shared with replay and dead-letter redrive, which name their own stage.
+    """
     events: list[OutRecord] = []
     dead: list[OutRecord] = []
     for record in records:
         try:
-            events.extend(_events(record))
+            events.extend(events_of(record))
         except (HeadersError, NormalizeError) as exc:
-            dead.append(kafka_io.dead_letter(record, STAGE, str(exc)))
+            dead.append(kafka_io.dead_letter(record, stage, str(exc)))
         except Exception as exc:
             # A bug rather than bad input: say where, and keep the partition moving.
             log.exception(
@@ -155,12 +158,13 @@ def _route(records: Iterable[Raw]) -> tuple[list[OutRecord], list[OutRecord]]:
                 offset=record.offset,
             )
             dead.append(
-                kafka_io.dead_letter(record, STAGE, f"unexpected {type(exc).__name__}: {exc}")
+                kafka_io.dead_letter(record, stage, f"unexpected {type(exc).__name__}: {exc}")
             )
     return events, dead
 
 
-def _events(record: Raw) -> list[OutRecord]:
+def events_of(record: Raw) -> list[OutRecord]:
+    """The canonical events of one raw record, ready for calls.events; raises what fails."""
     meta = read_raw_headers(record.headers)
     return [
         OutRecord(

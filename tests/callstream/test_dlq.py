@@ -1,0 +1,131 @@
+"""`callstream dlq` against the embedded broker: list, show, filters, and a redrive to the store."""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+from contextlib import closing
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import msgspec
+import pytest
+from test_replay import drained, normalizer, raw, serving, store_sink
+
+from callstream import dlq, samples, topics
+from callstream import kafka as kafka_io
+from callstream.errors import NormalizeError
+from callstream.kafka import OutRecord
+from callstream.progress import Progress
+from callstream.records import dead_letter_headers
+from callstream.settings import KafkaSettings
+from normalize import ADAPTERS
+from normalize.report import Adapter, Report
+from schemas import CallEvent
+
+
+def _letter(provider: str, body: bytes, stage: str, error: str) -> OutRecord:
+    record = raw(provider, body)
+    return record._replace(headers=dead_letter_headers(record.headers, stage, error))
+
+
+def _quiet() -> Progress:
+    return Progress("redrive", stream=io.StringIO())
+
+
+async def test_a_fixed_normalizer_bug_redriven_lands_each_event_once(
+    kafka: KafkaSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path}/store.sqlite3"
+    good = ADAPTERS["wavecell"]
+
+    def broken(_body: bytes, _report: Report) -> list[CallEvent]:
+        raise NormalizeError("wavecell", "$", "simulated normalizer bug")
+
+    monkeypatch.setitem(ADAPTERS, "wavecell", Adapter(good.name, good.source, broken))
+    bodies = [raw("wavecell", body) for body in samples.payloads("wavecell", 30)]
+    bodies.append(raw("wavecell", b"[]"))  # really bad: fails again after the fix
+    await kafka_io.publish(kafka, topics.RAW, bodies)
+    async with serving(normalizer(kafka)) as task:
+        await drained(kafka, "test-normalizer", topics.RAW, task)
+    assert len(await dlq.letters(kafka, stage="normalize")) == len(bodies)
+
+    monkeypatch.setitem(ADAPTERS, "wavecell", good)  # the fix
+    result = await dlq.redrive(kafka, stage="normalize", progress=_quiet())
+    events = await kafka_io.read_all(kafka, topics.EVENTS)
+    assert (result.ok, result.failed, result.events) == (len(bodies) - 1, 1, len(events))
+    [again] = await dlq.letters(kafka)
+    assert (again.stage, again.body) == ("redrive", b"[]")
+    assert "expected `object`, got `array`" in again.reason
+    assert await dlq.redrive(kafka, stage="normalize", progress=_quiet()) == (0, 0, 0)  # once
+
+    async with serving(store_sink(kafka, url)) as task:
+        await drained(kafka, "test-store", topics.EVENTS, task)
+    ids = [msgspec.json.decode(e.value)["event_id"] for e in events]
+    with closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as db:
+        stored = db.execute("SELECT event_id, count(*) FROM call_events GROUP BY event_id")
+        assert dict(stored.fetchall()) == dict.fromkeys(ids, 1)
+
+
+async def test_list_and_show_render_letters_and_filters_apply(kafka: KafkaSettings) -> None:
+    await kafka_io.publish(
+        kafka,
+        topics.DLQ,
+        [
+            _letter("wavecell", b'{"a": 1}', "normalize", "wavecell: $.a: bad"),
+            _letter("voice_messaging", b"not json", "ingress", "not a JSON object"),
+            OutRecord(b"k", b"{}", [(topics.ERROR_STAGE, b"store"), (topics.ERROR, b"no event")]),
+        ],
+    )
+    every = await dlq.letters(kafka)
+    assert sorted((d.stage, d.provider, d.size) for d in every) == [
+        ("ingress", "voice_messaging", 8), ("normalize", "wavecell", 8), ("store", None, 2),
+    ]  # fmt: skip
+    assert [d.reason for d in await dlq.letters(kafka, stage="ingress")] == ["not a JSON object"]
+    assert [d.stage for d in await dlq.letters(kafka, provider="wavecell")] == ["normalize"]
+    later = datetime.now(UTC) + timedelta(hours=1)
+    assert await dlq.letters(kafka, since=later) == []
+
+    table = dlq.render_list(every).splitlines()
+    assert table[0].split() == list(dlq.LIST_HEADER)
+    assert len(table) == 4
+    assert any("not a JSON object" in line for line in table)
+    ingress = next(d for d in every if d.stage == "ingress")
+    shown = dlq.render_show(await dlq.show(kafka, ingress.id))
+    assert f"id: {ingress.id}" in shown
+    assert "cs-error-stage: ingress" in shown
+    assert shown.endswith("\n\nnot json")
+    with pytest.raises(dlq.DlqError):
+        await dlq.show(kafka, "0:999")
+    with pytest.raises(dlq.DlqError):
+        await dlq.show(kafka, "nope")
+    with pytest.raises(dlq.DlqError):
+        await dlq.redrive(kafka, stage="store")
+
+
+async def test_redrive_takes_ingress_letters_and_only_the_ids_asked_for(
+    kafka: KafkaSettings,
+) -> None:
+    await kafka_io.publish(
+        kafka,
+        topics.DLQ,
+        [
+            _letter("voice_messaging", b"not json", "ingress", "not a JSON object"),
+            _letter("wavecell", samples.payloads("wavecell", 1)[0], "normalize", "old bug"),
+            OutRecord(b"k", b"{}", [(topics.ERROR_STAGE, b"store"), (topics.ERROR, b"no event")]),
+        ],
+    )
+    before = {d.stage: d for d in await dlq.letters(kafka)}
+    result = await dlq.redrive(kafka, ids=[before["ingress"].id], progress=_quiet())
+    assert (result.ok, result.failed) == (0, 1)
+    after = {d.stage: d for d in await dlq.letters(kafka)}
+    assert after.keys() == {"redrive", "normalize", "store"}  # the ingress one is superseded
+    assert after["redrive"].headers[topics.REDRIVE_OF] == before["ingress"].id
+    result = await dlq.redrive(kafka, progress=_quiet())  # the rest; store letters are not raw
+    assert (result.ok, result.failed) == (1, 1)
+    assert {d.stage for d in await dlq.letters(kafka)} == {"redrive", "store"}
+    every = await dlq.letters(kafka, include_redriven=True)
+    assert sorted(d.stage for d in every) == sorted(
+        ["ingress", "normalize", "store", "redrive", "redrive", "redriven"]
+    )
+    assert len(await kafka_io.read_all(kafka, topics.EVENTS)) == result.events > 0
