@@ -59,11 +59,22 @@ class EmbeddedBroker:
             ) from None
         log.info("broker_started", bootstrap=self.bootstrap, pid=self.process.pid)
 
+    async def __aenter__(self) -> EmbeddedBroker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self.stop()
+
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGINT (the broker exits at once on it; SIGTERM waits for clients), then SIGKILL."""
+        """SIGINT (the broker exits at once on it; SIGTERM waits for clients), then SIGKILL.
+
+        A paused broker (SIGSTOP, as fault tests do) is resumed first: it cannot act on SIGINT.
+        """
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
+        process.send_signal(signal.SIGCONT)
         process.send_signal(signal.SIGINT)
         try:
             process.wait(timeout)

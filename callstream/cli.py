@@ -325,12 +325,9 @@ def _broker(args: argparse.Namespace) -> int:
     kafka = load(KafkaSettings, "kafka", {"bootstrap": broker.bootstrap})
 
     async def serve(stop: asyncio.Event) -> None:
-        await broker.start()
-        try:
+        async with broker:
             await ensure_topics(kafka)
             await stop.wait()
-        finally:
-            broker.stop()
 
     run_until_signalled(serve)
     return 0

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import signal
 from collections.abc import AsyncIterator
 
 import pytest
@@ -27,12 +26,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture
 async def broker() -> AsyncIterator[EmbeddedBroker]:
     """A fresh embedded broker for one test: it starts in milliseconds and keeps tests apart."""
-    embedded = EmbeddedBroker(free_port())
-    await embedded.start()
-    yield embedded
-    if embedded.process is not None and embedded.process.poll() is None:
-        os.kill(embedded.process.pid, signal.SIGCONT)  # a test may have left it paused
-    embedded.stop()
+    async with EmbeddedBroker(free_port()) as embedded:
+        yield embedded  # a test may leave it paused: stop() resumes it first
 
 
 @pytest.fixture

@@ -38,16 +38,12 @@ def run(seconds: float = 4.0) -> dict[str, float]:
 
 
 async def _run(sessions: int) -> dict[str, float]:
-    broker = EmbeddedBroker(free_port())
-    await broker.start()
-    try:
+    async with EmbeddedBroker(free_port()) as broker:
         kafka = KafkaSettings(bootstrap=broker.bootstrap)
         await kafka_io.ensure_topics(kafka)
         events = await _preload(kafka, sessions)
         async with asyncio.timeout(TIMEOUT_FACTOR * events / TARGET_PER_S + 30):
             return await _measure(kafka, events, sessions)
-    finally:
-        broker.stop()
 
 
 async def _preload(kafka: KafkaSettings, sessions: int) -> int:

@@ -72,16 +72,12 @@ def run(seconds: float = 10.0) -> dict[str, float]:
 
 
 async def _measure(seconds: float) -> dict[str, float]:
-    broker = EmbeddedBroker(free_port())
-    await broker.start()
-    try:
+    async with EmbeddedBroker(free_port()) as broker:
         kafka = KafkaSettings(bootstrap=broker.bootstrap)
         await kafka_io.ensure_topics(kafka)
         runs = await _take_turns(broker.bootstrap, samples.payloads("wavecell", POOL), seconds)
         accepted = {request_id for load in runs["ingress"] for request_id in load.ids}
         missing = await _missing(kafka, accepted)
-    finally:
-        broker.stop()
     ingress, bare = (max(runs[side][1:], key=lambda load: load.per_s) for side in SIDES)
     return {
         "seconds": seconds,

@@ -38,16 +38,12 @@ def run(seconds: float = 4.0) -> dict[str, float]:
 
 
 async def _run(count: int) -> dict[str, float]:
-    broker = EmbeddedBroker(free_port())
-    await broker.start()
-    try:
+    async with EmbeddedBroker(free_port()) as broker:
         kafka = KafkaSettings(bootstrap=broker.bootstrap)
         await kafka_io.ensure_topics(kafka)
         await _preload(kafka, count)
         async with asyncio.timeout(TIMEOUT_FACTOR * count / TARGET_PER_S + 30):
             return await _measure(kafka, count)
-    finally:
-        broker.stop()
 
 
 async def _preload(kafka: KafkaSettings, count: int) -> None:
