@@ -6,6 +6,8 @@ import asyncio
 import signal
 from collections.abc import Awaitable, Callable
 
+from prometheus_client import CollectorRegistry, start_http_server
+
 
 def run_until_signalled(service: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run `service(stop)`; SIGTERM/SIGINT set `stop`, and the service returns once stopped."""
@@ -18,3 +20,9 @@ def run_until_signalled(service: Callable[[asyncio.Event], Awaitable[None]]) -> 
         await service(stop)
 
     asyncio.run(main())
+
+
+def serve_metrics(port: int, registry: CollectorRegistry) -> None:
+    """Serve `registry` as Prometheus /metrics on `port`, unless it is 0 (off)."""
+    if port > 0:
+        start_http_server(port, registry=registry)

@@ -31,12 +31,13 @@ from aiokafka import (
     ConsumerRecord,
     TopicPartition,
 )
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from callstream import cloudevents, topics
 from callstream import kafka as kafka_io
 from callstream.errors import CallstreamError
 from callstream.kafka import OutRecord
+from callstream.service import serve_metrics
 from callstream.settings import AggregatorSettings, KafkaSettings
 from normalize.sessions import close, fold
 from schemas import CallEvent, SessionRecord
@@ -163,22 +164,14 @@ async def serve(
     """
     metrics = metrics or Metrics()
     await kafka_io.ensure_topics(kafka)
-    if settings.metrics_port > 0:
-        start_http_server(settings.metrics_port, registry=metrics.registry)
-    producer = kafka_io.producer(kafka)
-    await producer.start()
-    try:
+    serve_metrics(settings.metrics_port, metrics.registry)
+    async with kafka_io.producer(kafka) as producer:
         await _check_co_partitioned(producer)
         aggregator = _Aggregator(settings, kafka, producer, metrics)
         consumer = kafka_io.consumer(kafka, group_id=settings.group_id)
         consumer.subscribe([topics.EVENTS], listener=aggregator)
-        await consumer.start()
-        try:
+        async with consumer:  # stopping it leaves the group: its partitions move on at once
             await aggregator.run(consumer, stop)
-        finally:
-            await consumer.stop()  # leaves the group: its partitions move on at once
-    finally:
-        await producer.stop()
 
 
 async def _check_co_partitioned(producer: AIOKafkaProducer) -> None:

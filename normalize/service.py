@@ -15,12 +15,13 @@ from collections.abc import Iterable
 import msgspec
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from callstream import cloudevents, topics
 from callstream import kafka as kafka_io
 from callstream.kafka import OutRecord
 from callstream.records import HeadersError, read_raw_headers
+from callstream.service import serve_metrics
 from callstream.settings import KafkaSettings, NormalizerSettings
 from normalize import NormalizeError, normalize
 from schemas import RawRef
@@ -81,19 +82,12 @@ async def serve(
     """
     metrics = metrics or Metrics()
     await kafka_io.ensure_topics(kafka)
-    if settings.metrics_port > 0:
-        start_http_server(settings.metrics_port, registry=metrics.registry)
-    producer = kafka_io.producer(kafka)
-    await producer.start()
-    try:
-        consumer = kafka_io.consumer(kafka, topics.RAW, group_id=settings.group_id)
-        await consumer.start()
-        try:
-            await _loop(consumer, producer, settings.max_batch, stop, metrics)
-        finally:
-            await consumer.stop()  # leaves the group: its partitions move on at once
-    finally:
-        await producer.stop()
+    serve_metrics(settings.metrics_port, metrics.registry)
+    async with (
+        kafka_io.producer(kafka) as producer,
+        kafka_io.consumer(kafka, topics.RAW, group_id=settings.group_id) as consumer,
+    ):  # the consumer stops first, leaving the group: its partitions move on at once
+        await _loop(consumer, producer, settings.max_batch, stop, metrics)
 
 
 async def _loop(

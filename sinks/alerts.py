@@ -21,11 +21,12 @@ from collections.abc import Iterable
 import msgspec
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from callstream import cloudevents, topics
 from callstream import kafka as kafka_io
 from callstream.kafka import OutRecord
+from callstream.service import serve_metrics
 from callstream.settings import AlertSettings, KafkaSettings
 from schemas import SessionRecord
 from sinks.rules import Alert, Countries, Evaluator, load_rules
@@ -97,36 +98,29 @@ async def serve(
     await kafka_io.ensure_topics(kafka)
     evaluator = Evaluator(rules, await _latest_alerts(kafka))
     metrics.firing.set(len(evaluator.firing))
-    if settings.metrics_port > 0:
-        start_http_server(settings.metrics_port, registry=metrics.registry)
-    producer = kafka_io.producer(kafka)
-    await producer.start()
-    try:
-        consumer = kafka_io.consumer(
+    serve_metrics(settings.metrics_port, metrics.registry)
+    async with (
+        kafka_io.producer(kafka) as producer,
+        kafka_io.consumer(
             kafka, topics.SESSIONS, topics.EVENTS, group_id=settings.group_id
-        )
-        await consumer.start()
-        try:
-            log.info("alerts_started", rules=[rule.name for rule in rules])
-            countries = Countries()
-            while not stop.is_set():
-                batch: Batch = await consumer.getmany(
-                    timeout_ms=POLL_MS, max_records=settings.max_batch
+        ) as consumer,
+    ):  # the consumer stops first, leaving the group
+        log.info("alerts_started", rules=[rule.name for rule in rules])
+        countries = Countries()
+        while not stop.is_set():
+            batch: Batch = await consumer.getmany(
+                timeout_ms=POLL_MS, max_records=settings.max_batch
+            )
+            if batch:
+                await _process(
+                    consumer,
+                    producer,
+                    batch,
+                    evaluator=evaluator,
+                    countries=countries,
+                    metrics=metrics,
                 )
-                if batch:
-                    await _process(
-                        consumer,
-                        producer,
-                        batch,
-                        evaluator=evaluator,
-                        countries=countries,
-                        metrics=metrics,
-                    )
-            log.info("alerts_stopped")
-        finally:
-            await consumer.stop()
-    finally:
-        await producer.stop()
+        log.info("alerts_stopped")
 
 
 async def _latest_alerts(kafka: KafkaSettings) -> list[Alert]:

@@ -16,11 +16,12 @@ from collections.abc import Iterable
 import msgspec
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from callstream import kafka as kafka_io
 from callstream import topics
 from callstream.kafka import OutRecord
+from callstream.service import serve_metrics
 from callstream.settings import KafkaSettings, StoreSettings
 from schemas import CallEvent, SessionRecord
 from sinks.backend import Backend, backend_for
@@ -87,23 +88,14 @@ async def serve(
     applied = await store.open()
     try:
         log.info("store_opened", backend=type(store).__name__, migrations_applied=applied)
-        if settings.metrics_port > 0:
-            start_http_server(settings.metrics_port, registry=metrics.registry)
-        producer = kafka_io.producer(kafka)
-        await producer.start()
-        try:
-            consumer = kafka_io.consumer(
+        serve_metrics(settings.metrics_port, metrics.registry)
+        async with (
+            kafka_io.producer(kafka) as producer,
+            kafka_io.consumer(
                 kafka, topics.EVENTS, topics.SESSIONS, group_id=settings.group_id
-            )
-            await consumer.start()
-            try:
-                await _loop(
-                    consumer, producer, store, settings.max_batch, stop=stop, metrics=metrics
-                )
-            finally:
-                await consumer.stop()  # leaves the group: its partitions move on at once
-        finally:
-            await producer.stop()
+            ) as consumer,
+        ):  # the consumer stops first, leaving the group: its partitions move on at once
+            await _loop(consumer, producer, store, settings.max_batch, stop=stop, metrics=metrics)
     finally:
         await store.close()
 
