@@ -168,9 +168,7 @@ async def redrive(
     progress = progress or Progress("redrive")
     progress.total = len(todo)
     ok = failed = events = 0
-    producer = kafka_io.producer(kafka)
-    await producer.start()
-    try:
+    async with kafka_io.producer(kafka) as producer:
         for start in range(0, len(todo), BATCH):
             if stop is not None and stop.is_set():
                 break
@@ -178,8 +176,6 @@ async def redrive(
             batch_ok, batch_failed, batch_events = await _redrive(producer, chunk)
             ok, failed, events = ok + batch_ok, failed + batch_failed, events + batch_events
             progress.advance(len(chunk))
-    finally:
-        await producer.stop()
     progress.close()
     result = RedriveResult(ok, failed, events)
     log.info("redrive_finished", **result._asdict())

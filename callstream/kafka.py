@@ -179,12 +179,8 @@ def dead_letter(record: ConsumerRecord[bytes, bytes], stage: str, error: str) ->
 
 async def publish(kafka: KafkaSettings, topic: str, records: Iterable[OutRecord]) -> None:
     """Produce `records` with a producer of their own and wait for every ack (tools, benchmarks)."""
-    client = producer(kafka)
-    await client.start()
-    try:
+    async with producer(kafka) as client:
         await send_all(client, topic, records)
-    finally:
-        await client.stop()
 
 
 async def partitions_of(client: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
@@ -213,10 +209,8 @@ async def read_all(
 
     Raises TimeoutError if the topic cannot be read to its end within `within_s`.
     """
-    client = consumer(kafka, group_id=None, fetch_max_wait_ms=50)
-    await client.start()
     records: list[ConsumerRecord[bytes, bytes]] = []
-    try:
+    async with consumer(kafka, group_id=None, fetch_max_wait_ms=50) as client:
         partitions = await partitions_of(client, topic)
         client.assign(partitions)
         await client.seek_to_beginning(*partitions)
@@ -226,6 +220,4 @@ async def read_all(
                 for batch in (await client.getmany(*pending, timeout_ms=50)).values():
                     records.extend(batch)
                 pending = {tp for tp in pending if not await at_end(client, tp)}
-    finally:
-        await client.stop()
     return records

@@ -75,11 +75,10 @@ async def replay(
     if from_beginning == (since is not None):
         raise ReplayError("replay needs either --from-beginning or --since, not both")
     progress = progress or Progress("replay")
-    consumer = kafka_io.consumer(kafka, group_id=None, fetch_max_wait_ms=50)
-    producer = kafka_io.producer(kafka)
-    await consumer.start()
-    await producer.start()
-    try:
+    async with (
+        kafka_io.consumer(kafka, group_id=None, fetch_max_wait_ms=50) as consumer,
+        kafka_io.producer(kafka) as producer,
+    ):
         partitions = await kafka_io.partitions_of(consumer, topics.RAW)
         if not partitions:
             raise ReplayError(f"topic {topics.RAW!r} does not exist on {kafka.bootstrap}")
@@ -88,9 +87,6 @@ async def replay(
         result = await _loop(
             consumer, producer, starts, provider=provider, since=since, stop=stop, progress=progress
         )
-    finally:
-        await producer.stop()
-        await consumer.stop()
     progress.close()
     log.info("replay_finished", **result._asdict())
     return result

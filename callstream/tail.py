@@ -65,9 +65,7 @@ async def tail(
     the start of the command are skipped by their timestamp as well.
     """
     started_ms = int(time.time() * 1000)
-    consumer = kafka_io.consumer(kafka, group_id=None)
-    await consumer.start()
-    try:
+    async with kafka_io.consumer(kafka, group_id=None) as consumer:
         partitions = await kafka_io.partitions_of(consumer, topic)
         if not partitions:
             raise TailError(f"topic {topic!r} does not exist on {kafka.bootstrap}")
@@ -86,5 +84,3 @@ async def tail(
                     out.write(render(record) + b"\n")
                     shown += 1
             out.flush()
-    finally:
-        await consumer.stop()
