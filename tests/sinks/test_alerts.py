@@ -9,7 +9,7 @@ from pathlib import Path
 
 import msgspec
 from helpers import eventually
-from test_rules import make_session
+from sink_helpers import make_session
 
 from callstream import kafka as kafka_io
 from callstream import topics
