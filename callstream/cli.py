@@ -284,6 +284,7 @@ def _schema(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     bench = importlib.import_module(f"callstream.bench.{args.bench}")
+    configure_logging(level="warning")  # on stderr: stdout carries the results
     results = bench.run() if args.seconds is None else bench.run(seconds=args.seconds)
     print(_encoder.encode(results).decode() if args.json else bench.report(results))
     return 0

@@ -20,7 +20,6 @@ from callstream import cloudevents, samples, topics
 from callstream import kafka as kafka_io
 from callstream.broker import EmbeddedBroker, free_port
 from callstream.kafka import OutRecord
-from callstream.log import configure_logging
 from callstream.settings import AggregatorSettings, KafkaSettings
 from normalize import aggregator, normalize
 
@@ -33,7 +32,6 @@ TIMEOUT_FACTOR = 20
 
 def run(seconds: float = 4.0) -> dict[str, float]:
     """Rates of the aggregator over `seconds` x 50,000 pre-loaded events (one flat dict)."""
-    configure_logging(json=True, level="warning")  # stdout is the report's
     return asyncio.run(_run(max(int(seconds * TARGET_PER_S) // 2, 1)))
 
 

@@ -18,7 +18,6 @@ from callstream import kafka as kafka_io
 from callstream import samples, topics
 from callstream.broker import EmbeddedBroker, free_port
 from callstream.kafka import OutRecord
-from callstream.log import configure_logging
 from callstream.records import RawMeta, raw_headers
 from callstream.settings import KafkaSettings, NormalizerSettings
 from normalize import service
@@ -33,7 +32,6 @@ TIMEOUT_FACTOR = 20
 
 def run(seconds: float = 4.0) -> dict[str, float]:
     """Rates of the service over `seconds` x 50,000 pre-loaded raw records (one flat dict)."""
-    configure_logging(json=True, level="warning")  # stdout is the report's
     return asyncio.run(_run(max(int(seconds * TARGET_PER_S), 1)))
 
 
