@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from callstream import kafka as kafka_io
+from callstream.kafka import OutRecord
+from callstream.records import RawMeta, raw_headers
+from callstream.settings import KafkaSettings, NormalizerSettings, StoreSettings
+from normalize import service
+from sinks import store
+
+RECEIVED_AT = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
 DEADLINE_S = 60.0
 
@@ -17,3 +31,57 @@ async def eventually(
     while not await check():
         assert time.monotonic() < deadline, f"not within {within_s:.0f}s: {what}"
         await asyncio.sleep(0.1)
+
+
+async def committed(
+    kafka: KafkaSettings, group: str, *topic_names: str
+) -> dict[TopicPartition, int]:
+    """`group`'s committed offset of every partition of `topic_names` (0 where none)."""
+    async with kafka_io.consumer(kafka, group_id=group) as consumer:
+        partitions = [
+            tp for topic in topic_names for tp in await kafka_io.partitions_of(consumer, topic)
+        ]
+        return {tp: (await consumer.committed(tp)) or 0 for tp in partitions}
+
+
+def raw(
+    provider: str, body: bytes, context: dict[str, str] | None = None, key: bytes | None = None
+) -> OutRecord:
+    """A raw record as the ingress or a poller writes it to calls.raw."""
+    meta = RawMeta(provider, "webhook", RECEIVED_AT, "req-1", "application/json", context or {})
+    return OutRecord(key, body, raw_headers(meta))
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    serve: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
+) -> AsyncIterator[asyncio.Task[None]]:
+    """`serve(stop)` as a task of this process, stopped and awaited on leaving the block."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(stop))
+    try:
+        yield task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, DEADLINE_S)
+
+
+async def drained(kafka: KafkaSettings, group: str, topic: str, task: asyncio.Task[None]) -> None:
+    """Wait until `group` has committed every record `topic` holds now."""
+    total = len(await kafka_io.read_all(kafka, topic))
+
+    async def done() -> bool:
+        assert not task.done(), task
+        return sum((await committed(kafka, group, topic)).values()) >= total
+
+    await eventually(done, f"{group} committed {total} records of {topic}")
+
+
+def normalizer(kafka: KafkaSettings) -> Callable[[asyncio.Event], Coroutine[Any, Any, None]]:
+    return lambda stop: service.serve(NormalizerSettings(group_id="test-normalizer"), kafka, stop)
+
+
+def store_sink(
+    kafka: KafkaSettings, url: str
+) -> Callable[[asyncio.Event], Coroutine[Any, Any, None]]:
+    return lambda stop: store.serve(StoreSettings(url=url, group_id="test-store"), kafka, stop)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from test_replay import drained, normalizer, raw, serving, store_sink
+from helpers import drained, normalizer, raw, serving, store_sink
 
 from callstream import dlq, samples, topics
 from callstream import kafka as kafka_io

@@ -8,35 +8,24 @@ import os
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
-from aiokafka import ConsumerRecord, TopicPartition
-from helpers import eventually
+from aiokafka import ConsumerRecord
+from helpers import DEADLINE_S, RECEIVED_AT, committed, eventually, raw
 
 from callstream import cloudevents, samples, topics
 from callstream import kafka as kafka_io
 from callstream.kafka import OutRecord
-from callstream.records import RawMeta, raw_headers
 from callstream.settings import KafkaSettings, NormalizerSettings
 from normalize import normalize, service
 from schemas import CallEvent, RawRef
 
 GOLDEN = Path(__file__).parent.parent / "golden"
-RECEIVED_AT = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
-DEADLINE_S = 60.0
 GROUP = "test-normalizer"
 
 Read = ConsumerRecord[bytes, bytes]
 _event = msgspec.json.Decoder(CallEvent)
-
-
-def _raw(
-    provider: str, body: bytes, context: dict[str, str] | None = None, key: bytes | None = None
-) -> OutRecord:
-    meta = RawMeta(provider, "webhook", RECEIVED_AT, "req-1", "application/json", context or {})
-    return OutRecord(key, body, raw_headers(meta))
 
 
 def _golden(errors: bool) -> list[tuple[Path, dict[str, str]]]:
@@ -53,21 +42,9 @@ def _golden(errors: bool) -> list[tuple[Path, dict[str, str]]]:
     return cases
 
 
-async def _committed(kafka: KafkaSettings, group_id: str = GROUP) -> dict[int, int]:
-    consumer = kafka_io.consumer(kafka, group_id=group_id)
-    await consumer.start()
-    try:
-        return {
-            p: (await consumer.committed(TopicPartition(topics.RAW, p))) or 0
-            for p in range(kafka.partitions)
-        }
-    finally:
-        await consumer.stop()
-
-
 async def _all_committed(kafka: KafkaSettings, count: int) -> None:
     async def done() -> bool:
-        return sum((await _committed(kafka)).values()) >= count
+        return sum((await committed(kafka, GROUP, topics.RAW)).values()) >= count
 
     await eventually(done, f"{count} raw records committed")
 
@@ -114,7 +91,7 @@ def _expected(raw: Read) -> list[tuple[bytes, bytes, tuple[tuple[str, bytes], ..
 async def test_golden_reports_become_their_canonical_events(kafka: KafkaSettings) -> None:
     cases = _golden(errors=False)
     await kafka_io.publish(
-        kafka, topics.RAW, [_raw(body.parent.name, body.read_bytes(), ctx) for body, ctx in cases]
+        kafka, topics.RAW, [raw(body.parent.name, body.read_bytes(), ctx) for body, ctx in cases]
     )
     async with _running(kafka):
         await _all_committed(kafka, len(cases))
@@ -135,20 +112,20 @@ async def test_bad_records_go_to_the_dlq_with_their_error_and_the_rest_flows(
     bad: list[OutRecord] = []
     for body, ctx in _golden(errors=True):
         key = f"{body.parent.name}/{body.stem}".encode()
-        bad.append(_raw(body.parent.name, body.read_bytes(), ctx, key))
+        bad.append(raw(body.parent.name, body.read_bytes(), ctx, key))
         reasons[key] = body.with_name(body.stem + ".error.txt").read_text().strip()
-    bad.append(_raw("nope", b"{}", key=b"unknown-provider"))
+    bad.append(raw("nope", b"{}", key=b"unknown-provider"))
     reasons[b"unknown-provider"] = "nope: provider: unknown provider"
     bad.append(OutRecord(b"no-headers", b"{}", []))
     reasons[b"no-headers"] = "raw record headers: KeyError('cs-provider')"
-    bad_time = _raw("wavecell", b"{}", key=b"bad-received-at")
+    bad_time = raw("wavecell", b"{}", key=b"bad-received-at")
     bad.append(
         bad_time._replace(headers=[(topics.PROVIDER, b"wavecell"), (topics.RECEIVED_AT, b"x")])
     )
     reasons[b"bad-received-at"] = (
         "raw record headers: ValidationError('Invalid RFC3339 encoded datetime')"
     )
-    good = _raw("wavecell", (GOLDEN / "wavecell" / "doc_sample.json").read_bytes())
+    good = raw("wavecell", (GOLDEN / "wavecell" / "doc_sample.json").read_bytes())
     await kafka_io.publish(kafka, topics.RAW, [*bad, good])
 
     async with _running(kafka, max_batch=7):
@@ -171,35 +148,35 @@ async def test_offsets_are_committed_only_after_their_events_are_on_the_broker(
 ) -> None:
     count = 3_000
     await kafka_io.publish(
-        kafka, topics.RAW, [_raw("wavecell", body) for body in samples.payloads("wavecell", count)]
+        kafka, topics.RAW, [raw("wavecell", body) for body in samples.payloads("wavecell", count)]
     )
     checks = 0
     async with _running(kafka, max_batch=40):
         while True:
-            committed = await _committed(kafka)
+            offsets = await committed(kafka, GROUP, topics.RAW)
             produced = {
                 (ref.partition, ref.offset)
                 for m in await kafka_io.read_all(kafka, topics.EVENTS)
                 if (ref := _event.decode(m.value).raw) is not None
             }
-            for partition, offset in committed.items():
-                missing = {(partition, o) for o in range(offset)} - produced
+            for tp, offset in offsets.items():
+                missing = {(tp.partition, o) for o in range(offset)} - produced
                 assert not missing, f"committed past records without events: {sorted(missing)[:5]}"
             checks += 1
-            if sum(committed.values()) == count:
+            if sum(offsets.values()) == count:
                 break
     assert checks > 1  # the invariant was checked while the service was still working
 
 
 async def test_stop_finishes_commits_and_hands_the_partitions_over(kafka: KafkaSettings) -> None:
     bodies = samples.payloads("wavecell", 600)
-    await kafka_io.publish(kafka, topics.RAW, [_raw("wavecell", body) for body in bodies[:500]])
+    await kafka_io.publish(kafka, topics.RAW, [raw("wavecell", body) for body in bodies[:500]])
     async with _running(kafka) as first:
         await _all_committed(kafka, 500)
     assert first.done()
     assert first.exception() is None
 
-    await kafka_io.publish(kafka, topics.RAW, [_raw("wavecell", body) for body in bodies[500:]])
+    await kafka_io.publish(kafka, topics.RAW, [raw("wavecell", body) for body in bodies[500:]])
     async with _running(kafka):
         await _all_committed(kafka, 600)
     # Everything the first run had was committed when it stopped: nothing was done twice.
@@ -228,26 +205,26 @@ async def test_a_killed_normalizer_loses_no_raw_record(
     try:
         for chunk in range(0, 2_000, 100):  # fed while it runs
             await kafka_io.publish(
-                kafka, topics.RAW, [_raw("wavecell", body) for body in bodies[chunk : chunk + 100]]
+                kafka, topics.RAW, [raw("wavecell", body) for body in bodies[chunk : chunk + 100]]
             )
 
         async def some_committed() -> bool:
-            return sum((await _committed(kafka, "callstream-normalizer")).values()) > 0
+            return sum((await committed(kafka, "callstream-normalizer", topics.RAW)).values()) > 0
 
         await eventually(some_committed, "the first commits")
         normalizer.kill()  # SIGKILL: no final batch, no commit, no leaving the group
         await normalizer.wait()
         await kafka_io.publish(
-            kafka, topics.RAW, [_raw("wavecell", body) for body in bodies[2_000:3_000]]
+            kafka, topics.RAW, [raw("wavecell", body) for body in bodies[2_000:3_000]]
         )
         normalizer = await _start_normalizer(kafka, log)
         await kafka_io.publish(
-            kafka, topics.RAW, [_raw("wavecell", body) for body in bodies[3_000:]]
+            kafka, topics.RAW, [raw("wavecell", body) for body in bodies[3_000:]]
         )
 
         async def all_committed() -> bool:
-            committed = await _committed(kafka, "callstream-normalizer")
-            return sum(committed.values()) >= len(bodies)
+            offsets = await committed(kafka, "callstream-normalizer", topics.RAW)
+            return sum(offsets.values()) >= len(bodies)
 
         await eventually(all_committed, f"all raw records committed; see {log}")
     finally:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import msgspec
-from helpers import eventually
+from helpers import committed, eventually
 from sink_helpers import Query, events_of, sessions_of
 
 from callstream import kafka as kafka_io
@@ -82,18 +82,9 @@ async def _start_store(kafka: KafkaSettings, url: str, log: Path) -> asyncio.sub
 
 
 async def _committed(kafka: KafkaSettings) -> int:
-    consumer = kafka_io.consumer(kafka, group_id="callstream-store")
-    await consumer.start()
-    try:
-        partitions = [
-            tp
-            for topic in (topics.EVENTS, topics.SESSIONS)
-            for tp in await kafka_io.partitions_of(consumer, topic)
-        ]
-        offsets = [await consumer.committed(tp) for tp in partitions]
-        return sum(offset or 0 for offset in offsets)
-    finally:
-        await consumer.stop()
+    return sum(
+        (await committed(kafka, "callstream-store", topics.EVENTS, topics.SESSIONS)).values()
+    )
 
 
 async def test_a_killed_store_loses_no_row_and_doubles_none(
