@@ -17,7 +17,7 @@ from callstream.broker import EmbeddedBroker
 from callstream.errors import CallstreamError
 from callstream.kafka import ensure_topics
 from callstream.log import configure_logging
-from callstream.service import run_until_signalled
+from callstream.service import run_until_signalled, tune_gc
 from callstream.settings import (
     AggregatorSettings,
     AlertSettings,
@@ -285,6 +285,7 @@ def _schema(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     bench = importlib.import_module(f"callstream.bench.{args.bench}")
     configure_logging(level="warning")  # on stderr: stdout carries the results
+    tune_gc()  # as in the service processes it measures
     results = bench.run() if args.seconds is None else bench.run(seconds=args.seconds)
     print(_encoder.encode(results).decode() if args.json else bench.report(results))
     return 0

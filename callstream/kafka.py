@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import random
 import zlib
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -17,6 +16,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, IllegalStateError, TopicAlreadyExistsError, for_code
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from callstream import topics
 from callstream.records import dead_letter_headers
@@ -55,6 +55,7 @@ def producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
         "client_id": kafka.client_id,
         "acks": "all",
         "enable_idempotence": kafka.idempotence,
+        "compression_type": None if kafka.compression == "none" else kafka.compression,
         "request_timeout_ms": kafka.request_timeout_ms,
         "max_batch_size": MAX_BATCH_BYTES,
         "max_request_size": 4 * MAX_BATCH_BYTES,
@@ -113,43 +114,30 @@ async def ensure_topics(kafka: KafkaSettings, names: Iterable[str] = topics.ALL)
 async def send_all(client: AIOKafkaProducer, topic: str, records: Iterable[OutRecord]) -> None:
     """Produce `records` with the batch API, each to its key's partition; return when all are acked.
 
-    One `send` per record costs aiokafka ~25 µs; appending to per-partition batches a few µs.
-    Raises what the producer raises if any batch is not acknowledged.
+    One `send` per record costs aiokafka ~25 µs; appending to a per-partition batch ~1 µs. A full
+    batch is sent at once and a new one opened. Raises what the producer raises if any batch is
+    not acknowledged.
     """
     partitions = sorted(await client.partitions_for(topic))
-    by_partition: dict[int, list[OutRecord]] = defaultdict(list)
-    for record in records:
-        key = record.key
-        by_partition[
-            partition_for(key, partitions) if key is not None else random.choice(partitions)
-        ].append(record)
+    open_batches: dict[int, BatchBuilder] = {}
     acks = []
-    for partition, batch_records in by_partition.items():
-        batch = client.create_batch()
-        for record in batch_records:
-            if (
-                batch.append(
-                    key=record.key, value=record.value, timestamp=None, headers=record.headers
-                )
-                is None
-            ):
-                acks.append(await _send(client, batch, topic, partition))
-                batch = client.create_batch()
-                if (
-                    batch.append(
-                        key=record.key, value=record.value, timestamp=None, headers=record.headers
-                    )
-                    is None
-                ):
-                    raise ValueError(
-                        f"a record of {len(record.value)} bytes exceeds the batch size"
-                    )
+    for key, value, headers in records:
+        partition = partition_for(key, partitions) if key is not None else random.choice(partitions)
+        batch = open_batches.get(partition)
+        if batch is None:
+            batch = open_batches[partition] = client.create_batch()
+        if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+            acks.append(await _send(client, batch, topic, partition))
+            batch = open_batches[partition] = client.create_batch()
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                raise ValueError(f"a record of {len(value)} bytes exceeds the batch size")
+    for partition, batch in open_batches.items():
         acks.append(await _send(client, batch, topic, partition))
     await asyncio.gather(*acks)
 
 
 async def _send(
-    client: AIOKafkaProducer, batch: Any, topic: str, partition: int
+    client: AIOKafkaProducer, batch: BatchBuilder, topic: str, partition: int
 ) -> asyncio.Future[Any]:
     batch.close()
     return await client.send_batch(batch, topic, partition=partition)

@@ -39,6 +39,9 @@ class KafkaSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     client_id: str = "callstream"
     idempotence: bool = False
     """Idempotent producers; Apache Kafka supports them, the embedded broker does not."""
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "snappy"
+    """Compression of produced batches: snappy shrinks JSON events about 4x for less CPU than
+    writing the uncompressed bytes to the broker costs."""
     partitions: int = 4
     """Partitions of each topic the bootstrap creates (existing topics are left as they are)."""
     replication_factor: int = 1
