@@ -1,4 +1,4 @@
-"""Kafka plumbing against the real (embedded) broker."""
+"""Kafka plumbing against the real broker."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from servers import Broker
 
 from callstream import kafka as kafka_io
 from callstream import topics
@@ -66,7 +67,7 @@ async def test_a_second_embedded_broker_on_a_taken_port_is_refused() -> None:
 
 
 async def test_the_topics_command_creates_what_is_missing_and_can_run_again(
-    broker: EmbeddedBroker,
+    broker: Broker,
 ) -> None:
     for _ in range(2):
         process = await asyncio.create_subprocess_exec(
