@@ -1,12 +1,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import servers
 from hypothesis import HealthCheck, settings
 
-from callstream.broker import EmbeddedBroker, free_port
 from callstream.kafka import ensure_topics
 from callstream.settings import KafkaSettings
 
@@ -23,15 +23,36 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-@pytest.fixture
-async def broker() -> AsyncIterator[EmbeddedBroker]:
-    """A fresh embedded broker for one test: it starts in milliseconds and keeps tests apart."""
-    async with EmbeddedBroker(free_port()) as embedded:
-        yield embedded  # a test may leave it paused: stop() resumes it first
+SERVERS = pytest.StashKey[servers.Servers]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The one place where the servers of the session are chosen (see tests/servers.py)."""
+    config.stash[SERVERS] = servers.choose(
+        os.environ.get(servers.CHOICE, "auto"), servers.docker_answers
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"servers: {config.stash[SERVERS]}"
 
 
 @pytest.fixture
-async def kafka(broker: EmbeddedBroker) -> KafkaSettings:
+async def broker(pytestconfig: pytest.Config) -> AsyncIterator[servers.Broker]:
+    """A fresh broker for one test: topic names are fixed, so a broker of its own keeps it apart."""
+    async with pytestconfig.stash[SERVERS].broker() as fresh:
+        yield fresh
+
+
+@pytest.fixture(scope="session")
+def postgres_url(pytestconfig: pytest.Config) -> Iterator[str]:
+    """The session's PostgreSQL; tests keep apart in schemas of their own."""
+    with pytestconfig.stash[SERVERS].postgres() as url:
+        yield url
+
+
+@pytest.fixture
+async def kafka(broker: servers.Broker) -> KafkaSettings:
     """Settings for the test's broker, with group timings short enough for rebalance tests."""
     settings = KafkaSettings(
         bootstrap=broker.bootstrap,

@@ -1,4 +1,4 @@
-"""`callstream dlq` against the embedded broker: list, show, filters, and a redrive to the store."""
+"""`callstream dlq` against the real broker: list, show, filters, and a redrive to the store."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Kafka plumbing against the real (embedded) broker."""
+"""Kafka plumbing against the real broker."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import sys
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from servers import Broker
 
 from callstream import kafka as kafka_io
 from callstream import topics
-from callstream.broker import BrokerError, EmbeddedBroker
+from callstream.broker import BrokerError, EmbeddedBroker, free_port
 from callstream.settings import KafkaSettings
 
 
@@ -59,13 +60,14 @@ async def test_send_all_places_each_key_in_its_partition_and_keeps_headers(
     assert all(m.headers == (("h", m.value.removeprefix(b"value-")),) for m in seen)
 
 
-async def test_a_second_broker_on_a_taken_port_is_refused(broker: EmbeddedBroker) -> None:
-    with pytest.raises(BrokerError, match="already in use"):
-        await EmbeddedBroker(broker.port).start()
+async def test_a_second_embedded_broker_on_a_taken_port_is_refused() -> None:
+    async with EmbeddedBroker(free_port()) as first:
+        with pytest.raises(BrokerError, match="already in use"):
+            await EmbeddedBroker(first.port).start()
 
 
 async def test_the_topics_command_creates_what_is_missing_and_can_run_again(
-    broker: EmbeddedBroker,
+    broker: Broker,
 ) -> None:
     for _ in range(2):
         process = await asyncio.create_subprocess_exec(

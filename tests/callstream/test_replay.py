@@ -1,4 +1,4 @@
-"""`callstream replay` against the embedded broker and a SQLite store: nothing changes, filters."""
+"""`callstream replay` against the real broker and a SQLite store: nothing changes, filters."""
 
 from __future__ import annotations
 

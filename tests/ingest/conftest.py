@@ -1,4 +1,4 @@
-"""The ingress under test: the real app on a free port, writing to the test's embedded broker."""
+"""The ingress under test: the real app on a free port, writing to the test's broker."""
 
 from __future__ import annotations
 

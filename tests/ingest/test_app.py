@@ -1,10 +1,8 @@
-"""The webhook ingress against the real embedded broker: what is answered, and what is written."""
+"""The webhook ingress against the real broker: what is answered, and what is written."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -14,9 +12,9 @@ import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 from aiokafka.structs import ConsumerRecord
+from servers import Broker
 
 from callstream import samples, topics
-from callstream.broker import EmbeddedBroker
 from callstream.records import read_raw_headers
 from ingest.app import PROVIDERS
 
@@ -143,13 +141,12 @@ async def _ready(client: Client, within: float = 10.0) -> None:
 
 
 async def test_while_the_broker_is_paused_callbacks_get_503_and_never_2xx(
-    broker: EmbeddedBroker, ingress: StartIngress
+    broker: Broker, ingress: StartIngress
 ) -> None:
-    assert broker.process is not None
     bound = 1.0
     async with ingress(publish_timeout_s=bound, retry_after_s=7) as client:
         assert (await client.post(CALLBACK, data=WAVECELL)).status == 202
-        os.kill(broker.process.pid, signal.SIGSTOP)
+        broker.pause()
         try:
             for body in (WAVECELL, b"[]"):  # a callback, and a bad body whose DLQ write fails
                 started = time.monotonic()
@@ -159,6 +156,6 @@ async def test_while_the_broker_is_paused_callbacks_get_503_and_never_2xx(
                 assert response.headers["Retry-After"] == "7"
             await _error(await client.get("/readyz"), 503, "not_ready")
         finally:
-            os.kill(broker.process.pid, signal.SIGCONT)
+            broker.resume()
         await _ready(client)
         assert (await client.post(CALLBACK, data=WAVECELL)).status == 202

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 
 import aiohttp
 import pytest
+from servers import Broker
 
 from callstream import samples
-from callstream.broker import EmbeddedBroker, free_port
+from callstream.broker import free_port
 from callstream.settings import IngressSettings, KafkaSettings, SettingsError
 from ingest.server import serve
 
@@ -63,16 +62,15 @@ async def _until_refused(port: int) -> None:
 
 
 async def test_on_stop_it_stops_listening_and_answers_the_callbacks_in_flight(
-    broker: EmbeddedBroker, kafka: KafkaSettings
+    broker: Broker, kafka: KafkaSettings
 ) -> None:
-    assert broker.process is not None
     port = free_port()
     base, stop = f"http://127.0.0.1:{port}", asyncio.Event()
     server = asyncio.create_task(serve(IngressSettings(port=port), kafka, stop))
     try:
         async with aiohttp.ClientSession() as session:
             await _until_listening(session, base)
-            os.kill(broker.process.pid, signal.SIGSTOP)  # holds the callback in flight
+            broker.pause()  # holds the callback in flight
             try:
                 callback = asyncio.create_task(
                     session.post(f"{base}/v1/callbacks/wavecell", data=WAVECELL)
@@ -84,7 +82,7 @@ async def test_on_stop_it_stops_listening_and_answers_the_callbacks_in_flight(
                 # it; the answer below does not depend on how long.
                 await asyncio.sleep(0.3)
             finally:
-                os.kill(broker.process.pid, signal.SIGCONT)
+                broker.resume()
             async with await callback as response:
                 assert response.status == 202
     finally:

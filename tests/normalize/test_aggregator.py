@@ -1,4 +1,4 @@
-"""The session aggregator against the real (embedded) broker: folding, state, handover, timeouts."""
+"""The session aggregator against the real broker: folding, state, handover, timeouts."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import msgspec
 import pytest
 from aiokafka import ConsumerRecord
 from helpers import eventually
+from servers import Broker
 
 from callstream import cloudevents, samples, topics
 from callstream import kafka as kafka_io
-from callstream.broker import EmbeddedBroker
 from callstream.kafka import OutRecord
 from callstream.settings import AggregatorSettings, KafkaSettings
 from normalize import aggregator, normalize
@@ -307,7 +307,7 @@ async def test_evicted_sessions_ignore_late_reports(kafka: KafkaSettings) -> Non
     assert counts[leg_a.session_key] == 1
 
 
-async def test_topics_that_are_not_co_partitioned_are_refused(broker: EmbeddedBroker) -> None:
+async def test_topics_that_are_not_co_partitioned_are_refused(broker: Broker) -> None:
     kafka = KafkaSettings(bootstrap=broker.bootstrap, partitions=4)
     await kafka_io.ensure_topics(msgspec.structs.replace(kafka, partitions=2), [topics.SESSIONS])
     with pytest.raises(

@@ -1,4 +1,4 @@
-"""The normalizer service against the real (embedded) broker: events, dead letters, offsets."""
+"""The normalizer service against the real broker: events, dead letters, offsets."""
 
 from __future__ import annotations
 

@@ -1,12 +1,11 @@
 """Stores for the sink tests: every backend, each test in a store of its own.
 
-PostgreSQL is the real server (CALLSTREAM_TEST_POSTGRES_URL, default the CI one); each test
+PostgreSQL is a real server (the session's `postgres_url`: see tests/servers.py); each test
 gets a fresh schema, reached through the store URL's `search_path` parameter, dropped after.
 """
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
@@ -21,21 +20,19 @@ from sink_helpers import Query
 
 from sinks.backend import Backend, backend_for
 
-POSTGRES_URL = os.environ.get(
-    "CALLSTREAM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
-
 
 @pytest_asyncio.fixture(loop_scope="function", params=["sqlite", "postgres"])
-async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+async def store_url(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str
+) -> AsyncIterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/store/callstream.sqlite3"  # an absolute path: sqlite:////…
         return
     schema = f"t_{uuid.uuid4().hex}"
-    admin = await asyncpg.connect(POSTGRES_URL)
+    admin = await asyncpg.connect(postgres_url)
     try:
         await admin.execute(f"CREATE SCHEMA {schema}")
-        yield f"{POSTGRES_URL}?search_path={schema}"
+        yield f"{postgres_url}?search_path={schema}"
     finally:
         await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         await admin.close()

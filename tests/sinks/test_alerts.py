@@ -1,4 +1,4 @@
-"""The alert sink against the real (embedded) broker: one episode, one firing and one resolved."""
+"""The alert sink against the real broker: one episode, one firing and one resolved."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The store service against the embedded broker and each real store: rows, dead letters, crash."""
+"""The store service against the real broker and each real store: rows, dead letters, crash."""
 
 from __future__ import annotations
 
