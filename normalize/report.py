@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 from hashlib import sha256
 from typing import TypeVar
 
+import msgspec
+
 from callstream.errors import NormalizeError
 from schemas import (
     EVENT_SCHEMA,
@@ -28,12 +30,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Report:
+class Report(msgspec.Struct, frozen=True, gc=False):
     """One raw report as received: whose it is and what came with it besides the body.
 
     `context` carries what the body does not say itself (the callSerialNo a poller asked about,
     an account configured for a webhook route); `raw` is where the report is stored in Kafka.
+    A Struct, not a dataclass: one is made per raw record, and a frozen dataclass costs ~0.6 µs.
     """
 
     provider: str
