@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 import msgspec
 
 from callstream import topics
 from callstream.topics import Headers
+from schemas.events import UtcTime
 
 
 class RawMeta(NamedTuple):
@@ -35,25 +36,38 @@ def raw_headers(meta: RawMeta) -> Headers:
     return headers
 
 
+_received_at = msgspec.json.Decoder(UtcTime)
+
+
 class HeadersError(ValueError):
     """A raw record whose headers are missing or malformed; it goes to the dead-letter topic."""
 
 
-def read_raw_headers(headers: Headers | tuple[tuple[str, bytes], ...]) -> RawMeta:
-    found = dict(headers)
+def read_raw_headers(headers: Headers | tuple[tuple[str, bytes | None], ...]) -> RawMeta:
+    """The headers' meaning; raises HeadersError for missing, null or malformed ones.
+
+    Kafka allows a null header value: it counts as absent. `received_at` must carry its offset
+    (a naive time would reach calls.events and fail its readers); it is returned in UTC.
+    """
+    found = {name: value for name, value in headers if value is not None}
     try:
         return RawMeta(
             provider=found[topics.PROVIDER].decode(),
             source=found.get(topics.SOURCE, b"").decode(),
-            received_at=msgspec.json.decode(b'"' + found[topics.RECEIVED_AT] + b'"', type=datetime),
+            received_at=_utc(_received_at.decode(b'"' + found[topics.RECEIVED_AT] + b'"')),
             request_id=found.get(topics.REQUEST_ID, b"").decode(),
             content_type=found.get(topics.CONTENT_TYPE, b"").decode(),
             context=msgspec.json.decode(found[topics.CONTEXT], type=dict[str, str])
             if topics.CONTEXT in found
             else {},
         )
-    except (KeyError, UnicodeDecodeError, msgspec.DecodeError) as exc:
+    except (KeyError, UnicodeDecodeError, msgspec.DecodeError, OverflowError) as exc:
         raise HeadersError(f"raw record headers: {exc!r}") from None
+
+
+def _utc(moment: datetime) -> datetime:
+    """Events carry UTC times (written with Z); the ingress writes UTC, another writer may not."""
+    return moment if moment.tzinfo is UTC else moment.astimezone(UTC)
 
 
 def dead_letter_headers(
