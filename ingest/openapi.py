@@ -1,9 +1,12 @@
 """The ingress's own OpenAPI 3.1 document, served at GET /openapi.json.
 
 It lists every route with every status it can answer, so that a client generator or a fuzzer
-(tests/ingest/test_openapi.py runs schemathesis against it) knows what to expect. A new route is
-one entry in `document()`'s paths, built with `_answers()`; each refusal status is listed once
-in REFUSALS with the `error` codes its JSON body may carry.
+(tests/ingest/test_openapi.py runs schemathesis against it, and fails on any answer not listed
+here) knows what to expect. A new route is one entry in `document()`'s paths, its responses
+built by `_answers()` from its success and its refusal statuses. REFUSALS says once what each
+refusal status means and which `error` codes its body may carry: a route that refuses with a new
+code adds it there. Request and answer bodies are msgspec Structs, added to
+`schema_components` and referred to by name (`_json`).
 """
 
 from __future__ import annotations

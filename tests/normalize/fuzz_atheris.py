@@ -1,6 +1,7 @@
 """Coverage-guided fuzzing of normalize() with atheris (libFuzzer), seeded with the golden bodies.
 
     .venv/bin/python tests/normalize/fuzz_atheris.py -runs=1000000 [libFuzzer flags] [CORPUS_DIR]
+    .venv/bin/python tests/normalize/fuzz_atheris.py crash-<sha1>     # replay one input
 
 The first byte of an input picks the provider, the second its context, the rest is the body.
 Half of the mutations are libFuzzer's own (bytes), half mutations.py's (JSON structure, edge
@@ -61,14 +62,19 @@ def seed_corpus(directory: Path) -> None:
 
 
 def main(argv: list[str]) -> None:
+    """Fuzz from the corpus directories given (the first grows) and the golden bodies; or, given
+    files (a crash- file), run just those."""
+    if any(Path(arg).is_file() for arg in argv[1:]):
+        _fuzz(argv)
+        return
     with tempfile.TemporaryDirectory(prefix="golden-corpus-") as golden:
         seed_corpus(Path(golden))
-        flags = [arg for arg in argv[1:] if arg.startswith("-")]
-        corpus = [arg for arg in argv[1:] if not arg.startswith("-")]  # the first one grows
-        atheris.Setup(
-            [argv[0], *flags, *corpus, golden], test_one_input, custom_mutator=custom_mutator
-        )
-        atheris.Fuzz()
+        _fuzz([*argv, golden])
+
+
+def _fuzz(argv: list[str]) -> None:
+    atheris.Setup(argv, test_one_input, custom_mutator=custom_mutator)
+    atheris.Fuzz()
 
 
 if __name__ == "__main__":
