@@ -60,8 +60,9 @@ class Lockout:
 
     Failures are counted by the `limits` library's moving window, in this process's memory. The
     check on every callback is one dict lookup, which finds nothing unless an address is locked
-    out; `limits` is asked only then. The dict holds addresses locked out within the last
-    window: whoever floods from many addresses costs memory for one window, not for good.
+    out; `limits` is asked only then. Expired entries of that dict are dropped whenever another
+    address is locked out, so it holds about the addresses locked out within one window: a
+    flood from many addresses costs memory for one window, not for good.
     """
 
     def __init__(self, failures: int, window_s: int) -> None:
