@@ -15,6 +15,8 @@ import structlog
 
 _NUMBER = re.compile(r"\+?\d{7,15}")
 _NUMBER_FIELDS = frozenset({"from_number", "to_number", "number", "caller", "called"})
+_EXTRA_FIELDS = ("error", "status")
+"""Fields a standard-library record may carry in `extra` (ingest.app's http_request_malformed)."""
 
 
 def configure_logging(
@@ -27,6 +29,7 @@ def configure_logging(
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
+        structlog.stdlib.ExtraAdder(allow=_EXTRA_FIELDS),
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if mask_numbers:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, NamedTuple
+from datetime import UTC, datetime
+from typing import NamedTuple
 
 import msgspec
 
 from callstream import topics
 from callstream.topics import Headers
+from schemas.events import UtcTime
 
 
 class RawMeta(NamedTuple):
@@ -35,32 +36,39 @@ def raw_headers(meta: RawMeta) -> Headers:
     return headers
 
 
+_received_at = msgspec.json.Decoder(UtcTime)
+_context = msgspec.json.Decoder(dict[str, str])
+
+
 class HeadersError(ValueError):
     """A raw record whose headers are missing or malformed; it goes to the dead-letter topic."""
 
 
-_received_at = msgspec.json.Decoder(Annotated[datetime, msgspec.Meta(tz=True)])
-_context = msgspec.json.Decoder(dict[str, str])
+def read_raw_headers(headers: Headers | tuple[tuple[str, bytes | None], ...]) -> RawMeta:
+    """The headers' meaning; raises HeadersError for missing, null or malformed ones.
 
-
-def read_raw_headers(headers: Headers | tuple[tuple[str, bytes], ...]) -> RawMeta:
-    """The metadata of a raw record; HeadersError if a required header is missing or malformed.
-
-    On the normalizer's hot path, hence positional and with decoders built once.
+    Kafka allows a null header value: it counts as absent. `received_at` must carry its offset
+    (a naive time would reach calls.events and fail its readers); it is returned in UTC.
+    On the normalizer's hot path: positional, with decoders built once.
     """
-    found = dict(headers)
+    found = {name: value for name, value in headers if value is not None}
     try:
         context = found.get(topics.CONTEXT)
         return RawMeta(
             found[topics.PROVIDER].decode(),
             found.get(topics.SOURCE, b"").decode(),
-            _received_at.decode(b'"' + found[topics.RECEIVED_AT] + b'"'),
+            _utc(_received_at.decode(b'"' + found[topics.RECEIVED_AT] + b'"')),
             found.get(topics.REQUEST_ID, b"").decode(),
             found.get(topics.CONTENT_TYPE, b"").decode(),
             {} if context is None else _context.decode(context),
         )
-    except (KeyError, UnicodeDecodeError, msgspec.DecodeError) as exc:
+    except (KeyError, UnicodeDecodeError, msgspec.DecodeError, OverflowError) as exc:
         raise HeadersError(f"raw record headers: {exc!r}") from None
+
+
+def _utc(moment: datetime) -> datetime:
+    """Events carry UTC times (written with Z); the ingress writes UTC, another writer may not."""
+    return moment if moment.tzinfo is UTC else moment.astimezone(UTC)
 
 
 def dead_letter_headers(

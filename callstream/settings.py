@@ -106,6 +106,16 @@ class IngressSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """How long a callback waits for the broker's ack before it is answered 503."""
     retry_after_s: int = 5
     """The Retry-After of a 503."""
+    idle_timeout_s: float = 15.0
+    """A connection that has not sent a complete request head this long after it opened or after
+    its last answer is closed: idle keep-alive connections and clients dribbling headers alike."""
+    body_timeout_s: float = 10.0
+    """A body not received in full this long after its head is refused with 408."""
+    auth_failures: int = 10
+    """Failed authentications a peer address may make within auth_window_s; after that its
+    callbacks are refused with 429 until the window has room again (0: no limit)."""
+    auth_window_s: int = 60
+    """The sliding window of auth_failures, in seconds."""
     insecure_no_auth: bool = False
     """Allow listening on a non-loopback address while a provider has no authentication."""
     auth: dict[str, ProviderAuth] = {}

@@ -1,6 +1,7 @@
 """The webhook ingress app: a provider's callback goes unchanged to calls.raw, and is answered 202
 only once the broker has acknowledged it (acks=all). Whatever cannot be taken is answered with
-a JSON error, and no callback is ever answered 2xx unless it was written.
+a JSON error, and no callback is ever answered 2xx unless it was written. The routes and their
+answers are described in ingest/openapi.py, served at /openapi.json.
 
 A callback answered 503 may still reach calls.raw later (its send was only abandoned, not
 withdrawn); the provider's retry then adds a duplicate, which event_id makes harmless.
@@ -9,6 +10,7 @@ withdrawn); the provider's retry then adds a duplicate, which event_id makes har
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -18,6 +20,7 @@ from typing import NoReturn
 import msgspec
 import structlog
 from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -26,7 +29,9 @@ from callstream import kafka as kafka_io
 from callstream import topics
 from callstream.records import RawMeta, dead_letter_headers, raw_headers
 from callstream.settings import IngressSettings, KafkaSettings
-from ingest.auth import Guard, guards
+from ingest import openapi
+from ingest.auth import Guard, Lockout, guards
+from ingest.bodies import not_a_json_object
 from ingest.health import Metrics, Readiness
 from normalize import ADAPTERS
 
@@ -34,7 +39,6 @@ PROVIDERS = frozenset(name for name, adapter in ADAPTERS.items() if adapter.sour
 
 log = structlog.get_logger("callstream.ingest")
 
-_json_object = msgspec.json.Decoder(dict[str, msgspec.Raw])  # validates without building values
 _encode = msgspec.json.Encoder().encode
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -43,13 +47,24 @@ class Refusal(Exception):  # noqa: N818 - an answer, not a failure of the ingres
     """A callback answered with an error: status, short code, one sentence, extra headers."""
 
     def __init__(
-        self, status: int, error: str, detail: str, headers: Mapping[str, str] | None = None
+        self,
+        status: int,
+        error: str,
+        detail: str,
+        headers: Mapping[str, str] | None = None,
+        *,
+        close: bool = False,
     ) -> None:
         super().__init__(detail)
         self.status, self.error, self.detail, self.headers = status, error, detail, headers
+        self.close = close
+        """Close the connection after answering (a client that cannot be trusted to go on)."""
 
     def response(self) -> web.Response:
-        return error_response(self.status, self.error, self.detail, self.headers)
+        answer = error_response(self.status, self.error, self.detail, self.headers)
+        if self.close:
+            answer.force_close()
+        return answer
 
 
 def error_response(
@@ -66,15 +81,24 @@ def error_response(
 def create_app(settings: IngressSettings, kafka: KafkaSettings) -> web.Application:
     """The app; its producer starts with the app and stops after the last request is answered.
 
-    Raises SettingsError for bad authentication settings (see ingest.auth.guards).
+    Slow clients: aiohttp (>= 3.14.4) closes a connection that has not sent a complete request
+    head within keepalive_timeout of opening or of its last answer, which covers idle
+    keep-alives and dribbled headers alike (idle_timeout_s); a dribbled body is refused with
+    408 by `_read` (body_timeout_s). Raises SettingsError for bad authentication settings (see
+    ingest.auth.guards).
     """
     ingress = Ingress(settings, kafka, guards(settings.auth, PROVIDERS))
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_json_errors])
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[_json_errors],
+        handler_args={"keepalive_timeout": settings.idle_timeout_s, "logger": _http_log},
+    )
     app.cleanup_ctx.append(ingress.producing)
     app.router.add_post("/v1/callbacks/{provider}", ingress.callback)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", ingress.readyz)
     app.router.add_get("/metrics", ingress.metrics_text)
+    app.router.add_get("/openapi.json", _document(openapi.render(PROVIDERS)))
     return app
 
 
@@ -90,6 +114,7 @@ class Ingress:
         self.settings, self.kafka, self.guards = settings, kafka, guards
         self.metrics = Metrics()
         self.readiness = Readiness(self._ask_broker)
+        self.lockout = Lockout(settings.auth_failures, settings.auth_window_s)
         self._retry_after = {hdrs.RETRY_AFTER: str(settings.retry_after_s)}
 
     async def producing(self, _app: web.Application) -> AsyncIterator[None]:
@@ -122,11 +147,20 @@ class Ingress:
         return answer
 
     async def _accept(self, request: web.Request, provider: str, guard: Guard) -> web.Response:
-        if not guard.admits(request.remote):
-            raise Refusal(403, "forbidden", f"{request.remote} may not call back for {provider}.")
+        remote = request.remote or ""
+        if not guard.admits(remote):
+            raise Refusal(403, "forbidden", f"{remote} may not call back for {provider}.")
+        if (retry_after := self.lockout.retry_after(remote)) is not None:
+            raise Refusal(
+                429,
+                "too_many_failures",
+                f"{remote} failed authentication too often; try again in {retry_after} s.",
+                {hdrs.RETRY_AFTER: str(retry_after)},
+            )
         body = await self._read(request)
         if not guard.authenticates(request.headers, body):
-            log.warning("callback_unauthenticated", provider=provider, remote=request.remote)
+            log.warning("callback_unauthenticated", provider=provider, remote=remote)
+            self.lockout.failed(remote)
             raise Refusal(
                 401, "unauthorized", "The credentials are missing or wrong.", guard.challenge
             )
@@ -139,10 +173,7 @@ class Ingress:
             context={},
         )
         headers = raw_headers(meta)
-        try:
-            _json_object.decode(body)
-        except msgspec.DecodeError as exc:  # ValidationError (not an object) included
-            reason = f"not a JSON object: {exc}"
+        if (reason := not_a_json_object(body)) is not None:
             await self._reject(provider, meta.request_id, body, headers, reason)
         await self._publish(topics.RAW, body, headers)
         return web.Response(
@@ -150,15 +181,24 @@ class Ingress:
         )
 
     async def _read(self, request: web.Request) -> bytes:
-        """The body, refused up front by Content-Length and while reading (chunked bodies)."""
+        """The body, refused up front by Content-Length and while reading (chunked bodies), and
+        refused when it does not arrive in full within body_timeout_s."""
         limit = self.settings.max_body_bytes
         too_large = Refusal(413, "body_too_large", f"The body exceeds {limit} bytes.")
         if (request.content_length or 0) > limit:
             raise too_large
         try:
-            return await request.read()  # enforces client_max_size as it reads
+            if request.content.is_eof():  # it came with the head, as small callbacks do
+                return await request.read()
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                return await request.read()  # enforces client_max_size as it reads
         except web.HTTPRequestEntityTooLarge:
             raise too_large from None
+        except TimeoutError:
+            timeout = self.settings.body_timeout_s
+            raise Refusal(
+                408, "body_timeout", f"The body did not arrive within {timeout} s.", close=True
+            ) from None
 
     async def _reject(
         self, provider: str, request_id: str, body: bytes, headers: topics.Headers, reason: str
@@ -199,6 +239,32 @@ class Ingress:
 
 async def _healthz(_request: web.Request) -> web.Response:
     return web.Response(body=b'{"status":"ok"}', content_type="application/json")
+
+
+def _document(body: bytes) -> Handler:
+    async def serve(_request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    return serve
+
+
+class _WithoutRequestBytes(logging.Filter):
+    """aiohttp logs a malformed request it refuses (400 before any route) with its exception,
+    whose message quotes the offending bytes: they can be a header's value, credentials
+    included. Those are logged by exception type and status only; other records pass as they
+    are (an exception in a handler keeps its traceback)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.msg, record.args, record.exc_info = "http_request_malformed", (), None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.__dict__.update(error=type(error).__name__, status=error.code)
+        return True
+
+
+_http_log = logging.getLogger("callstream.ingest.http")
+_http_log.addFilter(_WithoutRequestBytes())
 
 
 @web.middleware

@@ -1,18 +1,25 @@
-"""Who may call back: each provider's IP allow-list and credentials, checked in constant time.
+"""Who may call back: each provider's IP allow-list and credentials, checked in constant time,
+and a lockout of addresses that keep failing authentication.
 
 Settings are checked once at start (a method without its secret, a bad CIDR, a provider that
 sends no webhooks are setting errors); per request a Guard only compares. Secrets never leave
-this module: nothing here logs, and the errors name settings, not values.
+this module: nothing here logs them, and the errors name settings, not values.
 """
 
 from __future__ import annotations
 
 import hmac
+import math
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 
+import structlog
 from aiohttp import BasicAuth, hdrs
+from limits import RateLimitItemPerSecond
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 
 from callstream.settings import ProviderAuth, SettingsError
 
@@ -21,6 +28,8 @@ Check = Callable[[Mapping[str, str], bytes], bool]
 
 _SETTING = "CALLSTREAM_INGRESS__AUTH__{provider}__{field}"
 _LOOPBACK_NAMES = frozenset({"localhost"})
+
+log = structlog.get_logger("callstream.ingest")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +52,59 @@ class Guard:
         if address.version == 6 and address.ipv4_mapped:  # a dual-stack socket's IPv4 peer
             address = address.ipv4_mapped
         return any(address in network for network in self.networks)
+
+
+class Lockout:
+    """Peer addresses that failed authentication `failures` times within `window_s` seconds:
+    their callbacks are refused (429) until the oldest failure leaves the window.
+
+    Failures are counted by the `limits` library's moving window, in this process's memory. The
+    check on every callback is one dict lookup, which finds nothing unless an address is locked
+    out; `limits` is asked only then. Expired entries of that dict are dropped whenever another
+    address is locked out, so it holds about the addresses locked out within one window: a
+    flood from many addresses costs memory for one window, not for good.
+    """
+
+    def __init__(self, failures: int, window_s: int) -> None:
+        self._enabled = failures > 0
+        self._limit = RateLimitItemPerSecond(max(failures, 1), window_s)
+        self._window = MovingWindowRateLimiter(MemoryStorage())
+        self._locked: dict[str, float] = {}
+        """Address → until when it is locked out, as far as is known (time.time())."""
+
+    def retry_after(self, remote: str) -> int | None:
+        """Seconds until `remote` may try again, or None if it is not locked out."""
+        if remote not in self._locked:
+            return None
+        until = self._until(remote)
+        if until is None:
+            del self._locked[remote]
+            return None
+        return max(1, math.ceil(until - time.time()))
+
+    def failed(self, remote: str) -> None:
+        """Count a failed authentication of `remote`; lock it out at the limit."""
+        if not self._enabled:
+            return
+        self._window.hit(self._limit, remote)
+        until = self._until(remote)
+        if until is not None and remote not in self._locked:
+            now = time.time()
+            self._locked = {address: at for address, at in self._locked.items() if at > now}
+            self._locked[remote] = until
+            log.warning(
+                "callback_sender_locked_out",
+                remote=remote,
+                failures=self._limit.amount,
+                window_s=self._limit.get_expiry(),
+                until=round(until),
+            )
+
+    def _until(self, remote: str) -> float | None:
+        """When `remote` may fail again, or None if it may now."""
+        if self._window.test(self._limit, remote):
+            return None
+        return self._window.get_window_stats(self._limit, remote).reset_time
 
 
 def guards(auth: Mapping[str, ProviderAuth], providers: Iterable[str]) -> dict[str, Guard]:

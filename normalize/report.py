@@ -47,6 +47,25 @@ class Report(msgspec.Struct, frozen=True, gc=False):
     def invalid(self, path: str, reason: str) -> NormalizeError:
         return NormalizeError(self.provider, path, reason)
 
+    def decode(self, decoder: msgspec.json.Decoder[T], body: bytes) -> T:
+        """`decoder.decode(body)`, with every way a hostile body fails it made a DecodeError or a
+        NormalizeError (normalize() names the provider and path of the former).
+
+        Besides DecodeError, msgspec raises UnicodeDecodeError for invalid UTF-8 in a string,
+        ValueError for epoch seconds past year 9999, and RecursionError for nesting deeper than
+        the interpreter's recursion limit (all three found by tests/normalize/test_fuzz.py).
+        """
+        try:
+            return decoder.decode(body)
+        except msgspec.DecodeError:
+            raise
+        except UnicodeDecodeError as exc:
+            raise self.invalid("$", f"not valid UTF-8: {exc.reason}") from exc
+        except ValueError as exc:
+            raise self.invalid("$", str(exc)) from exc
+        except RecursionError as exc:
+            raise self.invalid("$", "nested too deeply") from exc
+
     def require(self, key: str) -> str:
         """A context value the adapter cannot work without."""
         value = self.context.get(key)
@@ -145,13 +164,19 @@ def call_event(
     )
 
 
-def utc(moment: datetime | None) -> datetime | None:
-    """The same instant in UTC; a time without an offset is taken as UTC (providers send GMT)."""
+def utc(report: Report, path: str, moment: datetime | None) -> datetime | None:
+    """The same instant in UTC; a time without an offset is taken as UTC (providers send GMT).
+
+    Raises NormalizeError for a time whose UTC instant is outside year 1 to 9999.
+    """
     if moment is None or moment.tzinfo is UTC:
         return moment
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise report.invalid(path, f"{moment.isoformat()} is out of range in UTC") from None
 
 
 def from_epoch_ms(report: Report, path: str, millis: int | str | None) -> datetime | None:

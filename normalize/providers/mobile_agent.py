@@ -59,7 +59,7 @@ _REASON_TABLES = frozenset({"default", "q850"})
 
 
 def _decode(body: bytes, report: Report) -> list[CallEvent]:
-    response = _decoder.decode(body)
+    response = report.decode(_decoder, body)
     if str(response.ret_code) != "0":
         raise report.invalid(
             "$.retCode",

@@ -77,7 +77,7 @@ _Q850_BASE = 4000
 
 
 def _decode(body: bytes, report: Report) -> list[CallEvent]:
-    callback = _decoder.decode(body)
+    callback = report.decode(_decoder, body)
     account = text(report.context.get("account"))
     return [
         _call_event(report, f"$.data[{i}]", callback.api_job_id, account, call)
@@ -106,7 +106,7 @@ def _call_event(
         ended_at=_date(report, f"{path}.hang_date", call.hang_date),
         duration_s=call.actual_duration,
         billed_s=call.billed_duration,
-        reported_at=utc(call.timestamp),
+        reported_at=utc(report, f"{path}.timestamp", call.timestamp),
         job_id=job_id,
     )
 
@@ -129,7 +129,7 @@ def _status(report: Report, path: str, call: _Call, ringing: bool) -> tuple[Stat
 def _date(report: Report, path: str, value: datetime | bool | None) -> datetime | None:
     if value is True:
         raise report.invalid(path, "expected epoch seconds or false, got true")
-    return utc(value) if value else None
+    return utc(report, path, value) if value else None
 
 
 @lru_cache(maxsize=512)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -12,13 +13,14 @@ from pathlib import Path
 
 import msgspec
 from aiokafka import ConsumerRecord
-from helpers import DEADLINE_S, RECEIVED_AT, committed, eventually, raw
+from helpers import DEADLINE_S, RECEIVED_AT, committed, drained, eventually, raw
+from mutations import mutate, mutate_context, mutate_headers, seeds
 
 from callstream import cloudevents, samples, topics
 from callstream import kafka as kafka_io
 from callstream.kafka import OutRecord
 from callstream.settings import KafkaSettings, NormalizerSettings
-from normalize import normalize, service
+from normalize import ADAPTERS, normalize, service
 from schemas import CallEvent, RawRef
 
 GOLDEN = Path(__file__).parent.parent / "golden"
@@ -141,6 +143,53 @@ async def test_bad_records_go_to_the_dlq_with_their_error_and_the_rest_flows(
             (topics.ERROR, reasons[key].encode()),
         ), key
     assert len(await kafka_io.read_all(kafka, topics.EVENTS)) == 2  # the good record's two legs
+
+
+def _hostile_stream(count: int) -> list[OutRecord]:
+    """`count` raw records of every provider, most mutated in body or context, some in headers;
+    keyed by their number. Then a golden Wavecell report keyed for each partition."""
+    rng = random.Random(9)
+    records = []
+    for number in range(count):
+        provider = rng.choice(sorted(ADAPTERS))
+        seed = rng.choice(seeds(provider))
+        body = mutate(rng, seed.body) if rng.random() < 0.8 else seed.body
+        record = raw(provider, body, mutate_context(rng, seed.context), str(number).encode())
+        if rng.random() < 0.1:
+            record = record._replace(headers=mutate_headers(rng, record.headers))
+        records.append(record)
+    golden = (GOLDEN / "wavecell" / "doc_sample.json").read_bytes()
+    keys = {kafka_io.partition_for(str(n).encode(), range(4)): n for n in range(count, count + 99)}
+    return records + [raw("wavecell", golden, key=str(n).encode()) for n in keys.values()]
+
+
+async def test_a_hostile_stream_is_consumed_to_the_end_and_each_record_accounted_for(
+    kafka: KafkaSettings,
+) -> None:
+    stream = _hostile_stream(1_000)
+    await kafka_io.publish(kafka, topics.RAW, stream)
+    async with _running(kafka, max_batch=50) as task:
+        await drained(kafka, GROUP, topics.RAW, task)
+    raws = await kafka_io.read_all(kafka, topics.RAW)
+    assert len(raws) == len(stream)
+    key_at = {(m.partition, m.offset): m.key for m in raws}
+    legs = Counter(
+        key_at[ref.partition, ref.offset]
+        for m in await kafka_io.read_all(kafka, topics.EVENTS)
+        if (ref := _event.decode(m.value).raw) is not None
+    )
+    letters = Counter(m.key for m in await kafka_io.read_all(kafka, topics.DLQ))
+    for record in raws:
+        events, dead = service.route([record])  # what the record alone must become
+        assert (legs[record.key], letters[record.key]) == (len(events), len(dead)), record.key
+        for letter in dead:
+            error = dict(letter.headers)[topics.ERROR].decode()
+            assert not error.startswith("unexpected"), error
+    assert sum(letters.values()) > 500  # hostile indeed
+    assert sum(legs.values()) > 100
+    last = {m.partition: m for m in raws}  # each partition's last record is a golden report
+    assert {m.key for m in last.values()} == {record.key for record in stream[-4:]}
+    assert all(legs[m.key] == 2 for m in last.values())  # the partition moved on to it
 
 
 async def test_offsets_are_committed_only_after_their_events_are_on_the_broker(
