@@ -29,7 +29,8 @@ MAX_BATCH_BYTES = 1 << 20
 
 class OutRecord(NamedTuple):
     key: bytes | None
-    value: bytes
+    value: bytes | None
+    """None: a tombstone (on a compacted topic, it deletes the key)."""
     headers: topics.Headers
 
 
@@ -142,7 +143,7 @@ async def send_all(client: AIOKafkaProducer, topic: str, records: Iterable[OutRe
                     is None
                 ):
                     raise ValueError(
-                        f"a record of {len(record.value)} bytes exceeds the batch size"
+                        f"a record of {len(record.value or b'')} bytes exceeds the batch size"
                     )
         acks.append(await _send(client, batch, topic, partition))
     await asyncio.gather(*acks)
