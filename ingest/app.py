@@ -68,10 +68,15 @@ def create_app(settings: IngressSettings, kafka: KafkaSettings) -> web.Applicati
 
     Raises SettingsError for bad authentication settings (see ingest.auth.guards).
     """
-    ingress = Ingress(settings, kafka, guards(settings.auth, PROVIDERS))
+    from ingest.track import TRACKED, Tracking  # noqa: PLC0415 - it builds on Ingress
+
+    every = guards(settings.auth, PROVIDERS | TRACKED)
+    ingress = Ingress(settings, kafka, {name: every[name] for name in PROVIDERS})
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_json_errors])
     app.cleanup_ctx.append(ingress.producing)
     app.router.add_post("/v1/callbacks/{provider}", ingress.callback)
+    tracking = Tracking(ingress, {name: every[name] for name in TRACKED})
+    app.router.add_post("/v1/track/{provider}", tracking.handle)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", ingress.readyz)
     app.router.add_get("/metrics", ingress.metrics_text)
