@@ -1,0 +1,71 @@
+"""What the pollers share: their clients, and what they do with an answer (publish it as a raw
+record, or dead-letter it)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import NamedTuple
+
+import aiohttp
+import structlog
+from aiokafka import AIOKafkaProducer
+
+from callstream import kafka as kafka_io
+from callstream import topics
+from callstream.kafka import OutRecord
+from callstream.records import RawMeta, dead_letter_headers, raw_headers
+from callstream.settings import KafkaSettings
+from ingest.pollers.metrics import Metrics
+
+SOURCE = "poll"
+STAGE = "poll"
+"""The dead-letter stage of answers a poller could not read."""
+
+log = structlog.get_logger("callstream.poll")
+
+
+class Plumbing(NamedTuple):
+    """What the pollers of one `callstream poll` share."""
+
+    kafka: KafkaSettings
+    producer: AIOKafkaProducer
+    session: aiohttp.ClientSession
+    metrics: Metrics
+
+
+class Publisher:
+    """Writes one provider's answers to calls.raw (source `poll`) or calls.dlq, awaiting acks."""
+
+    def __init__(self, provider: str, producer: AIOKafkaProducer, metrics: Metrics) -> None:
+        self.provider, self.producer, self.metrics = provider, producer, metrics
+
+    def _meta(self, context: Mapping[str, str]) -> RawMeta:
+        return RawMeta(
+            provider=self.provider,
+            source=SOURCE,
+            received_at=datetime.now(UTC),
+            request_id=uuid.uuid4().hex,
+            content_type="application/json",
+            context=dict(context),
+        )
+
+    async def raw(self, body: bytes, context: Mapping[str, str]) -> None:
+        """`body` on calls.raw with its context, once acknowledged."""
+        headers = raw_headers(self._meta(context))
+        await kafka_io.send_all(self.producer, topics.RAW, [OutRecord(None, body, headers)])
+        self.metrics.published.labels(self.provider).inc()
+
+    async def dead_letter(self, body: bytes, context: Mapping[str, str], error: str) -> None:
+        """`body` on calls.dlq (stage `poll`) with its context and why it was unreadable."""
+        meta = self._meta(context)
+        log.warning(
+            "poll_answer_dead_lettered",
+            provider=self.provider,
+            request_id=meta.request_id,
+            error=error,
+        )
+        headers = dead_letter_headers(raw_headers(meta), stage=STAGE, error=error)
+        await kafka_io.send_all(self.producer, topics.DLQ, [OutRecord(None, body, headers)])
+        self.metrics.dead_lettered.labels(self.provider).inc()
