@@ -7,12 +7,10 @@ consumer group), `common` (publishing answers). `service` is `callstream poll`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from types import ModuleType
 
 from ingest.pollers import mobile_agent, vpbx
 
-POLLERS: dict[str, Callable[..., Awaitable[None]]] = {
-    vpbx.PROVIDER: vpbx.run,
-    mobile_agent.PROVIDER: mobile_agent.run,
-}
-"""provider → `run(settings, plumbing, stop)`; its settings are PollSettings.<provider>."""
+POLLERS: dict[str, ModuleType] = {vpbx.PROVIDER: vpbx, mobile_agent.PROVIDER: mobile_agent}
+"""provider → its module: `check(settings)` raises SettingsError for incomplete settings,
+`run(settings, plumbing, stop)` polls until `stop`; its settings are PollSettings.<provider>."""

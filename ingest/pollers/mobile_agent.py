@@ -79,7 +79,7 @@ class QueryFailedError(PollError):
 async def run(settings: MobileAgentPollSettings, plumbing: Plumbing, stop: asyncio.Event) -> None:
     """Poll the calls tracked on the partitions of calls.track this instance owns, until `stop`.
 
-    Raises SettingsError for incomplete settings, PollerCrashedError if polling fails.
+    Raises PollerCrashedError if polling fails in a way it does not handle.
     """
     api = Api(PROVIDER, settings, plumbing.session, plumbing.metrics)
     api.token = _token_source(settings, api)
@@ -97,14 +97,18 @@ async def run(settings: MobileAgentPollSettings, plumbing: Plumbing, stop: async
         await asyncio.gather(scheduler, return_exceptions=True)
 
 
-def _token_source(settings: MobileAgentPollSettings, api: Api) -> TokenSource:
-    if settings.token:
-        return StaticToken(settings.token)
-    if not (settings.app_key and settings.app_secret):
+def check(settings: MobileAgentPollSettings) -> None:
+    """Raise SettingsError, naming the variables, when there is no way to get a token."""
+    if not (settings.token or (settings.app_key and settings.app_secret)):
         raise SettingsError(
             f"{SETTING}TOKEN, or {SETTING}APP_KEY and {SETTING}APP_SECRET: required when "
             f"{SETTING}BASE_URL is set"
         )
+
+
+def _token_source(settings: MobileAgentPollSettings, api: Api) -> TokenSource:
+    if settings.token:
+        return StaticToken(settings.token)
     return ExchangedToken(lambda: _exchange(api, settings))
 
 
@@ -250,10 +254,9 @@ class MobileAgentPoller:
         self.done(task)
 
     async def _poll(self, call: _Call) -> None:
+        """Ask, publish a new state; past the deadline, a call not ended is dropped (after this
+        last answer: a call whose poller was down that long still gets its state published)."""
         try:
-            if (datetime.now(UTC) - call.registered_at).total_seconds() > self.settings.deadline_s:
-                await self._end(call, expired=True)
-                return
             body, reached = await self.api.call(
                 "POST",
                 self.url,
@@ -267,6 +270,12 @@ class MobileAgentPoller:
                     return
         except (PollError, KafkaError) as exc:
             log.warning("mobile_agent_poll_failed", call_serial_no=call.serial, error=str(exc))
+        try:
+            if (datetime.now(UTC) - call.registered_at).total_seconds() > self.settings.deadline_s:
+                await self._end(call, expired=True)
+                return
+        except KafkaError as exc:
+            log.warning("mobile_agent_end_failed", call_serial_no=call.serial, error=repr(exc))
         self._schedule(call)
 
     async def _publish(self, call: _Call, body: bytes, reached: int) -> None:

@@ -41,6 +41,8 @@ async def serve(
             "CALLSTREAM_POLL__<PROVIDER>__BASE_URL: no poller is configured (providers: "
             f"{', '.join(POLLERS)})"
         )
+    for provider in providers:
+        POLLERS[provider].check(getattr(settings, provider))
     metrics = metrics or Metrics()
     await kafka_io.ensure_topics(kafka)
     serve_metrics(settings.metrics_port, metrics.registry)
@@ -48,7 +50,7 @@ async def serve(
         plumbing = Plumbing(kafka, producer, session, metrics)
         log.info("pollers_started", providers=providers, kafka=kafka.bootstrap)
         running = [
-            asyncio.create_task(POLLERS[provider](getattr(settings, provider), plumbing, stop))
+            asyncio.create_task(POLLERS[provider].run(getattr(settings, provider), plumbing, stop))
             for provider in providers
         ]
         try:

@@ -10,9 +10,10 @@ window is acknowledged, its end becomes the client's checkpoint on calls.checkpo
 pages it reads again are duplicates that event_id makes harmless.
 
 A page that is not a JSON object with a `calls` list is dead-lettered (stage `poll`) and asked
-for again; if it stays malformed it is skipped (it is in calls.dlq) and paging goes on. A
-window whose pages cannot be fetched (the API keeps failing) is tried again after
-`retry_interval_s`, from the same checkpoint. Tokens: OAuth2 client credentials.
+for again; if it stays malformed it is skipped (it is in calls.dlq) and paging goes on, unless
+the next page is malformed too. A window whose pages cannot be fetched (the API keeps failing,
+or answers nothing readable) is read again after `retry_interval_s`, from the same checkpoint,
+so nothing is skipped for an API that is down. Tokens: OAuth2 client credentials.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ PROVIDER = "vpbx"
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 """How the API writes times (GMT), in records and in the window filters."""
 SETTING = "CALLSTREAM_POLL__VPBX__"
+MAX_SKIPPED_IN_A_ROW = 2
+"""A page still malformed after its attempts is skipped (it is in calls.dlq), so that one bad
+page cannot hold a client back; a second one in a row fails the window, to be read again later."""
 
 log = structlog.get_logger("callstream.poll")
 
@@ -76,9 +80,8 @@ def checkpoint_key(client_id: str) -> bytes:
 async def run(settings: VpbxPollSettings, plumbing: Plumbing, stop: asyncio.Event) -> None:
     """Poll the clients this instance owns (by partition of calls.checkpoints) until `stop`.
 
-    Raises SettingsError for incomplete settings, PollerCrashedError if a client's task fails.
+    Raises PollerCrashedError if a client's task fails.
     """
-    _check(settings)
     api = Api(PROVIDER, settings, plumbing.session, plumbing.metrics)
     api.token = ExchangedToken(lambda: _exchange(api, settings))
     partitions = sorted(await plumbing.producer.partitions_for(topics.CHECKPOINTS))
@@ -88,7 +91,8 @@ async def run(settings: VpbxPollSettings, plumbing: Plumbing, stop: asyncio.Even
     await state.follow(plumbing.kafka, topics.CHECKPOINTS, settings.group_id, poller, stop)
 
 
-def _check(settings: VpbxPollSettings) -> None:
+def check(settings: VpbxPollSettings) -> None:
+    """Raise SettingsError, naming the variable, for a setting the poller cannot do without."""
     for name, value in (
         ("CLIENT_IDS", settings.client_ids),
         ("OAUTH_CLIENT_ID", settings.oauth_client_id),
@@ -205,7 +209,7 @@ class VpbxPoller:
             "window_start": start.isoformat(),
             "window_end": end.isoformat(),
         }
-        page, previous = 1, b""
+        page, previous, skipped = 1, b"", 0
         try:
             while True:
                 page_context = {**context, "page": str(page)}
@@ -217,6 +221,9 @@ class VpbxPoller:
                         params=self._params(start, end, page),
                     )
                 except MalformedError:
+                    skipped += 1
+                    if skipped == MAX_SKIPPED_IN_A_ROW:  # no longer one bad page: a broken API
+                        raise
                     log.error(
                         "vpbx_page_skipped", client_id=client, page=page, detail="in calls.dlq"
                     )
@@ -227,7 +234,7 @@ class VpbxPoller:
                     await self.publisher.raw(body, page_context)
                     if size < self.settings.per_page:
                         return True
-                    previous = body
+                    previous, skipped = body, 0
                 page += 1
         except (PollError, KafkaError) as exc:
             log.warning(
