@@ -78,13 +78,8 @@ class Api:
         metrics: Metrics,
         token: TokenSource | None = None,
     ) -> None:
-        self.provider, self.settings, self.session, self.metrics = (
-            provider,
-            settings,
-            session,
-            metrics,
-        )
-        self.token = token
+        self.provider, self.settings = provider, settings
+        self.session, self.metrics, self.token = session, metrics, token
         burst = max(1.0, settings.rate_per_s)
         self.limiter = AsyncLimiter(burst, burst / settings.rate_per_s)
         self.timeout = aiohttp.ClientTimeout(total=settings.timeout_s)

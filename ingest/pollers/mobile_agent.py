@@ -23,6 +23,7 @@ import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import NoReturn
 
 import msgspec
@@ -88,8 +89,7 @@ async def run(settings: MobileAgentPollSettings, plumbing: Plumbing, stop: async
         settings, api, Publisher(PROVIDER, plumbing.producer, plumbing.metrics)
     )
     log.info("mobile_agent_poller_started", url=settings.base_url, partitions=len(partitions))
-    scheduler = asyncio.create_task(poller.run(), name="mobile_agent-scheduler")
-    scheduler.add_done_callback(poller.done)
+    scheduler = poller.background.start(poller.run(), "mobile_agent-scheduler")
     try:
         await state.follow(plumbing.kafka, topics.TRACK, settings.group_id, poller, stop)
     finally:
@@ -161,16 +161,7 @@ class MobileAgentPoller:
         self.in_flight: dict[str, asyncio.Task[None]] = {}
         self.queue: list[tuple[float, str]] = []
         self.concurrency = max(1, round(settings.rate_per_s * 2))
-        self._failure: BaseException | None = None
-
-    @property
-    def failure(self) -> BaseException | None:
-        return self._failure
-
-    def done(self, task: asyncio.Task[None]) -> None:
-        """A background task ended: remember what made it fail (the service then stops)."""
-        if not task.cancelled() and task.exception() is not None:
-            self._failure = task.exception()
+        self.background = state.Background()
 
     # The state: records of calls.track, in offset order.
 
@@ -244,14 +235,14 @@ class MobileAgentPoller:
                 call = self.calls.get(serial)
                 if call is None or call.due != due or call.partition not in self.ready:
                     continue  # ended, rescheduled or revoked since
-                task = asyncio.create_task(self._poll(call))
+                task = self.background.start(self._poll(call))
                 self.in_flight[serial] = task
-                task.add_done_callback(self._polled)
+                task.add_done_callback(partial(self._polled, serial))
             await asyncio.sleep(TICK_S)
 
-    def _polled(self, task: asyncio.Task[None]) -> None:
-        self.in_flight = {s: t for s, t in self.in_flight.items() if t is not task}
-        self.done(task)
+    def _polled(self, serial: str, task: asyncio.Task[None]) -> None:
+        if self.in_flight.get(serial) is task:
+            del self.in_flight[serial]
 
     async def _poll(self, call: _Call) -> None:
         """Ask, publish a new state; past the deadline, a call not ended is dropped (after this

@@ -12,8 +12,8 @@ Scaling out is Kafka's: more instances in the group, up to the partition count.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
-from typing import Protocol
+from collections.abc import Collection, Coroutine
+from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
@@ -35,8 +35,27 @@ class PollerCrashedError(CallstreamError):
     """A poller's work failed in a way it does not handle (a bug): the service stops."""
 
 
+class Background:
+    """An owner's background tasks, and the first unexpected failure of one (follow() raises it:
+    a bug must stop the service rather than leave keys unpolled)."""
+
+    def __init__(self) -> None:
+        self.failure: BaseException | None = None
+
+    def start(self, work: Coroutine[Any, Any, None], name: str | None = None) -> asyncio.Task[None]:
+        task = asyncio.create_task(work, name=name)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None and self.failure is None:
+            self.failure = task.exception()
+
+
 class Owner(Protocol):
     """What a poller does with the partitions it owns."""
+
+    background: Background
 
     def apply(self, record: Record) -> None:
         """A record of an owned partition, in offset order (also the owner's own writes)."""
@@ -48,11 +67,6 @@ class Owner(Protocol):
 
     async def stop(self, partitions: Collection[int]) -> None:
         """Stop working on the keys of `partitions` and forget them; return once stopped."""
-        ...
-
-    @property
-    def failure(self) -> BaseException | None:
-        """What made a background task of the owner fail, if one did."""
         ...
 
 
@@ -70,8 +84,8 @@ async def follow(
         try:
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=POLL_MS)
-                if owner.failure is not None:
-                    raise PollerCrashedError(f"{group_id}: {owner.failure!r}") from owner.failure
+                if (failure := owner.background.failure) is not None:
+                    raise PollerCrashedError(f"{group_id}: {failure!r}") from failure
                 for tp, records in batch.items():
                     if tp in listener.owned:
                         for record in records:

@@ -140,11 +140,7 @@ class VpbxPoller:
             self.clients[kafka_io.partition_for(checkpoint_key(client), partitions)].append(client)
         self.checkpoints: dict[str, datetime] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
-        self._failure: BaseException | None = None
-
-    @property
-    def failure(self) -> BaseException | None:
-        return self._failure
+        self.background = state.Background()
 
     def apply(self, record: state.Record) -> None:
         client = (record.key or b"").decode().removeprefix(f"{PROVIDER}:")
@@ -160,9 +156,7 @@ class VpbxPoller:
 
     async def start(self, partition: int) -> None:
         for client in self.clients.get(partition, ()):
-            task = asyncio.create_task(self._follow(client), name=f"vpbx:{client}")
-            task.add_done_callback(self._done)
-            self.tasks[client] = task
+            self.tasks[client] = self.background.start(self._follow(client), f"vpbx:{client}")
 
     async def stop(self, partitions: Collection[int]) -> None:
         """Cancel the clients' tasks: a window in hand is read again by the next owner."""
@@ -178,10 +172,6 @@ class VpbxPoller:
         for partition in partitions:
             for client in self.clients.get(partition, ()):
                 self.checkpoints.pop(client, None)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            self._failure = task.exception()
 
     async def _follow(self, client: str) -> None:
         """Read window after window for ever, each once it is over, checkpointing each."""

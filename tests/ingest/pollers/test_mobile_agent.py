@@ -132,3 +132,22 @@ async def test_without_a_token_or_ak_sk_the_poller_does_not_start() -> None:
     settings = PollSettings(mobile_agent=MobileAgentPollSettings(base_url="http://x", app_key="k"))
     with pytest.raises(SettingsError, match=r"MOBILE_AGENT__TOKEN, or .*APP_SECRET: required"):
         await service.serve(settings, KafkaSettings(), asyncio.Event())
+
+
+async def test_two_instances_share_the_tracked_calls_by_partition(kafka: KafkaSettings) -> None:
+    scenario = Scenario(seed=9, rate=10.0, calls=40, time_scale=0.003)
+    one, two = Metrics(), Metrics()
+    async with (
+        simulated(scenario) as (simulation, url),
+        ingress(kafka) as sender,
+        serving(normalizer(kafka)),
+        serving(poller(kafka, one, mobile_agent=mobile_agent_settings(url))),
+        serving(poller(kafka, two, mobile_agent=mobile_agent_settings(url))),
+    ):
+        await traffic.register_calls(sender, simulation.mobile_agent)  # over 4 s
+        await all_reach_events(kafka, of("mobile_agent", simulation.expected()))
+    published = [
+        metric(metrics, "poller_published_records_total", provider="mobile_agent")
+        for metrics in (one, two)
+    ]
+    assert all(count > 0 for count in published), published
