@@ -11,8 +11,14 @@ from typing import NamedTuple
 import aiohttp
 import structlog
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 
-from callstream import kafka as kafka_io
 from callstream import topics
 from callstream.kafka import OutRecord
 from callstream.records import RawMeta, dead_letter_headers, raw_headers
@@ -22,6 +28,10 @@ from ingest.pollers.metrics import Metrics
 SOURCE = "poll"
 STAGE = "poll"
 """The dead-letter stage of answers a poller could not read."""
+
+SEND_ATTEMPTS = 5
+"""A poll answer that could not be written cannot be asked for again (the call has moved on):
+a broker error is retried a few times before the poll counts as failed."""
 
 log = structlog.get_logger("callstream.poll")
 
@@ -54,7 +64,7 @@ class Publisher:
     async def raw(self, body: bytes, context: Mapping[str, str]) -> None:
         """`body` on calls.raw with its context, once acknowledged."""
         headers = raw_headers(self._meta(context))
-        await kafka_io.send_all(self.producer, topics.RAW, [OutRecord(None, body, headers)])
+        await self.send(topics.RAW, OutRecord(None, body, headers))
         self.metrics.published.labels(self.provider).inc()
 
     async def dead_letter(self, body: bytes, context: Mapping[str, str], error: str) -> None:
@@ -67,5 +77,24 @@ class Publisher:
             error=error,
         )
         headers = dead_letter_headers(raw_headers(meta), stage=STAGE, error=error)
-        await kafka_io.send_all(self.producer, topics.DLQ, [OutRecord(None, body, headers)])
+        await self.send(topics.DLQ, OutRecord(None, body, headers))
         self.metrics.dead_lettered.labels(self.provider).inc()
+
+    async def send(self, topic: str, record: OutRecord) -> None:
+        """`record` on `topic` once acknowledged, a broker error retried SEND_ATTEMPTS times.
+
+        One record at a time through the producer's own batching (linger): many polls publish
+        concurrently, and the batch API (send_all) allows one batch per partition in flight.
+        """
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(SEND_ATTEMPTS),
+            wait=wait_random_exponential(multiplier=0.1, max=2.0),
+            retry=retry_if_exception_type(KafkaError),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                sent = await self.producer.send(
+                    topic, record.value, key=record.key, headers=record.headers
+                )
+                await sent

@@ -30,7 +30,6 @@ import msgspec
 import structlog
 from aiokafka.errors import KafkaError
 
-from callstream import kafka as kafka_io
 from callstream import topics
 from callstream.settings import MobileAgentPollSettings, Secret, SettingsError
 from ingest.pollers import state
@@ -276,8 +275,9 @@ class MobileAgentPoller:
             await self._end(call)
             return
         call.state = reached
-        record = track_record(Track(call.serial, call.registered_at, reached))
-        await kafka_io.send_all(self.publisher.producer, topics.TRACK, [record])
+        await self.publisher.send(
+            topics.TRACK, track_record(Track(call.serial, call.registered_at, reached))
+        )
 
     async def _read(self, body: bytes, call: _Call) -> int:
         """The state the answer reports; QueryFailedError for retCode ≠ 0, MalformedError
@@ -304,7 +304,7 @@ class MobileAgentPoller:
 
     async def _end(self, call: _Call, *, expired: bool = False) -> None:
         """Stop tracking `call`: its tombstone on calls.track, once acknowledged."""
-        await kafka_io.send_all(self.publisher.producer, topics.TRACK, [end_record(call.serial)])
+        await self.publisher.send(topics.TRACK, end_record(call.serial))
         self.ending[call.serial] = call.partition
         self._forget(call.serial)
         if expired:

@@ -259,7 +259,7 @@ class VpbxPoller:
         record = OutRecord(checkpoint_key(client), _encode(Checkpoint(PROVIDER, client, until)), [])
         while True:
             try:
-                await kafka_io.send_all(self.publisher.producer, topics.CHECKPOINTS, [record])
+                await self.publisher.send(topics.CHECKPOINTS, record)
                 break
             except KafkaError as exc:
                 log.warning("checkpoint_failed", client_id=client, error=repr(exc))
