@@ -11,6 +11,8 @@ from typing import Any
 import msgspec
 
 from callstream import topics
+from ingest.pollers.vpbx import Checkpoint
+from ingest.track import Track
 from schemas import CallEvent, SessionRecord
 from sinks.rules import Alert
 
@@ -39,7 +41,17 @@ _RAW_HEADERS = {
     },
     "required": [topics.PROVIDER, topics.SOURCE, topics.RECEIVED_AT],
 }
-_STAGES = ("ingress", "normalize", "aggregate", "store", "alerts", "replay", "redrive")
+_STAGES = (
+    "ingress",
+    "track",
+    "poll",
+    "normalize",
+    "aggregate",
+    "store",
+    "alerts",
+    "replay",
+    "redrive",
+)
 _DLQ_HEADERS = {
     **_RAW_HEADERS,
     "properties": {
@@ -59,6 +71,7 @@ _DLQ_HEADERS = {
     "required": [*_RAW_HEADERS["required"], topics.ERROR_STAGE, topics.ERROR],
 }
 _RAW_BODY = {"description": "The body exactly as the provider sent it (bytes; usually JSON)."}
+_NO_HEADERS: dict[str, Any] = {"type": "object"}
 
 _MESSAGES: dict[str, tuple[str, str, dict[str, Any], dict[str, Any], str]] = {
     # topic: (message name, key, payload schema, headers schema, what it is)
@@ -71,12 +84,18 @@ _MESSAGES: dict[str, tuple[str, str, dict[str, Any], dict[str, Any], str]] = {
                     "A KPI alert rule starting or ending an episode."),
     topics.DLQ: ("DeadLetter", "the failed record's", _RAW_BODY, _DLQ_HEADERS,
                  "A record that could not be processed, with where and why."),
+    topics.TRACK: ("TrackedCall", "callSerialNo", {"$ref": _REF.format(name="Track")},
+                   _NO_HEADERS, "A mobile_agent call to poll, and the last state published for "
+                   "it (compacted; a tombstone ends its tracking)."),
+    topics.CHECKPOINTS: ("Checkpoint", "provider:account",
+                         {"$ref": _REF.format(name="Checkpoint")}, _NO_HEADERS,
+                         "How far a poller has read an account's calls (compacted)."),
 }  # fmt: skip
 
 
 def document() -> dict[str, Any]:
     _, schemas = msgspec.json.schema_components(
-        [CallEvent, SessionRecord, Alert], ref_template=_REF
+        [CallEvent, SessionRecord, Alert, Track, Checkpoint], ref_template=_REF
     )
     return {
         "asyncapi": "3.0.0",

@@ -25,6 +25,7 @@ from callstream.settings import (
     KafkaSettings,
     LogSettings,
     NormalizerSettings,
+    PollSettings,
     SettingsError,
     StoreSettings,
     load,
@@ -87,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     cmd.set_defaults(run=_asyncapi)
 
     _add_pipeline_commands(commands)
+    _add_simulate_command(commands)
     _add_operations_commands(commands)
     _add_store_commands(commands)
     _add_bench_commands(commands)
@@ -142,6 +144,7 @@ def _add_pipeline_commands(commands: Any) -> None:
     for name, help_text in (
         ("normalizer", "normalize calls.raw into calls.events"),
         ("aggregator", "fold calls.events into calls.sessions"),
+        ("poll", "poll the configured pull providers (vpbx, mobile_agent) into calls.raw"),
     ):
         cmd = commands.add_parser(name, parents=[kafka], help=help_text)
         cmd.add_argument(
@@ -155,6 +158,10 @@ def _add_pipeline_commands(commands: Any) -> None:
     )
     cmd.add_argument("--http-port", type=int, default=8080, help="ingress port, on 127.0.0.1")
     cmd.add_argument("--data-dir", type=Path, default=Path(".callstream"), help="local state")
+    cmd.add_argument(
+        "--demo", action="store_true",
+        help="also run the provider simulator, with the pollers and its traffic pointed at it",
+    )  # fmt: skip
     cmd.set_defaults(run=_up)
 
     cmd = commands.add_parser(
@@ -164,6 +171,40 @@ def _add_pipeline_commands(commands: Any) -> None:
     cmd.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
     cmd.add_argument("--count", type=int, default=None, help="stop after N records")
     cmd.set_defaults(run=_tail)
+
+
+def _add_simulate_command(commands: Any) -> None:
+    cmd = commands.add_parser(
+        "simulate", help="fake vpbx and mobile_agent APIs, and traffic at an ingress"
+    )
+    cmd.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    cmd.add_argument("--port", type=int, default=8090, help="port of the fake APIs")
+    cmd.add_argument("--seed", type=int, default=0, help="the same seed serves the same calls")
+    cmd.add_argument(
+        "--rate", type=_positive, default=1.0, help="new calls a second of each polled provider"
+    )
+    cmd.add_argument(
+        "--calls", type=int, default=None, help="calls of each polled provider (default: no end)"
+    )
+    cmd.add_argument(
+        "--time-scale", type=_positive, default=1.0,
+        help="call durations are multiplied by this (0.05: a 10-minute call lasts 30 s)",
+    )  # fmt: skip
+    cmd.add_argument("--clients", default="1001,1002", help="vpbx client ids, comma-separated")
+    cmd.add_argument("--token-ttl", type=_positive, default=600.0, help="token lifetime, seconds")
+    cmd.add_argument(
+        "--fault", action="append", default=[], type=_fault, metavar="KIND=RATE",
+        help="inject a fault at a rate 0-1 (repeatable): 429, 500, slow, expired_token, "
+        "malformed, ret_code",
+    )  # fmt: skip
+    cmd.add_argument("--slow-s", type=_positive, default=2.0, help="how late a slow answer is")
+    cmd.add_argument(
+        "--ingress", metavar="URL", default=None,
+        help="send webhooks and mobile_agent call registrations to this ingress",
+    )  # fmt: skip
+    cmd.add_argument("--webhook-rate", type=_positive, default=5.0, help="callbacks a second")
+    cmd.add_argument("--duplicates", type=float, default=0.05, help="share of callbacks sent twice")
+    cmd.set_defaults(run=_simulate)
 
 
 def _add_operations_commands(commands: Any) -> None:
@@ -242,6 +283,26 @@ def _add_bench_commands(commands: Any) -> None:
         cmd.add_argument("--json", action="store_true", help="print one JSON object")
         cmd.add_argument("--seconds", type=float, default=None, help="how long to measure")
         cmd.set_defaults(run=_bench)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _fault(text: str) -> str:
+    from callstream.simulate.faults import Faults  # noqa: PLC0415 - only simulate needs it
+
+    try:
+        Faults.parse([text])
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected KIND=RATE: {exc}") from None
+    return text
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -402,8 +463,31 @@ def _up(args: argparse.Namespace) -> int:
         embedded = EmbeddedBroker(args.broker_port, log_file=args.data_dir / "broker.log")
     bootstrap = args.kafka if embedded is None else embedded.bootstrap
     kafka = load(KafkaSettings, "kafka", {"bootstrap": bootstrap})
-    children = up.services(kafka, args.http_port, args.data_dir)
+    children = up.services(kafka, args.http_port, args.data_dir, demo=args.demo)
     run_until_signalled(lambda stop: up.run(kafka, embedded, children, stop))
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from callstream.simulate import simulation  # noqa: PLC0415 - each command imports only what it runs
+    from callstream.simulate.faults import Faults  # noqa: PLC0415
+
+    _service_logging()
+    scenario = simulation.Scenario(
+        seed=args.seed,
+        rate=args.rate,
+        calls=args.calls,
+        time_scale=args.time_scale,
+        clients=tuple(filter(None, args.clients.split(","))),
+        token_ttl_s=args.token_ttl,
+        faults=Faults.parse(args.fault, slow_s=args.slow_s),
+    )
+    run_until_signalled(
+        lambda stop: simulation.run(
+            scenario, host=args.host, port=args.port, ingress_url=args.ingress,
+            webhook_rate=args.webhook_rate, duplicates=args.duplicates, stop=stop,
+        )
+    )  # fmt: skip
     return 0
 
 
@@ -433,6 +517,7 @@ _SERVICES = {
     "aggregator": _Service("normalize.aggregator", AggregatorSettings, ("metrics_port",)),
     "store": _Service("sinks.store", StoreSettings, ("url", "metrics_port")),
     "alerts": _Service("sinks.alerts", AlertSettings, ("rules", "metrics_port")),
+    "poll": _Service("ingest.pollers.service", PollSettings, ("metrics_port",)),
 }
 
 

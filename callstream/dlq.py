@@ -6,7 +6,7 @@ letter it redrove, one record that points back at it with the header `cs-redrive
 fails again, or an empty marker with stage `redriven` if its events were produced. `list` hides
 letters with such a follow-up and the markers (unless `include_redriven`), and `redrive` never
 takes them, so each letter is redriven at most once; the failed-again copy is the one to redrive
-next time. Only letters of raw records (stages ingress, normalize, replay, redrive) can be
+next time. Only letters of raw records (stages ingress, poll, normalize, replay, redrive) can be
 redriven; those of the store, aggregator and alerts hold events or sessions, not raw reports.
 """
 
@@ -32,7 +32,7 @@ from normalize.service import route
 
 STAGE = "redrive"
 MARKER_STAGE = "redriven"
-RAW_STAGES = frozenset({"ingress", "normalize", "replay", STAGE})
+RAW_STAGES = frozenset({"ingress", "poll", "normalize", "replay", STAGE})
 """Stages whose dead letters hold a raw report with its raw headers."""
 BATCH = 1_000
 LIST_HEADER = ("id", "time", "stage", "provider", "size", "reason")

@@ -29,7 +29,8 @@ MAX_BATCH_BYTES = 1 << 20
 
 class OutRecord(NamedTuple):
     key: bytes | None
-    value: bytes
+    value: bytes | None
+    """None: a tombstone (on a compacted topic, it deletes the key)."""
     headers: topics.Headers
 
 
@@ -130,7 +131,7 @@ async def send_all(client: AIOKafkaProducer, topic: str, records: Iterable[OutRe
             acks.append(await _send(client, batch, topic, partition))
             batch = open_batches[partition] = client.create_batch()
             if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                raise ValueError(f"a record of {len(value)} bytes exceeds the batch size")
+                raise ValueError(f"a record of {len(value or b'')} bytes exceeds the batch size")
     for partition, batch in open_batches.items():
         acks.append(await _send(client, batch, topic, partition))
     await asyncio.gather(*acks)

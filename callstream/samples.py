@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 import msgspec
 
@@ -68,58 +69,129 @@ def wavecell(rng: random.Random) -> bytes:
     )
 
 
-def mobile_agent(rng: random.Random) -> bytes:
-    """One queryCallState answer; most calls ended, a few still in progress."""
-    state = rng.choice((3, 3, 3, 3, 2, 1, 0))
-    start_ms = int((_START + timedelta(seconds=rng.randrange(86_400))).timestamp() * 1000)
+class MobileAgentCall(NamedTuple):
+    """One call's life as queryCallState reports it: the states it passes and when."""
+
+    caller: str
+    called: str
+    states: tuple[tuple[int, float], ...]
+    """(state, seconds after the call was placed when it is reached), in order; the last is 3."""
+    reason_code: int | None
+
+
+_MOBILE_AGENT_OUTCOMES = (
+    # (weight, states after 0, reasonCodes, ringing s, talking s)
+    (5, (1, 2, 3), (0, 0, 1), (3, 15), (5, 600)),  # answered, then someone hangs up
+    (2, (1, 3), (5, 4), (20, 45), None),  # not answered
+    (1, (1, 3), (17,), (1, 3), None),  # busy (a Q.850 cause)
+    (1, (1, 3), (21,), (2, 10), None),  # rejected
+    (1, (3,), (6, 3, 34), None, None),  # the call could not be made
+    (1, (1, 2, 3), (None,), (3, 15), (5, 120)),  # ended, and no reason reported
+)
+_MOBILE_AGENT_WEIGHTS = [outcome[0] for outcome in _MOBILE_AGENT_OUTCOMES]
+
+
+def mobile_agent_call(rng: random.Random) -> MobileAgentCall:
+    """A call with a realistic outcome: its states 0 → (1 → (2 →)) 3 and when each comes."""
+    _, after, reasons, ringing, talking = rng.choices(
+        _MOBILE_AGENT_OUTCOMES, _MOBILE_AGENT_WEIGHTS
+    )[0]
+    at = rng.uniform(0.5, 3.0)  # waiting to be called
+    states = [(0, 0.0)]
+    for state in after:
+        states.append((state, at))
+        at += rng.uniform(*(ringing if state == 1 else talking or (0, 0)))
+    return MobileAgentCall(
+        caller=str(rng.randrange(10**7, 10**8)),
+        called=str(rng.randrange(10**7, 10**8)),
+        states=tuple(states),
+        reason_code=rng.choice(reasons),
+    )
+
+
+def mobile_agent_answer(
+    call: MobileAgentCall, state: int, placed_ms: int, time_scale: float = 1.0
+) -> bytes:
+    """queryCallState's answer for `call` in `state` (one of its states), placed at `placed_ms`;
+    `time_scale` shrinks its durations (a simulation that runs faster than life)."""
+    reached = dict(call.states)
     result: dict[str, object] = {
-        "caller": str(rng.randrange(10**7, 10**8)),
-        "called": str(rng.randrange(10**7, 10**8)),
+        "caller": call.caller,
+        "called": call.called,
         "callerPresent": "640003",
         "agentPresent": "640060",
         "state": state,
-        "startTime": start_ms,
     }
+    if state > 0:
+        result["startTime"] = placed_ms + round(call.states[1][1] * time_scale * 1000)
     if state == 3:
-        result["reasonCode"] = rng.choice((0, 0, 1, 1, 4, 5, 17, 18, 21, 34))
-        result["endTime"] = start_ms + rng.randrange(5_000, 600_000)
+        if call.reason_code is not None:
+            result["reasonCode"] = call.reason_code
+        result["endTime"] = placed_ms + round(reached[3] * time_scale * 1000)
     return msgspec.json.encode(
         {"retMsg": "Query call state successfully", "retCode": "0", "result": result}
     )
 
 
+def mobile_agent(rng: random.Random) -> bytes:
+    """One queryCallState answer; most calls ended, a few still in progress."""
+    placed_ms = int((_START + timedelta(seconds=rng.randrange(86_400))).timestamp() * 1000)
+    call = mobile_agent_call(rng)
+    states = [state for state, _ in call.states]
+    return mobile_agent_answer(call, rng.choice((*[states[-1]] * 4, *states[:-1])), placed_ms)
+
+
+_VPBX_RESULTS = ("bridged", "bridged", "answered", "not answered", "busy", "rejected", "failed")
+VPBX_TIME = "%Y-%m-%d %H:%M:%S"
+"""How vpbx writes times (GMT), in records and in the window filters."""
+
+
+def vpbx_call(
+    rng: random.Random, init: datetime, client_owner_id: int | str, time_scale: float = 1.0
+) -> tuple[dict[str, object], datetime]:
+    """One call record that started at `init`, and when it ended; `time_scale` shrinks its
+    durations (a simulation that runs faster than life)."""
+    result = rng.choice(_VPBX_RESULTS)
+    talk = rng.randrange(5, 900) * time_scale if result in ("bridged", "answered") else 0
+    answered = init + timedelta(seconds=8 * time_scale)
+    ended = answered + timedelta(seconds=talk)
+    record = {
+        "call_uuid": str(uuid.UUID(int=rng.getrandbits(128))),
+        "client_owner_id": client_owner_id,
+        "flow": rng.choice(("in", "out")),
+        "from_username": _number(rng, "+7"),
+        "to_username": str(rng.randrange(100, 200)),
+        "result": result,
+        "hangup_disposition": "caller_bye"
+        if talk
+        else rng.choice(("caller_cancel", "callee_refuse")),
+        "hangup_cause": "NORMAL_CLEARING",
+        "init_time_gmt": init.strftime(VPBX_TIME),
+        "start_time_gmt": answered.strftime(VPBX_TIME) if talk else None,
+        "hangup_time_gmt": ended.strftime(VPBX_TIME),
+        "duration": round(talk + 8 * time_scale),
+        "bridged_duration": round(talk) or None,
+        "extension_id": rng.randrange(100, 200),
+    }
+    return record, ended
+
+
+def vpbx_page(records: list[dict[str, object]], page: int, per_page: int, order: str) -> bytes:
+    """A page of GET /client/{client_id}/calls/ as the document describes its answer."""
+    return msgspec.json.encode(
+        {"calls": records, "order": order, "page": page, "per_page": per_page}
+    )
+
+
 def vpbx(rng: random.Random, calls: int = 10) -> bytes:
     """One page of call records."""
-    results = ("bridged", "bridged", "answered", "not answered", "busy", "rejected", "failed")
-    records = []
-    for _ in range(calls):
-        init = _START + timedelta(seconds=rng.randrange(86_400))
-        result = rng.choice(results)
-        talk = rng.randrange(5, 900) if result in ("bridged", "answered") else 0
-        answered = init + timedelta(seconds=8)
-        records.append(
-            {
-                "call_uuid": str(uuid.UUID(int=rng.getrandbits(128))),
-                "client_owner_id": rng.randrange(1000, 1010),
-                "flow": rng.choice(("in", "out")),
-                "from_username": _number(rng, "+7"),
-                "to_username": str(rng.randrange(100, 200)),
-                "result": result,
-                "hangup_disposition": "caller_bye"
-                if talk
-                else rng.choice(("caller_cancel", "callee_refuse")),
-                "hangup_cause": "NORMAL_CLEARING",
-                "init_time_gmt": init.strftime("%Y-%m-%d %H:%M:%S"),
-                "start_time_gmt": answered.strftime("%Y-%m-%d %H:%M:%S") if talk else None,
-                "hangup_time_gmt": (answered + timedelta(seconds=talk)).strftime(
-                    "%Y-%m-%d %H:%M:%S"
-                ),
-                "duration": talk + 8,
-                "bridged_duration": talk or None,
-                "extension_id": rng.randrange(100, 200),
-            }
-        )
-    return msgspec.json.encode({"calls": records, "order": "desc", "page": 1, "per_page": calls})
+    records = [
+        vpbx_call(
+            rng, _START + timedelta(seconds=rng.randrange(86_400)), rng.randrange(1000, 1010)
+        )[0]
+        for _ in range(calls)
+    ]
+    return vpbx_page(records, 1, calls, "desc")
 
 
 def voice_messaging(rng: random.Random) -> bytes:

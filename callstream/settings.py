@@ -84,11 +84,15 @@ def load(cls: type[S], section: str, flags: Mapping[str, Any] | None = None) -> 
         raise SettingsError(f"{setting.rstrip('_')}: {reason}") from None
 
 
+_LISTS = frozenset({"allow_ips", "client_ids"})
+"""Settings given as comma-separated lists."""
+
+
 def _nest(tree: dict[str, Any], path: list[str], value: str) -> None:
     for part in path[:-1]:
         tree = tree.setdefault(part, {})
     leaf = path[-1]
-    tree[leaf] = tuple(filter(None, value.split(","))) if leaf == "allow_ips" else value
+    tree[leaf] = tuple(filter(None, value.split(","))) if leaf in _LISTS else value
 
 
 def _decode_secret(kind: type, value: Any) -> Any:
@@ -168,3 +172,80 @@ class AlertSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_batch: int = 5_000
     metrics_port: int = 0
     """Serve Prometheus /metrics on this port (0: off)."""
+
+
+class PollerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What every poller sets about the provider API it asks: where, how fast, how patiently."""
+
+    base_url: str = ""
+    """The provider API's base URL; empty: this poller does not run."""
+    rate_per_s: float = 20.0
+    """Requests a second at most, token requests included."""
+    timeout_s: float = 10.0
+    """One request's time limit; a request that takes longer is retried."""
+    max_attempts: int = 5
+    """Attempts of one request (429, 5xx, timeouts, rejected tokens, malformed answers)."""
+    backoff_s: float = 0.5
+    """Retry n waits a random time up to backoff_s * 2**n (full jitter), or Retry-After."""
+    backoff_max_s: float = 30.0
+    """The longest wait between two attempts."""
+
+
+class VpbxPollSettings(PollerSettings, frozen=True, forbid_unknown_fields=True):
+    client_ids: tuple[str, ...] = ()
+    """The client ids (accounts) whose calls are read, comma-separated."""
+    token_url: str = ""
+    """The OAuth2 token endpoint; empty: BASE_URL/oauth/token."""
+    oauth_client_id: str = ""
+    oauth_client_secret: Secret | None = None
+    """OAuth2 client-credentials grant: the application's id and secret."""
+    window_s: float = 60.0
+    """Calls are read in consecutive windows of start time this long, each once it is over."""
+    overlap_s: float = 300.0
+    """Each window is read from this long before its start too: calls that show up late (the
+    API lists a call once it has ended) are read with a later window."""
+    backfill_s: float = 3_600.0
+    """A client without a checkpoint is read from this long ago."""
+    retry_interval_s: float = 10.0
+    """How long to wait before reading a window again whose pages could not all be fetched."""
+    per_page: int = 100
+    group_id: str = "callstream-poll-vpbx"
+    """Consumer group on calls.checkpoints; instances share the clients by partition."""
+
+
+class MobileAgentPollSettings(PollerSettings, frozen=True, forbid_unknown_fields=True):
+    token: Secret | None = None
+    """A static bearer token; when unset, one is exchanged for APP_KEY and APP_SECRET."""
+    app_key: str = ""
+    app_secret: Secret | None = None
+    """AK/SK for the tokenByAkSk exchange (app_key is also sent as X-APP-Key)."""
+    token_url: str = ""
+    """The tokenByAkSk endpoint; empty: BASE_URL/apigovernance/api/oauth/tokenByAkSk."""
+    token_expire_s: int = 600
+    """The token lifetime asked for (X-Token-Expire); tokens are renewed before they expire."""
+    interval_s: float = 5.0
+    """How often each tracked call is asked for its state."""
+    jitter: float = 0.2
+    """Each interval is drawn from interval_s * (1 ± jitter), so calls spread out."""
+    deadline_s: float = 7_200.0
+    """A call not ended this long after it was registered is no longer polled."""
+    account: str = ""
+    """Context `account` of every report (empty: none)."""
+    reason_table: Literal["default", "q850"] = "default"
+    """Context `reason_table`: q850 reads every reasonCode as a Q.850 cause (ITA accounts)."""
+    group_id: str = "callstream-poll-mobile-agent"
+    """Consumer group on calls.track; instances share the tracked calls by partition."""
+
+
+class PollSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """`callstream poll`: the pollers whose BASE_URL is set."""
+
+    vpbx: VpbxPollSettings = VpbxPollSettings()
+    mobile_agent: MobileAgentPollSettings = MobileAgentPollSettings()
+    metrics_port: int = 0
+    """Serve Prometheus /metrics on this port (0: off)."""
+
+    @property
+    def configured(self) -> list[str]:
+        """The providers whose poller runs."""
+        return [name for name in ("vpbx", "mobile_agent") if getattr(self, name).base_url]

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -30,6 +31,8 @@ class Child:
     name: str
     args: Sequence[str]
     """Arguments of `callstream`, e.g. ("normalizer", "--kafka", "127.0.0.1:9092")."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """Environment variables set for the child on top of this process's (settings)."""
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
     failures_in_a_row: int = field(default=0, repr=False)
@@ -37,7 +40,12 @@ class Child:
     async def start(self) -> None:
         # Own process group: a terminal's Ctrl-C reaches only `up`, which stops children in order.
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "callstream", *self.args, process_group=0
+            sys.executable,
+            "-m",
+            "callstream",
+            *self.args,
+            process_group=0,
+            env={**os.environ, **self.env},
         )
         log.info("child_started", child=self.name, pid=self.process.pid)
 

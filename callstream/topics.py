@@ -7,9 +7,14 @@ EVENTS = "calls.events"
 SESSIONS = "calls.sessions"
 ALERTS = "calls.alerts"
 DLQ = "calls.dlq"
+TRACK = "calls.track"
+"""mobile_agent calls being polled, keyed by callSerialNo (compacted; a tombstone ends one)."""
+CHECKPOINTS = "calls.checkpoints"
+"""Where each polled account has been read up to, keyed by `provider:account` (compacted)."""
 
-ALL = (RAW, EVENTS, SESSIONS, ALERTS, DLQ)
-CONFIGS: dict[str, dict[str, str]] = {SESSIONS: {"cleanup.policy": "compact"}}
+ALL = (RAW, EVENTS, SESSIONS, ALERTS, DLQ, TRACK, CHECKPOINTS)
+_COMPACT = {"cleanup.policy": "compact"}
+CONFIGS: dict[str, dict[str, str]] = {SESSIONS: _COMPACT, TRACK: _COMPACT, CHECKPOINTS: _COMPACT}
 
 # Raw record headers (calls.raw, and calls.dlq which adds the two error headers).
 PROVIDER = "cs-provider"

@@ -7,12 +7,23 @@ from pathlib import Path
 
 import structlog
 
-from callstream.broker import BrokerError, EmbeddedBroker
+from callstream.broker import BrokerError, EmbeddedBroker, free_port
 from callstream.kafka import ensure_topics
-from callstream.settings import KafkaSettings
+from callstream.settings import KafkaSettings, PollSettings, load
+from callstream.simulate.simulation import poll_env
 from callstream.supervisor import Child, supervise
 
 log = structlog.get_logger("callstream.up")
+
+DEMO_SIMULATION = ("--rate", "0.5", "--time-scale", "0.05", "--webhook-rate", "2")
+"""`up --demo`: a call of each polled provider every 2 s, lasting seconds; 2 callbacks a second."""
+DEMO_POLLING = {
+    "CALLSTREAM_POLL__VPBX__WINDOW_S": "5",
+    "CALLSTREAM_POLL__VPBX__OVERLAP_S": "60",
+    "CALLSTREAM_POLL__VPBX__BACKFILL_S": "30",
+    "CALLSTREAM_POLL__MOBILE_AGENT__INTERVAL_S": "1",
+}
+"""`up --demo`: polling quick enough to show the simulated calls at once."""
 
 
 def store_url(data_dir: Path) -> str:
@@ -20,15 +31,32 @@ def store_url(data_dir: Path) -> str:
     return f"sqlite:///{data_dir / 'callstream.sqlite3'}"
 
 
-def services(kafka: KafkaSettings, http_port: int, data_dir: Path) -> list[Child]:
-    """The services `up` runs, each the same `callstream <service>` command a container runs."""
-    return [
+def services(
+    kafka: KafkaSettings, http_port: int, data_dir: Path, *, demo: bool = False
+) -> list[Child]:
+    """The services `up` runs, each the same `callstream <service>` command a container runs:
+    the pollers too when some are configured (CALLSTREAM_POLL__*), and with `demo` the provider
+    simulator, with the pollers and its traffic pointed at it.
+
+    Raises SettingsError for malformed poller settings.
+    """
+    children = [
         Child("ingress", ("ingress", "--kafka", kafka.bootstrap, "--port", str(http_port))),
         Child("normalizer", ("normalizer", "--kafka", kafka.bootstrap)),
         Child("aggregator", ("aggregator", "--kafka", kafka.bootstrap)),
         Child("store", ("store", "--kafka", kafka.bootstrap, "--store", store_url(data_dir))),
         Child("alerts", ("alerts", "--kafka", kafka.bootstrap)),
     ]
+    polling: dict[str, str] = {}
+    if demo:
+        port = free_port()
+        ingress = f"http://127.0.0.1:{http_port}"
+        simulate = ("simulate", "--port", str(port), "--ingress", ingress, *DEMO_SIMULATION)
+        children.append(Child("simulate", simulate))
+        polling = poll_env(f"http://127.0.0.1:{port}") | DEMO_POLLING
+    if polling or load(PollSettings, "poll").configured:
+        children.append(Child("poll", ("poll", "--kafka", kafka.bootstrap), env=polling))
+    return children
 
 
 async def run(

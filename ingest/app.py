@@ -41,6 +41,8 @@ log = structlog.get_logger("callstream.ingest")
 
 _encode = msgspec.json.Encoder().encode
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Accept = Callable[[web.Request, str, bytes], Awaitable[web.Response]]
+"""A route's own part: (request, provider, admitted body) → its answer, or a Refusal."""
 
 
 class Refusal(Exception):  # noqa: N818 - an answer, not a failure of the ingress
@@ -87,7 +89,10 @@ def create_app(settings: IngressSettings, kafka: KafkaSettings) -> web.Applicati
     408 by `_read` (body_timeout_s). Raises SettingsError for bad authentication settings (see
     ingest.auth.guards).
     """
-    ingress = Ingress(settings, kafka, guards(settings.auth, PROVIDERS))
+    from ingest.track import TRACKED, Tracking  # noqa: PLC0415 - it builds on Ingress
+
+    every = guards(settings.auth, PROVIDERS | TRACKED)
+    ingress = Ingress(settings, kafka, {name: every[name] for name in PROVIDERS})
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[_json_errors],
@@ -95,10 +100,12 @@ def create_app(settings: IngressSettings, kafka: KafkaSettings) -> web.Applicati
     )
     app.cleanup_ctx.append(ingress.producing)
     app.router.add_post("/v1/callbacks/{provider}", ingress.callback)
+    tracking = Tracking(ingress, {name: every[name] for name in TRACKED})
+    app.router.add_post("/v1/track/{provider}", tracking.track)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", ingress.readyz)
     app.router.add_get("/metrics", ingress.metrics_text)
-    app.router.add_get("/openapi.json", _document(openapi.render(PROVIDERS)))
+    app.router.add_get("/openapi.json", _document(openapi.render(PROVIDERS, TRACKED)))
     return app
 
 
@@ -129,16 +136,24 @@ class Ingress:
         await self.producer.client.fetch_all_metadata()
 
     async def callback(self, request: web.Request) -> web.Response:
-        """POST /v1/callbacks/{provider}: counted by provider (or "unknown") and status."""
+        """POST /v1/callbacks/{provider}: the body to calls.raw."""
+        return await self.handle(request, self.guards, "webhook", self._accept_callback)
+
+    async def handle(
+        self, request: web.Request, guards: Mapping[str, Guard], kind: str, accept: Accept
+    ) -> web.Response:
+        """What every POST route does around its own `accept`: the provider's guard (404 if it
+        has none), admission, refusals answered in JSON, counted by provider (or "unknown") and
+        status, and the in-flight gauge."""
         provider = request.match_info["provider"]
-        guard = self.guards.get(provider)
+        guard = guards.get(provider)
         self.metrics.in_flight += 1
         try:
             if guard is None:
                 raise Refusal(
-                    404, "unknown_provider", f"No webhook provider is called {provider!r}."
+                    404, "unknown_provider", f"No {kind} provider is called {provider!r}."
                 )
-            answer = await self._accept(request, provider, guard)
+            answer = await accept(request, provider, await self._admit(request, provider, guard))
         except Refusal as refusal:
             answer = refusal.response()
         finally:
@@ -146,10 +161,11 @@ class Ingress:
         self.metrics.answered(provider if guard is not None else "unknown", answer.status)
         return answer
 
-    async def _accept(self, request: web.Request, provider: str, guard: Guard) -> web.Response:
+    async def _admit(self, request: web.Request, provider: str, guard: Guard) -> bytes:
+        """The body of a caller that may call, read in full and authenticated; else a Refusal."""
         remote = request.remote or ""
         if not guard.admits(remote):
-            raise Refusal(403, "forbidden", f"{remote} may not call back for {provider}.")
+            raise Refusal(403, "forbidden", f"{remote} may not call for {provider}.")
         if (retry_after := self.lockout.retry_after(remote)) is not None:
             raise Refusal(
                 429,
@@ -159,26 +175,22 @@ class Ingress:
             )
         body = await self._read(request)
         if not guard.authenticates(request.headers, body):
-            log.warning("callback_unauthenticated", provider=provider, remote=remote)
+            log.warning("request_unauthenticated", provider=provider, remote=remote)
             self.lockout.failed(remote)
             raise Refusal(
                 401, "unauthorized", "The credentials are missing or wrong.", guard.challenge
             )
-        meta = RawMeta(
-            provider=provider,
-            source="webhook",
-            received_at=datetime.now(UTC),
-            request_id=uuid.uuid4().hex,
-            content_type=request.headers.get(hdrs.CONTENT_TYPE, ""),
-            context={},
-        )
-        headers = raw_headers(meta)
+        return body
+
+    async def _accept_callback(
+        self, request: web.Request, provider: str, body: bytes
+    ) -> web.Response:
+        request_id = uuid.uuid4().hex
+        headers = received(request, provider, "webhook", request_id)
         if (reason := not_a_json_object(body)) is not None:
-            await self._reject(provider, meta.request_id, body, headers, reason)
-        await self._publish(topics.RAW, body, headers)
-        return web.Response(
-            status=202, body=_encode({"id": meta.request_id}), content_type="application/json"
-        )
+            await self.reject(body, headers, "ingress", reason, f"The body is {reason}.")
+        await self.publish(topics.RAW, body, headers)
+        return accepted({"id": request_id})
 
     async def _read(self, request: web.Request) -> bytes:
         """The body, refused up front by Content-Length and while reading (chunked bodies), and
@@ -200,27 +212,35 @@ class Ingress:
                 408, "body_timeout", f"The body did not arrive within {timeout} s.", close=True
             ) from None
 
-    async def _reject(
-        self, provider: str, request_id: str, body: bytes, headers: topics.Headers, reason: str
+    async def reject(
+        self, body: bytes, headers: topics.Headers, stage: str, reason: str, detail: str
     ) -> NoReturn:
         """Record a bad body in calls.dlq, then refuse it (400; 503 if the DLQ write fails)."""
-        log.warning("callback_rejected", provider=provider, request_id=request_id, error=reason)
-        dead = dead_letter_headers(headers, stage="ingress", error=reason)
-        await self._publish(topics.DLQ, body, dead)
-        raise Refusal(400, "invalid_body", f"The body is {reason}.")
+        found = dict(headers)
+        log.warning(
+            "request_rejected",
+            provider=found[topics.PROVIDER].decode(),
+            request_id=found[topics.REQUEST_ID].decode(),
+            stage=stage,
+            error=reason,
+        )
+        await self.publish(topics.DLQ, body, dead_letter_headers(headers, stage, reason))
+        raise Refusal(400, "invalid_body", detail)
 
-    async def _publish(self, topic: str, body: bytes, headers: topics.Headers) -> None:
+    async def publish(
+        self, topic: str, value: bytes | None, headers: topics.Headers, key: bytes | None = None
+    ) -> None:
         """Return once the broker acknowledged the record; Refusal 503 if not within the bound."""
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.settings.publish_timeout_s):
-                await (await self.producer.send(topic, body, headers=headers))
+                await (await self.producer.send(topic, value, key=key, headers=headers))
         except (TimeoutError, KafkaError) as exc:
             log.error("publish_failed", topic=topic, error=repr(exc))
             raise Refusal(
                 503,
                 "broker_unavailable",
-                "The broker did not take the callback in time; send it again later.",
+                "The broker did not take it in time; send it again later.",
                 self._retry_after,
             ) from None
         self.metrics.publish_seconds.observe(time.perf_counter() - started)
@@ -235,6 +255,16 @@ class Ingress:
             body=generate_latest(self.metrics.registry),
             headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST},
         )
+
+
+def received(request: web.Request, provider: str, source: str, request_id: str) -> topics.Headers:
+    """The calls.raw headers of a body received now."""
+    content_type = request.headers.get(hdrs.CONTENT_TYPE, "")
+    return raw_headers(RawMeta(provider, source, datetime.now(UTC), request_id, content_type, {}))
+
+
+def accepted(answer: dict[str, str]) -> web.Response:
+    return web.Response(status=202, body=_encode(answer), content_type="application/json")
 
 
 async def _healthz(_request: web.Request) -> web.Response:

@@ -108,17 +108,18 @@ class Lockout:
 
 
 def guards(auth: Mapping[str, ProviderAuth], providers: Iterable[str]) -> dict[str, Guard]:
-    """A Guard per webhook provider (method `none` where `auth` names none).
+    """A Guard per provider the ingress takes requests for (webhooks, tracked calls), method
+    `none` where `auth` names none.
 
-    Raises SettingsError for auth of a provider that is not a webhook provider, a method whose
-    credentials are missing, or an allow-list entry that is not a CIDR.
+    Raises SettingsError for auth of any other provider, a method whose credentials are
+    missing, or an allow-list entry that is not a CIDR.
     """
     providers = sorted(providers)
     unknown = sorted(auth.keys() - set(providers))
     if unknown:
         raise SettingsError(
-            f"CALLSTREAM_INGRESS__AUTH__{unknown[0].upper()}: not a webhook provider "
-            f"(webhook providers: {', '.join(providers)})"
+            f"CALLSTREAM_INGRESS__AUTH__{unknown[0].upper()}: the ingress takes no requests "
+            f"for it (it does for {', '.join(providers)})"
         )
     return {name: _guard(name, auth.get(name, ProviderAuth())) for name in providers}
 

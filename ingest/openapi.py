@@ -12,7 +12,7 @@ code adds it there. Request and answer bodies are msgspec Structs, added to
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -35,17 +35,23 @@ class Accepted(msgspec.Struct):
     """The record's cs-request-id header in calls.raw."""
 
 
+class Registration(msgspec.Struct):
+    """A call to poll (POST /v1/track/{provider}), and the answer once it is on calls.track."""
+
+    callSerialNo: Annotated[str, msgspec.Meta(min_length=1, max_length=50)]  # noqa: N815
+
+
 class Probe(msgspec.Struct):
     status: str
 
 
 REFUSALS: dict[int, tuple[str, tuple[str, ...]]] = {
-    400: ("The body is not a UTF-8 JSON object; it is kept in calls.dlq with stage ingress.",
-          ("invalid_body",)),
+    400: ("The body is not a UTF-8 JSON object (callbacks) or not a registration (track); it is "
+          "kept in calls.dlq with stage ingress or track.", ("invalid_body",)),
     401: ("The credentials are missing or wrong (WWW-Authenticate for bearer and basic).",
           ("unauthorized",)),
     403: ("The caller's address is outside the provider's allow-list.", ("forbidden",)),
-    404: ("No such webhook provider, or no such path.", ("unknown_provider", "not_found")),
+    404: ("No such provider for the route, or no such path.", ("unknown_provider", "not_found")),
     405: ("The path does not take this method; Allow lists those it takes.",
           ("method_not_allowed",)),
     408: ("The body did not arrive within INGRESS__BODY_TIMEOUT_S; the connection is closed.",
@@ -66,9 +72,12 @@ _HEADERS = {
 }
 
 
-def document(providers: Iterable[str]) -> dict[str, Any]:
-    """The document for an ingress serving callbacks of `providers`."""
-    _, schemas = msgspec.json.schema_components([ErrorBody, Accepted, Probe], ref_template=_REF)
+def document(providers: Iterable[str], tracked: Iterable[str]) -> dict[str, Any]:
+    """The document for an ingress serving callbacks of `providers` and registrations of calls
+    of `tracked` providers."""
+    _, schemas = msgspec.json.schema_components(
+        [ErrorBody, Accepted, Registration, Probe], ref_template=_REF
+    )
     return {
         "openapi": "3.1.0",
         "info": {
@@ -78,6 +87,7 @@ def document(providers: Iterable[str]) -> dict[str, Any]:
         },
         "paths": {
             "/v1/callbacks/{provider}": {"post": _callback(sorted(providers))},
+            "/v1/track/{provider}": {"post": _track(sorted(tracked))},
             "/healthz": {"get": _probe("The process is up.")},
             "/readyz": {"get": _probe("The broker answers (asked at most once a second).", (503,))},
             "/metrics": {"get": _metrics()},
@@ -95,14 +105,7 @@ def _callback(providers: list[str]) -> dict[str, Any]:
         "acknowledged it. Content-Type is recorded, not trusted: the body must be a UTF-8 JSON "
         "object. Authentication is per provider (INGRESS__AUTH__<PROVIDER>__METHOD): a bearer "
         "token, basic credentials, or an HMAC-SHA256 of the body in a header.",
-        "parameters": [
-            {
-                "name": "provider",
-                "in": "path",
-                "required": True,
-                "schema": {"type": "string", "enum": providers},
-            }
-        ],
+        "parameters": [_provider(providers)],
         "requestBody": {
             "required": True,
             "content": {
@@ -112,10 +115,35 @@ def _callback(providers: list[str]) -> dict[str, Any]:
             },
         },
         "responses": _answers(
-            _success("Written to calls.raw.", Accepted),
-            (400, 401, 403, 404, 405, 408, 413, 429, 503),
-            status=202,
+            _success("Written to calls.raw.", Accepted), _POST_REFUSALS, status=202
         ),
+    }
+
+
+def _track(providers: list[str]) -> dict[str, Any]:
+    return {
+        "operationId": "track",
+        "summary": "Register a call for its poller to follow until it ends.",
+        "description": "The registration goes to calls.track (compacted, key callSerialNo); 202 "
+        "only once the broker has acknowledged it. Registering a call twice is harmless. "
+        "Authentication as for callbacks, with the provider's own credentials.",
+        "parameters": [_provider(providers)],
+        "requestBody": {"required": True, "content": _json("Registration")},
+        "responses": _answers(
+            _success("Written to calls.track.", Registration), _POST_REFUSALS, status=202
+        ),
+    }
+
+
+_POST_REFUSALS = (400, 401, 403, 404, 405, 408, 413, 429, 503)
+
+
+def _provider(providers: list[str]) -> dict[str, Any]:
+    return {
+        "name": "provider",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "enum": providers},
     }
 
 
@@ -166,5 +194,5 @@ def _json(name: str, narrowed: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
 
-def render(providers: Iterable[str]) -> bytes:
-    return msgspec.json.encode(document(providers))
+def render(providers: Iterable[str], tracked: Iterable[str]) -> bytes:
+    return msgspec.json.encode(document(providers, tracked))

@@ -11,6 +11,7 @@ from callstream import kafka as kafka_io
 from callstream.settings import IngressSettings, KafkaSettings
 from ingest.app import PROVIDERS, create_app
 from ingest.auth import refuse_exposure
+from ingest.track import TRACKED
 
 log = structlog.get_logger("callstream.ingest")
 
@@ -22,7 +23,8 @@ async def serve(settings: IngressSettings, kafka: KafkaSettings, stop: asyncio.E
     an unauthenticated provider beyond loopback. On stop: no new connections, requests in flight
     are answered (they wait at most publish_timeout_s), then the producer flushes and stops.
     """
-    refuse_exposure(settings.host, settings.auth, PROVIDERS, insecure=settings.insecure_no_auth)
+    guarded = PROVIDERS | TRACKED
+    refuse_exposure(settings.host, settings.auth, guarded, insecure=settings.insecure_no_auth)
     app = create_app(settings, kafka)
     await kafka_io.ensure_topics(kafka)  # before the producer asks for any topic's metadata
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.publish_timeout_s + 1.0)
@@ -33,7 +35,7 @@ async def serve(settings: IngressSettings, kafka: KafkaSettings, stop: asyncio.E
             "ingress_listening",
             host=settings.host,
             port=settings.port,
-            providers=sorted(PROVIDERS),
+            providers=sorted(guarded),
             kafka=kafka.bootstrap,
         )
         await stop.wait()

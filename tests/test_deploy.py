@@ -23,11 +23,13 @@ from callstream.settings import (
     KafkaSettings,
     LogSettings,
     NormalizerSettings,
+    PollSettings,
     ProviderAuth,
     StoreSettings,
 )
 from ingest.app import PROVIDERS
 from ingest.auth import guards, refuse_exposure
+from ingest.track import TRACKED
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -42,6 +44,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "aggregator": AggregatorSettings,
     "store": StoreSettings,
     "alerts": AlertSettings,
+    "poll": PollSettings,
     "log": LogSettings,
 }
 """Each settings section (the env var's <SECTION>) and its Struct."""
@@ -93,7 +96,9 @@ def _load_from(env: dict[str, str], cls: type[msgspec.Struct], section: str) -> 
 
 def test_compose_runs_the_callstream_image() -> None:
     services = _callstream_services()
-    assert {"topics", "ingress", "normalizer", "aggregator", "store", "alerts"} <= services.keys()
+    assert {"topics", "ingress", "normalizer", "aggregator", "store", "alerts", "poll"} <= (
+        services.keys()
+    )
 
 
 @pytest.mark.parametrize("name", sorted(_callstream_services()))
@@ -127,9 +132,10 @@ def test_compose_ingress_may_listen_beyond_loopback() -> None:
     service = _callstream_services()["ingress"]
     args = _parse([_interpolate(str(part)) for part in service["command"]])
     settings = _load_from(_env(service), IngressSettings, "ingress")
-    refuse_exposure(args.host, settings.auth, PROVIDERS, insecure=bool(args.insecure_no_auth))
-    assert set(settings.auth) == set(PROVIDERS)
-    assert all(guard.authenticates for guard in guards(settings.auth, PROVIDERS).values())
+    guarded = PROVIDERS | TRACKED
+    refuse_exposure(args.host, settings.auth, guarded, insecure=bool(args.insecure_no_auth))
+    assert set(settings.auth) == guarded
+    assert all(guard.authenticates for guard in guards(settings.auth, guarded).values())
     assert not settings.insecure_no_auth
 
 
@@ -143,12 +149,14 @@ def test_compose_normalizer_is_scalable() -> None:
 def test_compose_startup_order() -> None:
     services = _compose()["services"]
     assert services["topics"]["depends_on"]["kafka"]["condition"] == "service_healthy"
-    for name in ("ingress", "normalizer", "aggregator", "store", "alerts"):
+    for name in ("ingress", "normalizer", "aggregator", "store", "alerts", "poll"):
         depends_on = services[name]["depends_on"]
         assert depends_on["kafka"]["condition"] == "service_healthy", name
         assert depends_on["topics"]["condition"] == "service_completed_successfully", name
     assert services["store"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in ("kafka", "postgres", "ingress", "normalizer", "aggregator", "store", "alerts"):
+    for name in (
+        "kafka", "postgres", "ingress", "normalizer", "aggregator", "store", "alerts", "poll"
+    ):  # fmt: skip
         assert "healthcheck" in services[name], name
 
 
@@ -169,18 +177,34 @@ def test_prometheus_scrapes_every_metrics_endpoint() -> None:
 
 def _settings_variables() -> set[str]:
     """The environment variable of every setting; a provider's auth as <PROVIDER>."""
+    return {
+        name
+        for section, cls in SECTIONS.items()
+        for name in _variables(f"CALLSTREAM_{section.upper()}", cls)
+    }
+
+
+def _variables(prefix: str, cls: type[msgspec.Struct]) -> set[str]:
     names = set()
-    for section, cls in SECTIONS.items():
-        for field in msgspec.structs.fields(cls):
-            if field.type == dict[str, ProviderAuth]:
-                names.update(
-                    f"CALLSTREAM_{section.upper()}__{field.name.upper()}__<PROVIDER>__"
-                    f"{auth.name.upper()}"
-                    for auth in msgspec.structs.fields(ProviderAuth)
-                )
-            else:
-                names.add(f"CALLSTREAM_{section.upper()}__{field.name.upper()}")
+    for field in msgspec.structs.fields(cls):
+        name = f"{prefix}__{field.name.upper()}"
+        if field.type == dict[str, ProviderAuth]:
+            names |= _variables(f"{name}__<PROVIDER>", ProviderAuth)
+        elif isinstance(field.type, type) and issubclass(field.type, msgspec.Struct):
+            names |= _variables(name, field.type)
+        else:
+            names.add(name)
     return names
+
+
+def _nested(cls: type[msgspec.Struct]) -> set[type]:
+    """The Structs within `cls` (sub-sections), and the classes they derive from."""
+    found: set[type] = set()
+    for field in msgspec.structs.fields(cls):
+        kind = ProviderAuth if field.type == dict[str, ProviderAuth] else field.type
+        if isinstance(kind, type) and issubclass(kind, msgspec.Struct):
+            found |= {kind, *kind.__mro__[1:-1]} | _nested(kind)
+    return found
 
 
 def test_sections_cover_every_settings_struct() -> None:
@@ -189,7 +213,8 @@ def test_sections_cover_every_settings_struct() -> None:
         for _, cls in inspect.getmembers(settings_module, inspect.isclass)
         if issubclass(cls, msgspec.Struct) and cls.__module__ == settings_module.__name__
     }
-    assert structs - {ProviderAuth} == set(SECTIONS.values())
+    nested = {kind for cls in SECTIONS.values() for kind in _nested(cls)} - {msgspec.Struct}
+    assert structs - nested == set(SECTIONS.values())
     for command, service in cli._SERVICES.items():
         assert SECTIONS[command] is service.settings, command
 

@@ -145,5 +145,9 @@ def test_the_committed_asyncapi_document_is_the_generated_one() -> None:
         "calls.sessions",
         "calls.alerts",
         "calls.dlq",
+        "calls.track",
+        "calls.checkpoints",
     }
-    assert {"CallEvent", "SessionRecord", "Alert"} <= set(document["components"]["schemas"])
+    assert {"CallEvent", "SessionRecord", "Alert", "Track", "Checkpoint"} <= set(
+        document["components"]["schemas"]
+    )

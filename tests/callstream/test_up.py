@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -22,12 +23,13 @@ from callstream.settings import KafkaSettings
 SAMPLE = Path(__file__).parent.parent / "golden" / "wavecell" / "doc_sample.json"
 
 
-@pytest.fixture
-async def pipeline(tmp_path: Path) -> AsyncIterator[tuple[str, KafkaSettings, Path]]:
+@contextlib.asynccontextmanager
+async def _up(tmp_path: Path, *flags: str) -> AsyncIterator[tuple[str, KafkaSettings, Path]]:
+    """`callstream up` with `flags`, until its ingress is ready; stopped by Ctrl-C after."""
     broker_port, http_port, data_dir = free_port(), free_port(), tmp_path / "data"
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "callstream", "up", "--broker-port", str(broker_port),
-        "--http-port", str(http_port), "--data-dir", str(data_dir),
+        "--http-port", str(http_port), "--data-dir", str(data_dir), *flags,
     )  # fmt: skip
     base = f"http://127.0.0.1:{http_port}"
     try:
@@ -45,6 +47,12 @@ async def pipeline(tmp_path: Path) -> AsyncIterator[tuple[str, KafkaSettings, Pa
         process.send_signal(signal.SIGINT)
         code = await asyncio.wait_for(process.wait(), 60)
     assert code == 0
+
+
+@pytest.fixture
+async def pipeline(tmp_path: Path) -> AsyncIterator[tuple[str, KafkaSettings, Path]]:
+    async with _up(tmp_path) as running:
+        yield running
 
 
 Records = list[ConsumerRecord[bytes, bytes]]
@@ -112,3 +120,16 @@ async def _callstream(*args: str) -> str:
     out, _ = await process.communicate()
     assert process.returncode == 0
     return out.decode()
+
+
+async def test_up_demo_shows_calls_of_every_provider_at_once(tmp_path: Path) -> None:
+    """The simulator's webhooks and both pollers feed the pipeline: all four providers' calls
+    reach the store within seconds."""
+    async with _up(tmp_path, "--demo") as (_, _, data_dir):
+
+        async def every_provider() -> bool:
+            stats = await _callstream("stats", "--data-dir", str(data_dir), "--by", "provider")
+            groups = {line.split()[0] for line in stats.splitlines()[1:]}
+            return groups == {"wavecell", "voice_messaging", "vpbx", "mobile_agent"}
+
+        await eventually(every_provider, "calls of every provider in `callstream stats`")

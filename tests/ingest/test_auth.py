@@ -101,7 +101,7 @@ def test_the_ip_allow_list(remote: str | None, admitted: bool) -> None:
         ({"wavecell": ProviderAuth(method="basic", username="u")}, "AUTH__WAVECELL__PASSWORD"),
         ({"wavecell": ProviderAuth(method="hmac")}, "AUTH__WAVECELL__SECRET: required"),
         ({"wavecell": ProviderAuth(allow_ips=("10.0.0.0/33",))}, "AUTH__WAVECELL__ALLOW_IPS"),
-        ({"vpbx": BEARER}, "AUTH__VPBX: not a webhook provider"),
+        ({"vpbx": BEARER}, "AUTH__VPBX: the ingress takes no requests for it"),
     ],
 )
 def test_incomplete_auth_settings_are_refused(auth: dict[str, ProviderAuth], message: str) -> None:

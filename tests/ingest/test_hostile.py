@@ -245,7 +245,7 @@ async def test_a_flood_of_bad_credentials_is_locked_out_and_no_secret_is_logged(
     assert TOKEN not in logged
     assert not any(guess in logged for guess in guesses)
     events = [json.loads(line)["event"] for line in logged.splitlines()]
-    assert events.count("callback_unauthenticated") == 5
+    assert events.count("request_unauthenticated") == 5
     assert events.count("callback_sender_locked_out") == 1
     assert await _written(kafka) == ([], [])
 

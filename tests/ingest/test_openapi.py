@@ -24,8 +24,9 @@ from callstream.settings import IngressSettings, KafkaSettings
 from ingest import openapi
 from ingest.app import PROVIDERS
 from ingest.server import serve
+from ingest.track import TRACKED
 
-SCHEMA = schemathesis.openapi.from_dict(openapi.document(PROVIDERS))
+SCHEMA = schemathesis.openapi.from_dict(openapi.document(PROVIDERS, TRACKED))
 
 
 @dataclass
@@ -36,12 +37,16 @@ class LiveIngress:
     kafka: KafkaSettings
     answers: Counter[int] = field(default_factory=Counter)
     accepted: list[str] = field(default_factory=list)
+    """cs-request-id of each callback answered 202."""
+    registered: set[str] = field(default_factory=set)
+    """callSerialNo of each registration answered 202."""
 
 
 @pytest.fixture(scope="module")
 def live_ingress() -> Iterator[LiveIngress]:
     """Serves while the module's tests run (schemathesis calls it synchronously); then checks
-    that calls.raw holds exactly the callbacks answered 202, and calls.dlq exactly the 400s."""
+    that calls.raw holds exactly the callbacks answered 202, calls.track exactly the
+    registrations answered 202, and calls.dlq exactly the 400s."""
     port, started = free_port(), threading.Event()
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
@@ -86,9 +91,11 @@ def _listening(port: int) -> bool:
 async def _check_written(live: LiveIngress) -> None:
     raws = await kafka_io.read_all(live.kafka, topics.RAW)
     assert sorted(read_raw_headers(m.headers).request_id for m in raws) == sorted(live.accepted)
+    tracks = await kafka_io.read_all(live.kafka, topics.TRACK)
+    assert {(m.key or b"").decode() for m in tracks} == live.registered
     dead = await kafka_io.read_all(live.kafka, topics.DLQ)
     assert len(dead) == live.answers[400]
-    assert {dict(m.headers)[topics.ERROR_STAGE] for m in dead} <= {b"ingress"}
+    assert {dict(m.headers)[topics.ERROR_STAGE] for m in dead} <= {b"ingress", b"track"}
 
 
 @SCHEMA.parametrize()
@@ -96,10 +103,12 @@ async def _check_written(live: LiveIngress) -> None:
 def test_every_answer_is_as_documented(case: schemathesis.Case, live_ingress: LiveIngress) -> None:
     response = case.call_and_validate(base_url=live_ingress.url)
     live_ingress.answers[response.status_code] += 1
-    if response.status_code == 202:
+    if response.status_code == 202 and case.operation.path == "/v1/track/{provider}":
+        live_ingress.registered.add(response.json()["callSerialNo"])
+    elif response.status_code == 202:
         live_ingress.accepted.append(response.json()["id"])
 
 
 def test_the_document_is_served(live_ingress: LiveIngress) -> None:
     with urllib.request.urlopen(f"{live_ingress.url}/openapi.json") as answer:  # noqa: S310
-        assert answer.read() == openapi.render(PROVIDERS)
+        assert answer.read() == openapi.render(PROVIDERS, TRACKED)

@@ -1,0 +1,137 @@
+"""Traffic at an ingress: webhook callbacks (wavecell, voice_messaging) and call registrations.
+
+Callbacks go out at `rate` a second from a pool of `connections`, their bodies drawn by
+`callstream.samples` from the seed. A callback not answered 2xx (503, a refused connection…)
+is sent again after a backoff, as a provider does; and a share (`duplicates`) of the accepted
+ones are sent once more, as a provider does that missed the answer. Authentication follows
+the ingress's own settings (CALLSTREAM_INGRESS__AUTH__*), so the traffic passes a configured
+ingress. What was accepted is the ground truth of the webhooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import itertools
+import random
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+
+import aiohttp
+import msgspec
+import structlog
+from aiohttp import hdrs
+from aiolimiter import AsyncLimiter
+
+from callstream import samples
+from callstream.settings import ProviderAuth
+from callstream.simulate.mobile_agent import MobileAgentApi
+from callstream.simulate.truth import Expected, expected
+
+WEBHOOK_PROVIDERS = ("wavecell", "voice_messaging")
+ATTEMPTS = 10
+BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
+REGISTER_TICK_S = 0.05
+
+log = structlog.get_logger("callstream.simulate")
+
+
+class Ingress:
+    """An ingress to send to: its URL, the HTTP session and the credentials it expects."""
+
+    def __init__(
+        self, url: str, session: aiohttp.ClientSession, auth: Mapping[str, ProviderAuth]
+    ) -> None:
+        self.url, self.session, self.auth = url.rstrip("/"), session, auth
+        self.answers: Counter[str] = Counter()
+
+    async def post(self, path: str, provider: str, body: bytes) -> bool:
+        """POST `body` until the ingress answers 2xx (True) or refuses it for good (False)."""
+        headers = {
+            hdrs.CONTENT_TYPE: "application/json",
+            **_credentials(self.auth.get(provider), body),
+        }
+        for attempt in range(ATTEMPTS):
+            try:
+                async with self.session.post(
+                    f"{self.url}{path}", data=body, headers=headers
+                ) as answer:
+                    status = answer.status
+            except aiohttp.ClientError:
+                status = 0
+            self.answers[str(status)] += 1
+            if 200 <= status < 300:
+                return True
+            if 400 <= status < 500 and status != 429:
+                log.error("traffic_refused", path=path, status=status)
+                return False
+            await asyncio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+        log.error("traffic_gave_up", path=path, attempts=ATTEMPTS)
+        return False
+
+
+def _credentials(auth: ProviderAuth | None, body: bytes) -> dict[str, str]:
+    if auth is None or auth.method == "none":
+        return {}
+    if auth.method == "bearer":
+        return {hdrs.AUTHORIZATION: f"Bearer {auth.token}"}
+    if auth.method == "basic":
+        pair = f"{auth.username or ''}:{auth.password or ''}".encode()
+        return {hdrs.AUTHORIZATION: "Basic " + base64.b64encode(pair).decode()}
+    digest = hmac.digest((auth.secret or "").encode(), body, hashlib.sha256).hex()
+    return {auth.header: digest}
+
+
+class Webhooks:
+    """Callbacks of the webhook providers, and the states the accepted ones must reach."""
+
+    def __init__(self, ingress: Ingress, *, seed: int = 0, duplicates: float = 0.0) -> None:
+        self.ingress, self.duplicates = ingress, duplicates
+        self.rng = random.Random(f"webhooks:{seed}")
+        self.truth: set[Expected] = set()
+        self.sent = self.accepted = 0
+
+    def _bodies(self) -> Iterator[tuple[str, bytes]]:
+        while True:
+            provider = self.rng.choice(WEBHOOK_PROVIDERS)
+            yield provider, samples.GENERATORS[provider](self.rng)
+
+    async def fire(self, rate: float, *, count: int | None = None, connections: int = 64) -> None:
+        """Send `count` callbacks (for ever if None) at `rate` a second."""
+        limiter = AsyncLimiter(max(1.0, rate), max(1.0, rate) / rate)
+        bodies = self._bodies() if count is None else itertools.islice(self._bodies(), count)
+
+        async def worker() -> None:
+            for provider, body in bodies:
+                async with limiter:
+                    await self._send(provider, body)
+
+        await asyncio.gather(*(worker() for _ in range(connections)))
+
+    async def _send(self, provider: str, body: bytes) -> None:
+        path = f"/v1/callbacks/{provider}"
+        self.sent += 1
+        if not await self.ingress.post(path, provider, body):
+            return
+        self.accepted += 1
+        self.truth |= expected(provider, body)
+        if self.rng.random() < self.duplicates:
+            self.sent += 1
+            await self.ingress.post(path, provider, body)
+
+
+async def register_calls(ingress: Ingress, api: MobileAgentApi) -> int:
+    """POST /v1/track/mobile_agent for each call of `api` as it is placed, until all are (for
+    ever if their number is not bounded); how many were registered."""
+    registered = done = 0
+    while api.count is None or done < api.count:
+        placed = api.placed(datetime.now(UTC))
+        for index in range(done, placed.stop):
+            body = msgspec.json.encode({"callSerialNo": api.serial(index)})
+            registered += await ingress.post("/v1/track/mobile_agent", "mobile_agent", body)
+        done = placed.stop
+        await asyncio.sleep(REGISTER_TICK_S)
+    return registered

@@ -1,0 +1,62 @@
+"""`callstream poll`: every configured poller, until asked to stop.
+
+A poller is configured when its BASE_URL is set (CALLSTREAM_POLL__<PROVIDER>__BASE_URL). The
+pollers share one producer (acks=all) and one HTTP session. Several instances split the work by
+consumer group (tracked calls and clients by partition), so `poll` scales like the other
+services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import structlog
+
+from callstream import kafka as kafka_io
+from callstream.service import serve_metrics
+from callstream.settings import KafkaSettings, PollSettings, SettingsError
+from ingest.pollers import POLLERS
+from ingest.pollers.common import Plumbing
+from ingest.pollers.metrics import Metrics
+
+log = structlog.get_logger("callstream.poll")
+
+
+async def serve(
+    settings: PollSettings,
+    kafka: KafkaSettings,
+    stop: asyncio.Event,
+    metrics: Metrics | None = None,
+) -> None:
+    """Run the configured pollers until `stop` is set.
+
+    Raises SettingsError when none is configured or one's settings are incomplete, and
+    PollerCrashedError when a poller fails in a way it does not handle (the supervisor or the
+    container runtime restarts the service; its state is on Kafka).
+    """
+    providers = settings.configured
+    if not providers:
+        raise SettingsError(
+            "CALLSTREAM_POLL__<PROVIDER>__BASE_URL: no poller is configured (providers: "
+            f"{', '.join(POLLERS)})"
+        )
+    for provider in providers:
+        POLLERS[provider].check(getattr(settings, provider))
+    metrics = metrics or Metrics()
+    await kafka_io.ensure_topics(kafka)
+    serve_metrics(settings.metrics_port, metrics.registry)
+    async with kafka_io.producer(kafka) as producer, aiohttp.ClientSession() as session:
+        plumbing = Plumbing(kafka, producer, session, metrics)
+        log.info("pollers_started", providers=providers, kafka=kafka.bootstrap)
+        running = [
+            asyncio.create_task(POLLERS[provider].run(getattr(settings, provider), plumbing, stop))
+            for provider in providers
+        ]
+        try:
+            await asyncio.gather(*running)  # raises what the first poller to fail raises
+        finally:
+            for poller in running:
+                poller.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+    log.info("pollers_stopped")

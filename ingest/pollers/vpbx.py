@@ -1,0 +1,279 @@
+"""vpbx poller: each client's calls, read window after window from GET /client/{id}/calls/.
+
+Seed 002. A window is a range of call start times (`start_datetime`, `end_datetime`, GMT),
+`window_s` long, read once it is over, from `overlap_s` before its start: the API lists a call
+once it has ended, so a call that ends after its window was read is read with a later one.
+Every page (`page`, `per_page`; the last is the first one not full) is one raw record on
+calls.raw, context `client_id`, `window_start`, `window_end`, `page`. Once every page of a
+window is acknowledged, its end becomes the client's checkpoint on calls.checkpoints
+(compacted, key `vpbx:<client_id>`): a restart resumes there, so no window is skipped, and the
+pages it reads again are duplicates that event_id makes harmless.
+
+A page that is not a JSON object with a `calls` list is dead-lettered (stage `poll`) and asked
+for again; if it stays malformed it is skipped (it is in calls.dlq) and paging goes on, unless
+the next page is malformed too. A window whose pages cannot be fetched (the API keeps failing,
+or answers nothing readable) is read again after `retry_interval_s`, from the same checkpoint,
+so nothing is skipped for an API that is down. Tokens: OAuth2 client credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections import defaultdict
+from collections.abc import Collection
+from datetime import UTC, datetime, timedelta
+from urllib.parse import quote_plus
+
+import msgspec
+import structlog
+from aiohttp import hdrs
+from aiokafka.errors import KafkaError
+
+from callstream import kafka as kafka_io
+from callstream import topics
+from callstream.kafka import OutRecord
+from callstream.settings import Secret, SettingsError, VpbxPollSettings
+from ingest.pollers import state
+from ingest.pollers.common import Plumbing, Publisher
+from ingest.pollers.http import Api, MalformedError, PollError
+from ingest.pollers.tokens import ExchangedToken
+
+PROVIDER = "vpbx"
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+"""How the API writes times (GMT), in records and in the window filters."""
+SETTING = "CALLSTREAM_POLL__VPBX__"
+MAX_SKIPPED_IN_A_ROW = 2
+"""A page still malformed after its attempts is skipped (it is in calls.dlq), so that one bad
+page cannot hold a client back; a second one in a row fails the window, to be read again later."""
+
+log = structlog.get_logger("callstream.poll")
+
+
+class Checkpoint(msgspec.Struct, frozen=True):
+    """A record of calls.checkpoints: an account's calls are read up to `until`."""
+
+    provider: str
+    account: str
+    until: datetime
+
+
+class _Page(msgspec.Struct):
+    calls: list[msgspec.Raw]
+
+
+class _OAuthToken(msgspec.Struct):
+    access_token: str
+    expires_in: float = 3_600.0
+
+
+_page = msgspec.json.Decoder(_Page)
+_checkpoint = msgspec.json.Decoder(Checkpoint)
+_oauth_token = msgspec.json.Decoder(_OAuthToken)
+_encode = msgspec.json.Encoder().encode
+
+
+def checkpoint_key(client_id: str) -> bytes:
+    return f"{PROVIDER}:{client_id}".encode()
+
+
+async def run(settings: VpbxPollSettings, plumbing: Plumbing, stop: asyncio.Event) -> None:
+    """Poll the clients this instance owns (by partition of calls.checkpoints) until `stop`.
+
+    Raises PollerCrashedError if a client's task fails.
+    """
+    api = Api(PROVIDER, settings, plumbing.session, plumbing.metrics)
+    api.token = ExchangedToken(lambda: _exchange(api, settings))
+    partitions = sorted(await plumbing.producer.partitions_for(topics.CHECKPOINTS))
+    publisher = Publisher(PROVIDER, plumbing.producer, plumbing.metrics)
+    poller = VpbxPoller(settings, api, publisher, partitions)
+    log.info("vpbx_poller_started", clients=len(settings.client_ids), url=settings.base_url)
+    await state.follow(plumbing.kafka, topics.CHECKPOINTS, settings.group_id, poller, stop)
+
+
+def check(settings: VpbxPollSettings) -> None:
+    """Raise SettingsError, naming the variable, for a setting the poller cannot do without."""
+    for name, value in (
+        ("CLIENT_IDS", settings.client_ids),
+        ("OAUTH_CLIENT_ID", settings.oauth_client_id),
+        ("OAUTH_CLIENT_SECRET", settings.oauth_client_secret),
+    ):
+        if not value:
+            raise SettingsError(f"{SETTING}{name}: required when {SETTING}BASE_URL is set")
+
+
+async def _exchange(api: Api, settings: VpbxPollSettings) -> tuple[Secret, float]:
+    """OAuth2 client-credentials grant (RFC 6749 4.4), the client authenticated by HTTP Basic."""
+
+    async def read(body: bytes) -> _OAuthToken:
+        try:
+            return _oauth_token.decode(body)
+        except msgspec.DecodeError as exc:
+            raise MalformedError(f"vpbx token answer: {exc}") from None
+
+    _, token = await api.call(
+        "POST",
+        settings.token_url or f"{settings.base_url.rstrip('/')}/oauth/token",
+        read,
+        authorized=False,
+        data={"grant_type": "client_credentials"},
+        headers={
+            hdrs.AUTHORIZATION: _basic(settings.oauth_client_id, settings.oauth_client_secret)
+        },
+    )
+    return Secret(token.access_token), token.expires_in
+
+
+class VpbxPoller:
+    """The clients of the owned partitions, each followed by a task of its own."""
+
+    def __init__(
+        self,
+        settings: VpbxPollSettings,
+        api: Api,
+        publisher: Publisher,
+        partitions: list[int],
+    ) -> None:
+        self.settings, self.api, self.publisher = settings, api, publisher
+        self.clients: dict[int, list[str]] = defaultdict(list)
+        for client in settings.client_ids:
+            self.clients[kafka_io.partition_for(checkpoint_key(client), partitions)].append(client)
+        self.checkpoints: dict[str, datetime] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.background = state.Background()
+
+    def apply(self, record: state.Record) -> None:
+        client = (record.key or b"").decode().removeprefix(f"{PROVIDER}:")
+        if client not in self.settings.client_ids:
+            return
+        if record.value is None:
+            self.checkpoints.pop(client, None)
+            return
+        try:
+            self.checkpoints[client] = _checkpoint.decode(record.value).until
+        except msgspec.DecodeError as exc:
+            log.error("checkpoint_unreadable", client_id=client, error=str(exc))
+
+    async def start(self, partition: int) -> None:
+        for client in self.clients.get(partition, ()):
+            self.tasks[client] = self.background.start(self._follow(client), f"vpbx:{client}")
+
+    async def stop(self, partitions: Collection[int]) -> None:
+        """Cancel the clients' tasks: a window in hand is read again by the next owner."""
+        tasks = [
+            self.tasks.pop(client)
+            for partition in partitions
+            for client in self.clients.get(partition, ())
+            if client in self.tasks
+        ]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for partition in partitions:
+            for client in self.clients.get(partition, ()):
+                self.checkpoints.pop(client, None)
+
+    async def _follow(self, client: str) -> None:
+        """Read window after window for ever, each once it is over, checkpointing each."""
+        until = self.checkpoints.get(client) or _whole_second(
+            datetime.now(UTC) - timedelta(seconds=self.settings.backfill_s)
+        )
+        log.info("vpbx_client_resumed", client_id=client, until=until.isoformat())
+        window, overlap = (
+            timedelta(seconds=s) for s in (self.settings.window_s, self.settings.overlap_s)
+        )
+        while True:
+            end = until + window
+            await asyncio.sleep(max(0.0, (end - datetime.now(UTC)).total_seconds()))
+            if await self._read_window(client, until - overlap, end):
+                await self._checkpoint(client, end)
+                until = end
+            else:
+                await asyncio.sleep(self.settings.retry_interval_s)
+
+    async def _read_window(self, client: str, start: datetime, end: datetime) -> bool:
+        """Publish every page of the window; False if a page could not be fetched or published."""
+        url = f"{self.settings.base_url.rstrip('/')}/client/{client}/calls/"
+        context = {
+            "client_id": client,
+            "window_start": start.isoformat(),
+            "window_end": end.isoformat(),
+        }
+        page, previous, skipped = 1, b"", 0
+        try:
+            while True:
+                page_context = {**context, "page": str(page)}
+                try:
+                    body, size = await self.api.call(
+                        "GET",
+                        url,
+                        lambda body, ctx=page_context: self._read_page(body, ctx),
+                        params=self._params(start, end, page),
+                    )
+                except MalformedError:
+                    skipped += 1
+                    if skipped == MAX_SKIPPED_IN_A_ROW:  # no longer one bad page: a broken API
+                        raise
+                    log.error(
+                        "vpbx_page_skipped", client_id=client, page=page, detail="in calls.dlq"
+                    )
+                else:
+                    if body == previous:  # an API that ignores `page` would be read for ever
+                        log.error("vpbx_page_repeated", client_id=client, page=page)
+                        return True
+                    await self.publisher.raw(body, page_context)
+                    if size < self.settings.per_page:
+                        return True
+                    previous, skipped = body, 0
+                page += 1
+        except (PollError, KafkaError) as exc:
+            log.warning(
+                "vpbx_window_failed",
+                client_id=client,
+                window_start=context["window_start"],
+                page=page,
+                error=str(exc),
+                retry_in_s=self.settings.retry_interval_s,
+            )
+            return False
+
+    def _params(self, start: datetime, end: datetime, page: int) -> dict[str, str]:
+        return {
+            "start_datetime": start.strftime(TIME_FORMAT),
+            "end_datetime": end.strftime(TIME_FORMAT),
+            "page": str(page),
+            "per_page": str(self.settings.per_page),
+        }
+
+    async def _read_page(self, body: bytes, context: dict[str, str]) -> int:
+        """How many calls the page holds; MalformedError (after dead-lettering it) if unreadable."""
+        try:
+            return len(_page.decode(body).calls)
+        except msgspec.DecodeError as exc:
+            error = f"{PROVIDER}: not a page of calls: {exc}"
+            await self.publisher.dead_letter(body, context, error)
+            raise MalformedError(error) from None
+
+    async def _checkpoint(self, client: str, until: datetime) -> None:
+        """Record that every page before `until` is published; retried until the broker takes it."""
+        record = OutRecord(checkpoint_key(client), _encode(Checkpoint(PROVIDER, client, until)), [])
+        while True:
+            try:
+                await self.publisher.send(topics.CHECKPOINTS, record)
+                break
+            except KafkaError as exc:
+                log.warning("checkpoint_failed", client_id=client, error=repr(exc))
+                await asyncio.sleep(self.settings.retry_interval_s)
+        metrics = self.publisher.metrics
+        metrics.windows.labels(client).inc()
+        metrics.checkpoint.labels(client).set(until.timestamp())
+
+
+def _basic(client_id: str, secret: str | None) -> str:
+    """HTTP Basic credentials of an OAuth2 client: each part form-encoded (RFC 6749 2.3.1)."""
+    pair = f"{quote_plus(client_id)}:{quote_plus(secret or '')}"
+    return "Basic " + base64.b64encode(pair.encode()).decode()
+
+
+def _whole_second(moment: datetime) -> datetime:
+    return moment.replace(microsecond=0)

@@ -1,0 +1,111 @@
+"""POST /v1/track/mobile_agent against the real embedded broker: registered once acknowledged."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime
+
+import msgspec
+import pytest
+from aiohttp import ClientResponse, web
+from aiohttp.test_utils import TestClient
+from aiokafka.structs import ConsumerRecord
+from servers import Broker
+
+from callstream import topics
+from callstream.records import read_raw_headers
+from callstream.settings import ProviderAuth, Secret
+from ingest.track import Track
+
+StartIngress = Callable[..., AbstractAsyncContextManager[TestClient[web.Request, web.Application]]]
+ReadTopic = Callable[[str, int], Awaitable[list[ConsumerRecord[bytes, bytes]]]]
+TRACK = "/v1/track/mobile_agent"
+
+
+async def _error(response: ClientResponse, status: int, error: str) -> str:
+    assert response.status == status
+    body = await response.json()
+    assert body["error"] == error
+    return body["detail"]
+
+
+async def test_a_registration_is_answered_once_it_is_on_calls_track(
+    ingress: StartIngress, read_topic: ReadTopic
+) -> None:
+    before = datetime.now(UTC)
+    async with ingress() as client:
+        response = await client.post(TRACK, json={"callSerialNo": "645735364434067472"})
+        assert response.status == 202
+        assert await response.json() == {"callSerialNo": "645735364434067472"}
+        metrics = await (await client.get("/metrics")).text()
+    (record,) = await read_topic(topics.TRACK, 1)
+    assert record.key == b"645735364434067472"
+    track = msgspec.json.decode(record.value, type=Track)
+    assert (track.call_serial_no, track.state) == ("645735364434067472", None)
+    assert before <= track.registered_at <= datetime.now(UTC)
+    assert 'callstream_ingress_requests_total{provider="mobile_agent",status="202"} 1.0' in metrics
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"645735364434067472", "Expected `object`"),
+        (b"{}", "missing required field `callSerialNo`"),
+        (b'{"callSerialNo": 645735364434067472}', "Expected `str`, got `int`"),
+        (b'{"callSerialNo": ""}', "Expected `str` of length >= 1"),
+        (b'{"callSerialNo": "' + b"1" * 51 + b'"}', "Expected `str` of length <= 50"),
+    ],
+    ids=["not_an_object", "missing", "number", "empty", "too_long"],
+)
+async def test_a_bad_registration_is_refused_and_kept_in_the_dlq(
+    body: bytes, reason: str, ingress: StartIngress, read_topic: ReadTopic
+) -> None:
+    async with ingress() as client:
+        detail = await _error(await client.post(TRACK, data=body), 400, "invalid_body")
+    assert reason in detail
+    (letter,) = await read_topic(topics.DLQ, 1)
+    assert letter.value == body
+    headers = dict(letter.headers)
+    assert headers[topics.ERROR_STAGE] == b"track"
+    assert reason in headers[topics.ERROR].decode()
+    assert read_raw_headers(letter.headers).provider == "mobile_agent"
+
+
+@pytest.mark.parametrize("provider", ["wavecell", "vpbx", "nobody"])
+async def test_only_tracked_providers_take_registrations(
+    provider: str, ingress: StartIngress
+) -> None:
+    async with ingress() as client:
+        response = await client.post(f"/v1/track/{provider}", json={"callSerialNo": "1"})
+        await _error(response, 404, "unknown_provider")
+
+
+async def test_registrations_authenticate_like_callbacks(ingress: StartIngress) -> None:
+    auth = {"mobile_agent": ProviderAuth(method="bearer", token=Secret("s3cret"))}
+    async with ingress(auth=auth) as client:
+        response = await client.post(TRACK, json={"callSerialNo": "1"})
+        await _error(response, 401, "unauthorized")
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        response = await client.post(
+            TRACK, json={"callSerialNo": "1"}, headers={"Authorization": "Bearer s3cret"}
+        )
+        assert response.status == 202
+        # mobile_agent's credentials do not open its callbacks route: it has none
+        response = await client.post(
+            "/v1/callbacks/mobile_agent", data=b"{}", headers={"Authorization": "Bearer s3cret"}
+        )
+        await _error(response, 404, "unknown_provider")
+
+
+async def test_while_the_broker_is_paused_registrations_get_503(
+    broker: Broker, ingress: StartIngress
+) -> None:
+    async with ingress(publish_timeout_s=0.5, retry_after_s=3) as client:
+        broker.pause()
+        try:
+            response = await client.post(TRACK, json={"callSerialNo": "1"})
+        finally:
+            broker.resume()
+        await _error(response, 503, "broker_unavailable")
+        assert response.headers["Retry-After"] == "3"
