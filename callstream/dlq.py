@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import NamedTuple
 
+import msgspec
 import structlog
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
@@ -192,7 +193,7 @@ async def _redrive(producer: AIOKafkaProducer, chunk: list[DeadLetter]) -> tuple
         of = (topics.REDRIVE_OF, letter.id.encode())
         if dead:
             failed += 1
-            outcomes.append(dead[0]._replace(headers=[*dead[0].headers, of]))
+            outcomes.append(msgspec.structs.replace(dead[0], headers=[*dead[0].headers, of]))
         else:
             produced.extend(events)
             marker = [(topics.ERROR_STAGE, MARKER_STAGE.encode()), (topics.ERROR, b""), of]

@@ -10,8 +10,9 @@ import asyncio
 import random
 import zlib
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
+import msgspec
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -27,7 +28,10 @@ log = structlog.get_logger("callstream.kafka")
 MAX_BATCH_BYTES = 1 << 20
 
 
-class OutRecord(NamedTuple):
+class OutRecord(msgspec.Struct, frozen=True, gc=False):
+    """A record to produce. A Struct: the normalizer makes two a raw record, and a NamedTuple
+    costs ~0.2 µs to make against ~0.05 µs."""
+
     key: bytes | None
     value: bytes | None
     """None: a tombstone (on a compacted topic, it deletes the key)."""
@@ -122,7 +126,8 @@ async def send_all(client: AIOKafkaProducer, topic: str, records: Iterable[OutRe
     partitions = sorted(await client.partitions_for(topic))
     open_batches: dict[int, BatchBuilder] = {}
     acks = []
-    for key, value, headers in records:
+    for record in records:
+        key, value, headers = record.key, record.value, record.headers
         partition = partition_for(key, partitions) if key is not None else random.choice(partitions)
         batch = open_batches.get(partition)
         if batch is None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import NamedTuple
 
 import msgspec
 
@@ -12,8 +11,8 @@ from callstream.topics import Headers
 from schemas.events import UtcTime
 
 
-class RawMeta(NamedTuple):
-    """What the headers of a raw record say about its body."""
+class RawMeta(msgspec.Struct, frozen=True, gc=False):
+    """What the headers of a raw record say about its body (read once per raw record)."""
 
     provider: str
     source: str
@@ -51,18 +50,23 @@ def read_raw_headers(headers: Headers | tuple[tuple[str, bytes | None], ...]) ->
     (a naive time would reach calls.events and fail its readers); it is returned in UTC.
     On the normalizer's hot path: positional, with decoders built once.
     """
-    found = {name: value for name, value in headers if value is not None}
+    found = dict(headers)
+    provider, received_at = found.get(topics.PROVIDER), found.get(topics.RECEIVED_AT)
+    if provider is None or received_at is None:
+        raise HeadersError(
+            f"raw record headers: {topics.PROVIDER} and {topics.RECEIVED_AT} are required"
+        )
     try:
         context = found.get(topics.CONTEXT)
         return RawMeta(
-            found[topics.PROVIDER].decode(),
-            found.get(topics.SOURCE, b"").decode(),
-            _utc(_received_at.decode(b'"' + found[topics.RECEIVED_AT] + b'"')),
-            found.get(topics.REQUEST_ID, b"").decode(),
-            found.get(topics.CONTENT_TYPE, b"").decode(),
+            provider.decode(),
+            (found.get(topics.SOURCE) or b"").decode(),
+            _utc(_received_at.decode(b'"' + received_at + b'"')),
+            (found.get(topics.REQUEST_ID) or b"").decode(),
+            (found.get(topics.CONTENT_TYPE) or b"").decode(),
             {} if context is None else _context.decode(context),
         )
-    except (KeyError, UnicodeDecodeError, msgspec.DecodeError, OverflowError) as exc:
+    except (UnicodeDecodeError, msgspec.DecodeError, OverflowError) as exc:
         raise HeadersError(f"raw record headers: {exc!r}") from None
 
 

@@ -26,7 +26,9 @@ from schemas import CallEvent
 
 def _letter(provider: str, body: bytes, stage: str, error: str) -> OutRecord:
     record = raw(provider, body)
-    return record._replace(headers=dead_letter_headers(record.headers, stage, error))
+    return msgspec.structs.replace(
+        record, headers=dead_letter_headers(record.headers, stage, error)
+    )
 
 
 def _quiet() -> Progress:

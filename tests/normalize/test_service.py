@@ -119,10 +119,12 @@ async def test_bad_records_go_to_the_dlq_with_their_error_and_the_rest_flows(
     bad.append(raw("nope", b"{}", key=b"unknown-provider"))
     reasons[b"unknown-provider"] = "nope: provider: unknown provider"
     bad.append(OutRecord(b"no-headers", b"{}", []))
-    reasons[b"no-headers"] = "raw record headers: KeyError('cs-provider')"
+    reasons[b"no-headers"] = "raw record headers: cs-provider and cs-received-at are required"
     bad_time = raw("wavecell", b"{}", key=b"bad-received-at")
     bad.append(
-        bad_time._replace(headers=[(topics.PROVIDER, b"wavecell"), (topics.RECEIVED_AT, b"x")])
+        msgspec.structs.replace(
+            bad_time, headers=[(topics.PROVIDER, b"wavecell"), (topics.RECEIVED_AT, b"x")]
+        )
     )
     reasons[b"bad-received-at"] = (
         "raw record headers: ValidationError('Invalid RFC3339 encoded datetime')"
@@ -156,7 +158,7 @@ def _hostile_stream(count: int) -> list[OutRecord]:
         body = mutate(rng, seed.body) if rng.random() < 0.8 else seed.body
         record = raw(provider, body, mutate_context(rng, seed.context), str(number).encode())
         if rng.random() < 0.1:
-            record = record._replace(headers=mutate_headers(rng, record.headers))
+            record = msgspec.structs.replace(record, headers=mutate_headers(rng, record.headers))
         records.append(record)
     golden = (GOLDEN / "wavecell" / "doc_sample.json").read_bytes()
     keys = {kafka_io.partition_for(str(n).encode(), range(4)): n for n in range(count, count + 99)}
