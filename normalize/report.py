@@ -164,10 +164,11 @@ def call_event(
     )
 
 
-def utc(report: Report, path: str, moment: datetime | None) -> datetime | None:
+def utc(report: Report, path: str, field: str, moment: datetime | None) -> datetime | None:
     """The same instant in UTC; a time without an offset is taken as UTC (providers send GMT).
 
-    Raises NormalizeError for a time whose UTC instant is outside year 1 to 9999.
+    Raises NormalizeError at `path`.`field` for a time whose UTC instant is outside year 1 to
+    9999. (Two parts, joined only then: this runs for every time of every event.)
     """
     if moment is None or moment.tzinfo is UTC:
         return moment
@@ -176,7 +177,8 @@ def utc(report: Report, path: str, moment: datetime | None) -> datetime | None:
     try:
         return moment.astimezone(UTC)
     except OverflowError:
-        raise report.invalid(path, f"{moment.isoformat()} is out of range in UTC") from None
+        detail = f"{moment.isoformat()} is out of range in UTC"
+        raise report.invalid(f"{path}.{field}", detail) from None
 
 
 def from_epoch_ms(report: Report, path: str, millis: int | str | None) -> datetime | None:

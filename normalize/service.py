@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable
+from itertools import chain
 
 import msgspec
 import structlog
@@ -115,7 +116,7 @@ async def _process(
 
     Returns how many raw records were consumed, events produced and records dead-lettered.
     """
-    events, dead = route(record for records in batch.values() for record in records)
+    events, dead = route(chain.from_iterable(batch.values()))
     await asyncio.gather(
         kafka_io.send_all(producer, topics.EVENTS, events),
         kafka_io.send_all(producer, topics.DLQ, dead),

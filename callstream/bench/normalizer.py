@@ -25,7 +25,8 @@ from normalize import service
 TARGET_PER_S = 50_000
 """Records pre-loaded per second asked for: at the target rate the run lasts `seconds`."""
 POOL = 10_000
-POLL_S = 0.005
+POLL_S = 0.02
+"""How often the run reads the service's counters: each read collects its whole registry."""
 TIMEOUT_FACTOR = 20
 """The run gives up after this many times the expected time (a stuck service, not a slow one)."""
 

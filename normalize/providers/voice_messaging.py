@@ -88,7 +88,7 @@ def _decode(body: bytes, report: Report) -> list[CallEvent]:
 def _call_event(
     report: Report, path: str, job_id: str, account: str | None, call: _Call
 ) -> CallEvent:
-    ringing_at = _date(report, f"{path}.ring_date", call.ring_date)
+    ringing_at = _date(report, path, "ring_date", call.ring_date)
     status, final = _status(report, path, call, ringing_at is not None)
     return call_event(
         report,
@@ -102,11 +102,11 @@ def _call_event(
         to_number=text(call.to),
         cause=None if call.error_code is None else _cause(call.error_code, call.error_description),
         ringing_at=ringing_at,
-        answered_at=_date(report, f"{path}.answer_date", call.answer_date),
-        ended_at=_date(report, f"{path}.hang_date", call.hang_date),
+        answered_at=_date(report, path, "answer_date", call.answer_date),
+        ended_at=_date(report, path, "hang_date", call.hang_date),
         duration_s=call.actual_duration,
         billed_s=call.billed_duration,
-        reported_at=utc(report, f"{path}.timestamp", call.timestamp),
+        reported_at=utc(report, path, "timestamp", call.timestamp),
         job_id=job_id,
     )
 
@@ -126,10 +126,10 @@ def _status(report: Report, path: str, call: _Call, ringing: bool) -> tuple[Stat
     raise report.invalid(f"{path}.status", f"unknown status {call.status!r}")
 
 
-def _date(report: Report, path: str, value: datetime | bool | None) -> datetime | None:
+def _date(report: Report, path: str, field: str, value: datetime | bool | None) -> datetime | None:
     if value is True:
-        raise report.invalid(path, "expected epoch seconds or false, got true")
-    return utc(report, path, value) if value else None
+        raise report.invalid(f"{path}.{field}", "expected epoch seconds or false, got true")
+    return utc(report, path, field, value) if value else None
 
 
 @lru_cache(maxsize=512)

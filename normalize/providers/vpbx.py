@@ -83,9 +83,9 @@ def _call_event(report: Report, path: str, call: _Call) -> CallEvent:
         to_number=text(call.to_username),
         cause=_cause(call.hangup_cause),
         hangup_by=_HANGUP_BY[disposition],
-        initiated_at=utc(report, f"{path}.init_time_gmt", call.init_time_gmt),
-        answered_at=utc(report, f"{path}.start_time_gmt", call.start_time_gmt),
-        ended_at=utc(report, f"{path}.hangup_time_gmt", call.hangup_time_gmt),
+        initiated_at=utc(report, path, "init_time_gmt", call.init_time_gmt),
+        answered_at=utc(report, path, "start_time_gmt", call.start_time_gmt),
+        ended_at=utc(report, path, "hangup_time_gmt", call.hangup_time_gmt),
         duration_s=call.duration,
         bridged_s=call.bridged_duration,
     )

@@ -86,7 +86,7 @@ def _leg_event(
     report: Report, session: _Session, leg: Leg, data: _Leg, status: Status
 ) -> CallEvent:
     path = _PATH[leg]
-    answered_at = utc(report, f"{path}.connectedTimestamp", data.connected_timestamp)
+    answered_at = utc(report, path, "connectedTimestamp", data.connected_timestamp)
     return call_event(
         report,
         account=text(session.sub_account_id),
@@ -101,11 +101,11 @@ def _leg_event(
         to_number=text(data.target),
         from_country=_country(data.source_country_code),
         to_country=_country(data.target_country_code),
-        initiated_at=utc(report, f"{path}.initiatedTimestamp", data.initiated_timestamp),
+        initiated_at=utc(report, path, "initiatedTimestamp", data.initiated_timestamp),
         answered_at=answered_at if status is Status.COMPLETED else None,
-        ended_at=utc(report, f"{path}.disconnectedTimestamp", data.disconnected_timestamp),
+        ended_at=utc(report, path, "disconnectedTimestamp", data.disconnected_timestamp),
         duration_s=data.duration,
-        reported_at=utc(report, "$.endTime", session.end_time),
+        reported_at=utc(report, "$", "endTime", session.end_time),
     )
 
 
