@@ -11,6 +11,7 @@ import contextlib
 import signal
 import socket
 import subprocess
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO
 
@@ -47,9 +48,10 @@ class EmbeddedBroker:
         ]  # fmt: skip
         # Popen only forks: the broker outlives this call, and stop() may run outside any loop.
         # Its own process group: a terminal's Ctrl-C must not stop it before its clients.
-        self.process = subprocess.Popen(  # noqa: S603, ASYNC220
-            command, stdout=self._output(), stderr=subprocess.STDOUT, process_group=0
-        )
+        with self._output() as output:  # the broker has its own copy: this one is closed
+            self.process = subprocess.Popen(  # noqa: S603, ASYNC220
+                command, stdout=output, stderr=subprocess.STDOUT, process_group=0
+            )
         try:
             await asyncio.wait_for(self._answers(), ready_within)
         except TimeoutError:
@@ -83,9 +85,9 @@ class EmbeddedBroker:
             process.wait()
         log.info("broker_stopped", bootstrap=self.bootstrap)
 
-    def _output(self) -> IO[bytes] | int:
+    def _output(self) -> AbstractContextManager[IO[bytes] | int]:
         if self.log_file is None:
-            return subprocess.DEVNULL
+            return contextlib.nullcontext(subprocess.DEVNULL)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         return self.log_file.open("ab")
 

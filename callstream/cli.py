@@ -282,7 +282,14 @@ def _add_bench_commands(commands: Any) -> None:
         cmd = bench.add_parser(name, help=help_text)
         cmd.add_argument("--json", action="store_true", help="print one JSON object")
         cmd.add_argument("--seconds", type=float, default=None, help="how long to measure")
-        cmd.set_defaults(run=_bench)
+        cmd.set_defaults(run=_bench, options=("seconds",))
+    cmd = bench.add_parser(
+        "soak", help="the whole pipeline under traffic and faults, reconciled at the end"
+    )
+    cmd.add_argument("--json", action="store_true", help="print one JSON object")
+    cmd.add_argument("--duration", type=_positive, default=None, help="seconds of traffic (120)")
+    cmd.add_argument("--rate", type=_positive, default=None, help="callbacks a second (2000)")
+    cmd.set_defaults(run=_bench, options=("duration", "rate"))
 
 
 def _positive(text: str) -> float:
@@ -347,7 +354,8 @@ def _bench(args: argparse.Namespace) -> int:
     bench = importlib.import_module(f"callstream.bench.{args.bench}")
     configure_logging(level="warning")  # on stderr: stdout carries the results
     tune_gc()  # as in the service processes it measures
-    results = bench.run() if args.seconds is None else bench.run(seconds=args.seconds)
+    options = {name: getattr(args, name) for name in args.options}
+    results = bench.run(**{name: value for name, value in options.items() if value is not None})
     print(_encoder.encode(results).decode() if args.json else bench.report(results))
     return 0
 

@@ -26,11 +26,17 @@ def _iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def wavecell(rng: random.Random) -> bytes:
-    """A two-leg aggregated status: callA answered, callB's outcome drawn from the table."""
+def wavecell(rng: random.Random, at: datetime | None = None) -> bytes:
+    """A two-leg aggregated status: callA answered, callB's outcome drawn from the table.
+
+    `at`: when the call ended and the report is sent (live traffic); by default a moment of a
+    fixed day, so that the same seed gives the same bytes.
+    """
     start = _START + timedelta(seconds=rng.randrange(86_400))
     b_status = rng.choice(_WAVECELL_B)
     talk = rng.randrange(5, 600) if b_status.upper() == "COMPLETED" else 0
+    if at is not None:
+        start = at - timedelta(seconds=talk + 20)
     end = start + timedelta(seconds=talk + 20)
     country, prefix = rng.choice(_COUNTRIES)
 
@@ -194,9 +200,11 @@ def vpbx(rng: random.Random, calls: int = 10) -> bytes:
     return vpbx_page(records, 1, calls, "desc")
 
 
-def voice_messaging(rng: random.Random) -> bytes:
-    """A delivery callback for one call of a TTS job."""
+def voice_messaging(rng: random.Random, at: datetime | None = None) -> bytes:
+    """A delivery callback for one call of a TTS job; `at` as for `wavecell`."""
     sent = int((_START + timedelta(seconds=rng.randrange(86_400))).timestamp())
+    if at is not None:
+        sent = int(at.timestamp())
     status, code = rng.choice(
         (
             ("DELIVRD", 0),
@@ -230,6 +238,9 @@ def voice_messaging(rng: random.Random) -> bytes:
         {"api_job_id": str(uuid.UUID(int=rng.getrandbits(128))), "data": [call]}
     )
 
+
+CALLBACKS = {"wavecell": wavecell, "voice_messaging": voice_messaging}
+"""The webhook providers' generators: they take the moment the callback is sent."""
 
 GENERATORS = {
     "wavecell": wavecell,

@@ -123,6 +123,7 @@ class Ingress:
         self.readiness = Readiness(self._ask_broker)
         self.lockout = Lockout(settings.auth_failures, settings.auth_window_s)
         self._retry_after = {hdrs.RETRY_AFTER: str(settings.retry_after_s)}
+        self._publish_failures = _FailureLog()
 
     async def producing(self, _app: web.Application) -> AsyncIterator[None]:
         self.producer = kafka_io.producer(self.kafka)
@@ -236,7 +237,7 @@ class Ingress:
             async with asyncio.timeout(self.settings.publish_timeout_s):
                 await (await self.producer.send(topic, value, key=key, headers=headers))
         except (TimeoutError, KafkaError) as exc:
-            log.error("publish_failed", topic=topic, error=repr(exc))
+            self._publish_failures.failed(topic, exc)
             raise Refusal(
                 503,
                 "broker_unavailable",
@@ -255,6 +256,23 @@ class Ingress:
             body=generate_latest(self.metrics.registry),
             headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST},
         )
+
+
+class _FailureLog:
+    """Publish failures logged at most once every LOG_EVERY_S with how many there were: while
+    the broker is away every callback fails, and a line each would flood the log."""
+
+    LOG_EVERY_S = 5.0
+
+    def __init__(self) -> None:
+        self._count, self._logged_at = 0, -self.LOG_EVERY_S
+
+    def failed(self, topic: str, error: BaseException) -> None:
+        self._count += 1
+        now = time.monotonic()
+        if now - self._logged_at >= self.LOG_EVERY_S:
+            log.error("publish_failed", topic=topic, error=repr(error), failures=self._count)
+            self._count, self._logged_at = 0, now
 
 
 def received(request: web.Request, provider: str, source: str, request_id: str) -> topics.Headers:

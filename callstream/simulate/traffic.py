@@ -16,8 +16,9 @@ import hashlib
 import hmac
 import itertools
 import random
+import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 
 import aiohttp
@@ -31,7 +32,7 @@ from callstream.settings import ProviderAuth
 from callstream.simulate.mobile_agent import MobileAgentApi
 from callstream.simulate.truth import Expected, expected
 
-WEBHOOK_PROVIDERS = ("wavecell", "voice_messaging")
+WEBHOOK_PROVIDERS = tuple(samples.CALLBACKS)
 ATTEMPTS = 10
 BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
 REGISTER_TICK_S = 0.05
@@ -85,11 +86,23 @@ def _credentials(auth: ProviderAuth | None, body: bytes) -> dict[str, str]:
     return {auth.header: digest}
 
 
+Accepted = Callable[[str, bytes, float], None]
+"""Told of each callback the ingress accepted: provider, body, when its first attempt began
+(time.monotonic())."""
+
+
 class Webhooks:
     """Callbacks of the webhook providers, and the states the accepted ones must reach."""
 
-    def __init__(self, ingress: Ingress, *, seed: int = 0, duplicates: float = 0.0) -> None:
-        self.ingress, self.duplicates = ingress, duplicates
+    def __init__(
+        self,
+        ingress: Ingress,
+        *,
+        seed: int = 0,
+        duplicates: float = 0.0,
+        on_accepted: Accepted | None = None,
+    ) -> None:
+        self.ingress, self.duplicates, self.on_accepted = ingress, duplicates, on_accepted
         self.rng = random.Random(f"webhooks:{seed}")
         self.truth: set[Expected] = set()
         self.sent = self.accepted = 0
@@ -97,7 +110,7 @@ class Webhooks:
     def _bodies(self) -> Iterator[tuple[str, bytes]]:
         while True:
             provider = self.rng.choice(WEBHOOK_PROVIDERS)
-            yield provider, samples.GENERATORS[provider](self.rng)
+            yield provider, samples.CALLBACKS[provider](self.rng, datetime.now(UTC))
 
     async def fire(self, rate: float, *, count: int | None = None, connections: int = 64) -> None:
         """Send `count` callbacks (for ever if None) at `rate` a second."""
@@ -114,10 +127,13 @@ class Webhooks:
     async def _send(self, provider: str, body: bytes) -> None:
         path = f"/v1/callbacks/{provider}"
         self.sent += 1
+        first_attempt = time.monotonic()
         if not await self.ingress.post(path, provider, body):
             return
         self.accepted += 1
         self.truth |= expected(provider, body)
+        if self.on_accepted is not None:
+            self.on_accepted(provider, body, first_attempt)
         if self.rng.random() < self.duplicates:
             self.sent += 1
             await self.ingress.post(path, provider, body)
