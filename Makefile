@@ -13,7 +13,7 @@ test:
 	$(BIN)/pytest
 
 bench:  ## every benchmark, as JSON lines
-	for name in normalize normalizer ingress aggregate; do $(BIN)/callstream bench $$name --json; done
+	for name in normalize normalizer ingress aggregate sink soak; do $(BIN)/callstream bench $$name --json; done
 
 up:
 	$(BIN)/callstream up
