@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import msgspec
@@ -20,6 +22,18 @@ class RawMeta(msgspec.Struct, frozen=True, gc=False):
     request_id: str
     content_type: str
     context: dict[str, str]
+
+    @classmethod
+    def received_now(
+        cls,
+        provider: str,
+        source: str,
+        content_type: str,
+        context: Mapping[str, str] | None = None,
+    ) -> RawMeta:
+        """The metadata of a body received just now, under a new request id."""
+        now = datetime.now(UTC)
+        return cls(provider, source, now, uuid.uuid4().hex, content_type, dict(context or {}))
 
 
 def raw_headers(meta: RawMeta) -> Headers:

@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from datetime import UTC, datetime
 from typing import NoReturn
 
 import msgspec
@@ -186,12 +184,12 @@ class Ingress:
     async def _accept_callback(
         self, request: web.Request, provider: str, body: bytes
     ) -> web.Response:
-        request_id = uuid.uuid4().hex
-        headers = received(request, provider, "webhook", request_id)
+        meta = received(request, provider, "webhook")
+        headers = raw_headers(meta)
         if (reason := not_a_json_object(body)) is not None:
             await self.reject(body, headers, "ingress", reason, f"The body is {reason}.")
         await self.publish(topics.RAW, body, headers)
-        return accepted({"id": request_id})
+        return accepted({"id": meta.request_id})
 
     async def _read(self, request: web.Request) -> bytes:
         """The body, refused up front by Content-Length and while reading (chunked bodies), and
@@ -275,10 +273,9 @@ class _FailureLog:
             self._count, self._logged_at = 0, now
 
 
-def received(request: web.Request, provider: str, source: str, request_id: str) -> topics.Headers:
-    """The calls.raw headers of a body received now."""
-    content_type = request.headers.get(hdrs.CONTENT_TYPE, "")
-    return raw_headers(RawMeta(provider, source, datetime.now(UTC), request_id, content_type, {}))
+def received(request: web.Request, provider: str, source: str) -> RawMeta:
+    """The raw metadata of `request`'s body, received now."""
+    return RawMeta.received_now(provider, source, request.headers.get(hdrs.CONTENT_TYPE, ""))
 
 
 def accepted(answer: dict[str, str]) -> web.Response:

@@ -11,7 +11,6 @@ provider.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated
@@ -21,6 +20,7 @@ from aiohttp import web
 
 from callstream import topics
 from callstream.kafka import OutRecord
+from callstream.records import raw_headers
 from ingest.app import Ingress, accepted, received
 from ingest.auth import Guard
 
@@ -71,7 +71,7 @@ class Tracking:
         try:
             serial = _request.decode(body).call_serial_no
         except msgspec.DecodeError as exc:
-            headers = received(request, provider, STAGE, uuid.uuid4().hex)
+            headers = raw_headers(received(request, provider, STAGE))
             detail = f'Expected {{"callSerialNo": "<1 to 50 characters>"}}: {exc}.'
             await self.ingress.reject(body, headers, STAGE, str(exc), detail)
         record = track_record(Track(serial, datetime.now(UTC)))

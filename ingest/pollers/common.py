@@ -3,9 +3,7 @@ record, or dead-letter it)."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import NamedTuple
 
 import aiohttp
@@ -52,14 +50,7 @@ class Publisher:
         self.provider, self.producer, self.metrics = provider, producer, metrics
 
     def _meta(self, context: Mapping[str, str]) -> RawMeta:
-        return RawMeta(
-            provider=self.provider,
-            source=SOURCE,
-            received_at=datetime.now(UTC),
-            request_id=uuid.uuid4().hex,
-            content_type="application/json",
-            context=dict(context),
-        )
+        return RawMeta.received_now(self.provider, SOURCE, "application/json", context)
 
     async def raw(self, body: bytes, context: Mapping[str, str]) -> None:
         """`body` on calls.raw with its context, once acknowledged."""
