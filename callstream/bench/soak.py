@@ -20,7 +20,7 @@ import statistics
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -151,7 +151,9 @@ async def _soak(duration: float, rate: float) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def _pipeline(data_dir: Path) -> Any:
+async def _pipeline(
+    data_dir: Path,
+) -> AsyncIterator[tuple[EmbeddedBroker, list[Child], str, Path]]:
     """`callstream up`'s broker and services, with this run's data directory; yields the broker,
     the children, the ingress URL and the store's path once the ingress is ready."""
     broker = EmbeddedBroker(free_port(), log_file=data_dir / "broker.log")
