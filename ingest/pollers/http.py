@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import aiohttp
+import msgspec
 import structlog
 from aiohttp import hdrs
 from aiolimiter import AsyncLimiter
@@ -61,6 +62,18 @@ class MalformedError(PollError):
     """An answer the caller could not read (it was dead-lettered): asked again."""
 
     retriable = True
+
+
+def decoded(decoder: msgspec.json.Decoder[T], what: str) -> Callable[[bytes], Awaitable[T]]:
+    """A `check` for Api.call: the body decoded, or MalformedError naming `what`."""
+
+    async def check(body: bytes) -> T:
+        try:
+            return decoder.decode(body)
+        except msgspec.DecodeError as exc:
+            raise MalformedError(f"{what}: {exc}") from None
+
+    return check
 
 
 def _retriable(exc: BaseException) -> bool:

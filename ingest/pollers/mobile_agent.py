@@ -34,7 +34,7 @@ from callstream import topics
 from callstream.settings import MobileAgentPollSettings, Secret, SettingsError
 from ingest.pollers import state
 from ingest.pollers.common import Plumbing, Publisher
-from ingest.pollers.http import Api, MalformedError, PollError
+from ingest.pollers.http import Api, MalformedError, PollError, decoded
 from ingest.pollers.tokens import ExchangedToken, StaticToken, TokenSource
 from ingest.track import Track, end_record, track_record
 
@@ -114,16 +114,10 @@ def _token_source(settings: MobileAgentPollSettings, api: Api) -> TokenSource:
 async def _exchange(api: Api, settings: MobileAgentPollSettings) -> tuple[Secret, float]:
     """tokenByAkSk: app_key and app_secret for an AccessToken that lasts `Expires` seconds."""
 
-    async def read(body: bytes) -> _AkSkToken:
-        try:
-            return _aksk_token.decode(body)
-        except msgspec.DecodeError as exc:
-            raise MalformedError(f"mobile_agent token answer: {exc}") from None
-
     _, token = await api.call(
         "POST",
         settings.token_url or settings.base_url.rstrip("/") + AK_SK_PATH,
-        read,
+        decoded(_aksk_token, "mobile_agent token answer"),
         authorized=False,
         json={"app_key": settings.app_key, "app_secret": settings.app_secret},
         headers={"X-Token-Expire": str(settings.token_expire_s)},

@@ -36,7 +36,7 @@ from callstream.kafka import OutRecord
 from callstream.settings import Secret, SettingsError, VpbxPollSettings
 from ingest.pollers import state
 from ingest.pollers.common import Plumbing, Publisher
-from ingest.pollers.http import Api, MalformedError, PollError
+from ingest.pollers.http import Api, MalformedError, PollError, decoded
 from ingest.pollers.tokens import ExchangedToken
 
 PROVIDER = "vpbx"
@@ -105,16 +105,10 @@ def check(settings: VpbxPollSettings) -> None:
 async def _exchange(api: Api, settings: VpbxPollSettings) -> tuple[Secret, float]:
     """OAuth2 client-credentials grant (RFC 6749 4.4), the client authenticated by HTTP Basic."""
 
-    async def read(body: bytes) -> _OAuthToken:
-        try:
-            return _oauth_token.decode(body)
-        except msgspec.DecodeError as exc:
-            raise MalformedError(f"vpbx token answer: {exc}") from None
-
     _, token = await api.call(
         "POST",
         settings.token_url or f"{settings.base_url.rstrip('/')}/oauth/token",
-        read,
+        decoded(_oauth_token, "vpbx token answer"),
         authorized=False,
         data={"grant_type": "client_credentials"},
         headers={
