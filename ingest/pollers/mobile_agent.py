@@ -113,7 +113,6 @@ def _token_source(settings: MobileAgentPollSettings, api: Api) -> TokenSource:
 
 async def _exchange(api: Api, settings: MobileAgentPollSettings) -> tuple[Secret, float]:
     """tokenByAkSk: app_key and app_secret for an AccessToken that lasts `Expires` seconds."""
-
     _, token = await api.call(
         "POST",
         settings.token_url or settings.base_url.rstrip("/") + AK_SK_PATH,

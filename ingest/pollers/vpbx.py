@@ -104,7 +104,6 @@ def check(settings: VpbxPollSettings) -> None:
 
 async def _exchange(api: Api, settings: VpbxPollSettings) -> tuple[Secret, float]:
     """OAuth2 client-credentials grant (RFC 6749 4.4), the client authenticated by HTTP Basic."""
-
     _, token = await api.call(
         "POST",
         settings.token_url or f"{settings.base_url.rstrip('/')}/oauth/token",
