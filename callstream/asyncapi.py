@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
-
 from callstream import topics
 from ingest.pollers.vpbx import Checkpoint
 from ingest.track import Track
-from schemas import CallEvent, SessionRecord
+from schemas import CallEvent, SessionRecord, documents
+from schemas.documents import json_schema_components
 from sinks.rules import Alert
 
 _REF = "#/components/schemas/{name}"
@@ -94,7 +93,7 @@ _MESSAGES: dict[str, tuple[str, str, dict[str, Any], dict[str, Any], str]] = {
 
 
 def document() -> dict[str, Any]:
-    _, schemas = msgspec.json.schema_components(
+    _, schemas = json_schema_components(
         [CallEvent, SessionRecord, Alert, Track, Checkpoint], ref_template=_REF
     )
     return {
@@ -140,4 +139,4 @@ def document() -> dict[str, Any]:
 
 
 def render() -> bytes:
-    return msgspec.json.format(msgspec.json.encode(document())) + b"\n"
+    return documents.render(document())

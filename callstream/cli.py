@@ -31,7 +31,8 @@ from callstream.settings import (
     load,
 )
 from normalize import ADAPTERS, normalize
-from schemas import CallEvent, SessionRecord, Status
+from schemas import CallEvent, SessionRecord, Status, documents
+from schemas.documents import json_schema
 
 EXIT_REJECTED = 1
 EXIT_USAGE = 2
@@ -345,8 +346,7 @@ def _normalize(args: argparse.Namespace) -> int:
 
 def _schema(args: argparse.Namespace) -> int:
     record = CallEvent if args.record == "event" else SessionRecord
-    sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(msgspec.json.schema(record))))
-    sys.stdout.buffer.write(b"\n")
+    sys.stdout.buffer.write(documents.render(json_schema(record)))
     return 0
 
 

@@ -12,12 +12,16 @@ class CallstreamError(Exception):
 class NormalizeError(CallstreamError):
     """A raw report that cannot become canonical events: says which provider, where and why.
 
-    The message reads `provider: $.json.path: reason`, e.g.
-    `mobile_agent: $.result.state: expected int, got str`.
+    `verdict` reads `provider: $.json.path: reason`, e.g. `mobile_agent: $.result.state: wrong
+    type`, in callstream's own words: it is what a provider is told and what a dead letter says,
+    and no library upgrade changes it. The message is the verdict, followed by `detail` (a
+    library's own explanation, e.g. "Expected `int`, got `str`") in parentheses when there is one.
     """
 
-    def __init__(self, provider: str, path: str, reason: str) -> None:
-        super().__init__(f"{provider}: {path}: {reason}")
+    def __init__(self, provider: str, path: str, reason: str, detail: str = "") -> None:
+        self.verdict = f"{provider}: {path}: {reason}"
+        super().__init__(f"{self.verdict} ({detail})" if detail else self.verdict)
         self.provider = provider
         self.path = path
         self.reason = reason
+        self.detail = detail

@@ -70,18 +70,36 @@ def read_raw_headers(headers: Headers | tuple[tuple[str, bytes | None], ...]) ->
         raise HeadersError(
             f"raw record headers: {topics.PROVIDER} and {topics.RECEIVED_AT} are required"
         )
+    context = found.get(topics.CONTEXT)
     try:
-        context = found.get(topics.CONTEXT)
         return RawMeta(
             provider.decode(),
             (found.get(topics.SOURCE) or b"").decode(),
-            _utc(_received_at.decode(b'"' + received_at + b'"')),
+            _read_received_at(received_at),
             (found.get(topics.REQUEST_ID) or b"").decode(),
             (found.get(topics.CONTENT_TYPE) or b"").decode(),
-            {} if context is None else _context.decode(context),
+            {} if context is None else _read_context(context),
         )
-    except (UnicodeDecodeError, msgspec.DecodeError, OverflowError) as exc:
-        raise HeadersError(f"raw record headers: {exc!r}") from None
+    except UnicodeDecodeError:
+        raise HeadersError("raw record headers: a header is not UTF-8") from None
+
+
+def _read_received_at(value: bytes) -> datetime:
+    try:
+        return _utc(_received_at.decode(b'"' + value + b'"'))
+    except (msgspec.DecodeError, OverflowError, UnicodeDecodeError):
+        raise HeadersError(
+            f"raw record headers: {topics.RECEIVED_AT} is not an RFC 3339 time with an offset"
+        ) from None
+
+
+def _read_context(value: bytes) -> dict[str, str]:
+    try:
+        return _context.decode(value)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        raise HeadersError(
+            f"raw record headers: {topics.CONTEXT} is not a JSON object of strings"
+        ) from None
 
 
 def _utc(moment: datetime) -> datetime:

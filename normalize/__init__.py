@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-import msgspec
-
 from callstream.errors import NormalizeError
 from normalize.providers import ADAPTERS
 from normalize.report import Report
@@ -33,12 +31,4 @@ def normalize(
     if adapter is None:
         raise NormalizeError(provider, "provider", "unknown provider")
     report = Report(provider, adapter.source, received_at, context or {}, raw)
-    try:
-        return adapter.decode(body, report)
-    except msgspec.ValidationError as exc:
-        reason, at, path = str(exc).rpartition(" - at `")
-        if not at:
-            reason, path = path, "$"
-        raise NormalizeError(provider, path.rstrip("`"), reason[:1].lower() + reason[1:]) from exc
-    except msgspec.DecodeError as exc:
-        raise NormalizeError(provider, "$", f"not valid JSON: {exc}") from exc
+    return adapter.decode(body, report)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,6 +30,14 @@ from schemas import (
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 T = TypeVar("T")
 
+_MISSING_FIELD = re.compile(r"missing required field `([^`]*)`", re.IGNORECASE)
+_SHAPE_REASONS = [  # msgspec's wording → ours; the first that matches wins
+    (re.compile(r"^expected `[^`]*`, got `", re.IGNORECASE), "wrong type"),
+    (re.compile(r"^expected `[^`]*`.*(<|>|length)", re.IGNORECASE), "out of range"),
+    (re.compile(r"datetime|RFC ?3339", re.IGNORECASE), "not an RFC 3339 time"),
+    (re.compile(r"unknown field", re.IGNORECASE), "unknown field"),
+]
+
 
 class Report(msgspec.Struct, frozen=True, gc=False):
     """One raw report as received: whose it is and what came with it besides the body.
@@ -44,27 +53,46 @@ class Report(msgspec.Struct, frozen=True, gc=False):
     context: Mapping[str, str]
     raw: RawRef | None = None
 
-    def invalid(self, path: str, reason: str) -> NormalizeError:
-        return NormalizeError(self.provider, path, reason)
+    def invalid(self, path: str, reason: str, detail: str = "") -> NormalizeError:
+        return NormalizeError(self.provider, path, reason, detail)
 
     def decode(self, decoder: msgspec.json.Decoder[T], body: bytes) -> T:
-        """`decoder.decode(body)`, with every way a hostile body fails it made a DecodeError or a
-        NormalizeError (normalize() names the provider and path of the former).
+        """`decoder.decode(body)`; raises NormalizeError, in callstream's words, for every way a
+        hostile body fails it (msgspec's own text follows as detail).
 
-        Besides DecodeError, msgspec raises UnicodeDecodeError for invalid UTF-8 in a string,
-        ValueError for epoch seconds past year 9999, and RecursionError for nesting deeper than
-        the interpreter's recursion limit (all three found by tests/normalize/test_fuzz.py).
+        Besides DecodeError and ValidationError, msgspec may raise UnicodeDecodeError for invalid
+        UTF-8 in a string, ValueError for epoch seconds past year 9999, and RecursionError for
+        nesting deeper than the interpreter's recursion limit.
         """
         try:
             return decoder.decode(body)
-        except msgspec.DecodeError:
-            raise
-        except UnicodeDecodeError as exc:
-            raise self.invalid("$", f"not valid UTF-8: {exc.reason}") from exc
+        except msgspec.ValidationError as exc:
+            raise self._not_of_shape(str(exc)) from exc
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            raise self._undecodable(body, str(exc)) from exc
         except ValueError as exc:
-            raise self.invalid("$", str(exc)) from exc
+            raise self.invalid("$", "a time is out of range", str(exc).strip()) from exc
         except RecursionError as exc:
             raise self.invalid("$", "nested too deeply") from exc
+
+    def _undecodable(self, body: bytes, detail: str) -> NormalizeError:
+        try:
+            body.decode()
+        except UnicodeDecodeError as exc:
+            return self.invalid("$", "not valid UTF-8", f"{exc.reason} at byte {exc.start}")
+        return self.invalid("$", "not valid JSON", detail)
+
+    def _not_of_shape(self, message: str) -> NormalizeError:
+        """A ValidationError's `Reason - at `$.path`` as a field path and one of our reasons."""
+        detail, at, path = message.rpartition(" - at `")
+        path = path.rstrip("`") if at else "$"
+        detail = detail if at else message
+        if missing := _MISSING_FIELD.search(detail):
+            return self.invalid(f"{path}.{missing[1]}", "required field is missing", detail)
+        for pattern, reason in _SHAPE_REASONS:
+            if pattern.search(detail):
+                return self.invalid(path, reason, detail)
+        return self.invalid(path, "invalid value", detail)
 
     def require(self, key: str) -> str:
         """A context value the adapter cannot work without."""
@@ -191,6 +219,33 @@ def from_epoch_ms(report: Report, path: str, millis: int | str | None) -> dateti
         raise report.invalid(path, f"expected epoch milliseconds, got {millis!r}") from None
 
 
+def from_epoch_s(report: Report, path: str, value: float | str | None) -> datetime | None:
+    """Epoch seconds (a number or a numeric string) or an RFC 3339 time; null means unknown.
+
+    Read here rather than by msgspec so that a time out of range is reported, with its field
+    path, in the same words on every msgspec version.
+    """
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return _iso_time(report, path, value)
+    try:
+        return _EPOCH + timedelta(seconds=seconds)
+    except (ValueError, OverflowError):
+        raise report.invalid(path, f"epoch seconds out of range: {value!r}") from None
+
+
+def _iso_time(report: Report, path: str, value: float | str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(str(value))
+    except ValueError:
+        raise report.invalid(path, "expected epoch seconds or an RFC 3339 time") from None
+    field = path.rpartition(".")
+    return utc(report, field[0], field[2], moment) or moment
+
+
 def word(text: str) -> str:
     """A status word folded for lookup: case, spaces, '_' and '-' do not matter."""
     return text.upper().replace(" ", "").replace("_", "").replace("-", "")
@@ -220,8 +275,7 @@ def text(value: str | None) -> str | None:
 class Adapter:
     """One provider's decoder: raw body bytes + report → canonical events.
 
-    `decode` is pure. It may raise msgspec.DecodeError or msgspec.ValidationError (the entry point
-    names the provider and path for them) or NormalizeError, and nothing else.
+    `decode` is pure and raises NormalizeError, and nothing else, for a report it cannot read.
     An empty list means a valid report that holds no calls.
     """
 

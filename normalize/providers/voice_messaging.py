@@ -11,14 +11,14 @@ from functools import lru_cache
 
 import msgspec
 
-from normalize.report import Adapter, Report, call_event, text, utc, word
+from normalize.report import Adapter, Report, call_event, from_epoch_s, text, word
 from schemas import CallEvent, Cause, Status, q850_cause
 from schemas.q850 import Q850_MAX
 
 PROVIDER = "voice_messaging"
 
-Date = datetime | bool | None
-"""Epoch seconds (number or numeric string, read by msgspec's lax mode), `false` or null."""
+Date = int | float | str | bool | None
+"""Epoch seconds (a number or a numeric string), an RFC 3339 time, `false` or null."""
 
 
 class _Call(msgspec.Struct, gc=False):
@@ -26,7 +26,7 @@ class _Call(msgspec.Struct, gc=False):
     status: str
     to: str | None = None
     sender: str | None = msgspec.field(default=None, name="from")
-    timestamp: datetime | None = None
+    timestamp: int | float | str | None = None
     ring_date: Date = None
     answer_date: Date = None
     hang_date: Date = None
@@ -106,7 +106,7 @@ def _call_event(
         ended_at=_date(report, path, "hang_date", call.hang_date),
         duration_s=call.actual_duration,
         billed_s=call.billed_duration,
-        reported_at=utc(report, path, "timestamp", call.timestamp),
+        reported_at=from_epoch_s(report, f"{path}.timestamp", call.timestamp),
         job_id=job_id,
     )
 
@@ -126,10 +126,10 @@ def _status(report: Report, path: str, call: _Call, ringing: bool) -> tuple[Stat
     raise report.invalid(f"{path}.status", f"unknown status {call.status!r}")
 
 
-def _date(report: Report, path: str, field: str, value: datetime | bool | None) -> datetime | None:
+def _date(report: Report, path: str, field: str, value: Date) -> datetime | None:
     if value is True:
         raise report.invalid(f"{path}.{field}", "expected epoch seconds or false, got true")
-    return utc(report, path, field, value) if value else None
+    return from_epoch_s(report, f"{path}.{field}", value) if value else None
 
 
 @lru_cache(maxsize=512)

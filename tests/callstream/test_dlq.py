@@ -58,7 +58,7 @@ async def test_a_fixed_normalizer_bug_redriven_lands_each_event_once(
     assert (result.ok, result.failed, result.events) == (len(bodies) - 1, 1, len(events))
     [again] = await dlq.letters(kafka)
     assert (again.stage, again.body) == ("redrive", b"[]")
-    assert "expected `object`, got `array`" in again.reason
+    assert again.reason.startswith("wavecell: $: wrong type")
     assert await dlq.redrive(kafka, stage="normalize", progress=_quiet()) == (0, 0, 0)  # once
 
     async with serving(store_sink(kafka, url)) as task:

@@ -40,7 +40,7 @@ def test_golden(case: Path, request: pytest.FixtureRequest) -> None:
             case.parent.name, case.read_bytes(), received_at=RECEIVED_AT, context=context
         )
     except NormalizeError as exc:
-        outcome, produced = error_file, f"{exc}\n"
+        outcome, produced = error_file, f"{exc.verdict}\n"  # callstream's words, not the detail
     else:
         # Round-trip through the canonical decoder: a wrong type cannot slip into the golden file.
         encoded = msgspec.json.encode(events)
