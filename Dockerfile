@@ -3,18 +3,21 @@
 #   docker run --rm callstream normalizer --kafka kafka:9092 --metrics-port 9100
 # Needs BuildKit (the default of Docker Engine >= 23 and of `docker compose`).
 
-# --- builder: the project and every dependency as wheels in /wheels --------------------------
+# --- builder: the project and its locked dependencies as wheels in /wheels -------------------
 FROM python:3.11-slim AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
+# The runtime lock first: its layer is rebuilt only when the lock changes.
+COPY requirements/main.txt ./requirements/
+RUN pip wheel --require-hashes --wheel-dir /wheels -r requirements/main.txt
 COPY pyproject.toml README.md ./
 COPY callstream ./callstream
 COPY ingest ./ingest
 COPY normalize ./normalize
 COPY schemas ./schemas
 COPY sinks ./sinks
-RUN pip wheel --wheel-dir /wheels .
+RUN pip wheel --no-deps --wheel-dir /wheels .
 
 # --- runtime: the wheels installed, no build tools, no sources, non-root ---------------------
 FROM python:3.11-slim
@@ -26,9 +29,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     CALLSTREAM_LOG__JSON=true
-# The wheels are bind-mounted from the builder, so they never become a layer of this image.
+# The wheels are bind-mounted from the builder, so they never become a layer of this image;
+# exactly the locked versions are installed, checked against the lock's hashes.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-index --find-links=/wheels callstream \
+    --mount=type=bind,from=builder,source=/src/requirements,target=/requirements \
+    pip install --no-index --find-links=/wheels --require-hashes -r /requirements/main.txt \
+ && pip install --no-index --no-deps /wheels/callstream-*.whl \
  && groupadd --system --gid 10001 callstream \
  && useradd --system --uid 10001 --gid callstream --home-dir /app --create-home \
         --shell /usr/sbin/nologin callstream
