@@ -14,6 +14,7 @@ RUN pip wheel --require-hashes --wheel-dir /wheels -r requirements/main.txt
 COPY pyproject.toml README.md ./
 COPY callstream ./callstream
 COPY ingest ./ingest
+COPY foundation ./foundation
 COPY normalize ./normalize
 COPY schemas ./schemas
 COPY sinks ./sinks

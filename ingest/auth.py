@@ -21,7 +21,7 @@ from limits import RateLimitItemPerSecond
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
-from callstream.settings import ProviderAuth, SettingsError
+from foundation.settings import ProviderAuth, SettingsError
 
 Check = Callable[[Mapping[str, str], bytes], bool]
 """(request headers, raw body) → whether the credentials are right."""

@@ -7,11 +7,12 @@ import asyncio
 import structlog
 from aiohttp import web
 
-from callstream import kafka as kafka_io
-from callstream.settings import IngressSettings, KafkaSettings
-from ingest.app import PROVIDERS, create_app
+from foundation import kafka as kafka_io
+from foundation.settings import IngressSettings, KafkaSettings
+from ingest.app import create_app
 from ingest.auth import refuse_exposure
-from ingest.track import TRACKED
+from ingest.ingress import PROVIDERS
+from ingest.tracked import TRACKED
 
 log = structlog.get_logger("callstream.ingest")
 

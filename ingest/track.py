@@ -18,25 +18,14 @@ from typing import Annotated
 import msgspec
 from aiohttp import web
 
-from callstream import topics
-from callstream.kafka import OutRecord
-from callstream.records import raw_headers
-from ingest.app import Ingress, accepted, received
 from ingest.auth import Guard
+from ingest.ingress import Ingress, accepted, received
+from ingest.tracked import track_record
+from schemas import topics
+from schemas.raw import raw_headers
+from schemas.records import Track
 
-TRACKED = frozenset({"mobile_agent"})
-"""Providers whose calls are registered for polling."""
 STAGE = "track"
-
-
-class Track(msgspec.Struct, frozen=True):
-    """A record of calls.track: a call to poll, and the last state published for it."""
-
-    call_serial_no: str = msgspec.field(name="callSerialNo")
-    registered_at: datetime
-    """The deadline counts from here."""
-    state: int | None = None
-    """The last state the poller published (None: none yet)."""
 
 
 class _Request(msgspec.Struct):
@@ -46,16 +35,6 @@ class _Request(msgspec.Struct):
 
 
 _request = msgspec.json.Decoder(_Request)
-_encode = msgspec.json.Encoder().encode
-
-
-def track_record(track: Track) -> OutRecord:
-    return OutRecord(track.call_serial_no.encode(), _encode(track), [])
-
-
-def end_record(call_serial_no: str) -> OutRecord:
-    """The tombstone that ends the tracking of a call."""
-    return OutRecord(call_serial_no.encode(), None, [])
 
 
 class Tracking:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-from callstream.errors import NormalizeError
+from foundation.errors import NormalizeError
 from normalize.providers import ADAPTERS
 from normalize.report import Report
 from schemas import CallEvent, RawRef

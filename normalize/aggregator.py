@@ -24,27 +24,18 @@ from datetime import UTC, datetime
 
 import msgspec
 import structlog
-from aiokafka import (
-    AIOKafkaConsumer,
-    AIOKafkaProducer,
-    ConsumerRebalanceListener,
-    ConsumerRecord,
-    TopicPartition,
-)
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from aiokafka import TopicPartition
+from prometheus_client import Counter, Gauge
 
-from callstream import cloudevents, topics
-from callstream import kafka as kafka_io
-from callstream.errors import CallstreamError
-from callstream.kafka import OutRecord
-from callstream.service import serve_metrics
-from callstream.settings import AggregatorSettings, KafkaSettings
+from foundation import kafka as kafka_io
+from foundation.errors import CallstreamError
+from foundation.kafka import OutRecord
+from foundation.runtime import BaseHandler, Emit, Handled, Metrics, Record, Rejected, Runtime
+from foundation.settings import AggregatorSettings, KafkaSettings
 from normalize.sessions import close, fold
-from schemas import CallEvent, SessionRecord
+from schemas import CallEvent, SessionRecord, cloudevents, topics
+from schemas.topics import Stage
 
-STAGE = "aggregate"
-POLL_MS = 200
-"""How long one fetch waits for records, so also how soon an idle service notices `stop`."""
 RESTORE_POLL_MS = 20
 """How long a restore fetch waits: once a partition is read to its end, fetches return nothing
 after this long, so it bounds how long reaching the end takes to notice."""
@@ -57,59 +48,11 @@ _event = msgspec.json.Decoder(CallEvent)
 _session = msgspec.json.Decoder(SessionRecord)
 _encoder = msgspec.json.Encoder()
 
-Record = ConsumerRecord[bytes, bytes]
 Batch = dict[TopicPartition, list[Record]]
 
 
 class AggregatorError(CallstreamError):
     """The aggregator cannot keep its state correct (topics not co-partitioned, restore failed)."""
-
-
-class Metrics:
-    """The service's Prometheus metrics, in a registry of their own (one per instance)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.consumed = Counter(
-            "aggregator_consumed_events", "Records read from calls.events.", registry=self.registry
-        )
-        self.produced = Counter(
-            "aggregator_produced_sessions",
-            "Session records acknowledged on calls.sessions.",
-            registry=self.registry,
-        )
-        self.dead_lettered = Counter(
-            "aggregator_dead_lettered_records",
-            "Records of calls.events that are not call events, acknowledged on calls.dlq.",
-            registry=self.registry,
-        )
-        self.late = Counter(
-            "aggregator_late_events",
-            "Events of sessions already evicted from memory, ignored.",
-            registry=self.registry,
-        )
-        self.timed_out = Counter(
-            "aggregator_timed_out_sessions",
-            "Sessions closed as unknown for want of a final status.",
-            registry=self.registry,
-        )
-        self.in_memory = Gauge(
-            "aggregator_sessions_in_memory",
-            "Live sessions held for the assigned partitions.",
-            registry=self.registry,
-        )
-
-    def totals(self) -> dict[str, int]:
-        """The counters' values so far, for the periodic progress log."""
-        return {
-            name: int(self.registry.get_sample_value(f"aggregator_{name}_total") or 0)
-            for name in (
-                "consumed_events",
-                "produced_sessions",
-                "dead_lettered_records",
-                "late_events",
-            )
-        }
 
 
 class Partition:
@@ -157,26 +100,21 @@ async def serve(
 ) -> None:
     """Aggregate calls.events as consumer group `settings.group_id` until `stop` is set.
 
-    On `stop` the batch in hand is produced and committed, then the consumer leaves the group.
     Raises AggregatorError when calls.events and calls.sessions differ in partition count or a
-    partition's state cannot be restored, and what the producer raises if it cannot deliver
-    (nothing of that batch is committed, so whoever next owns the partitions redoes it).
+    partition's state cannot be restored.
     """
-    metrics = metrics or Metrics()
     await kafka_io.ensure_topics(kafka)
-    serve_metrics(settings.metrics_port, metrics.registry)
+    await _check_co_partitioned(kafka)
+    metrics = metrics or Metrics(Aggregator.service)
+    aggregator = Aggregator(settings, kafka, metrics)
+    runtime = Runtime(aggregator, kafka, metrics_port=settings.metrics_port, metrics=metrics)
+    await runtime.run(stop)
+
+
+async def _check_co_partitioned(kafka: KafkaSettings) -> None:
     async with kafka_io.producer(kafka) as producer:
-        await _check_co_partitioned(producer)
-        aggregator = _Aggregator(settings, kafka, producer, metrics)
-        consumer = kafka_io.consumer(kafka, group_id=settings.group_id)
-        consumer.subscribe([topics.EVENTS], listener=aggregator)
-        async with consumer:  # stopping it leaves the group: its partitions move on at once
-            await aggregator.run(consumer, stop)
-
-
-async def _check_co_partitioned(producer: AIOKafkaProducer) -> None:
-    events = len(await producer.partitions_for(topics.EVENTS))
-    sessions = len(await producer.partitions_for(topics.SESSIONS))
+        events = len(await producer.partitions_for(topics.EVENTS))
+        sessions = len(await producer.partitions_for(topics.SESSIONS))
     if events != sessions:
         raise AggregatorError(
             f"{topics.EVENTS} has {events} partitions and {topics.SESSIONS} {sessions}: the "
@@ -185,109 +123,91 @@ async def _check_co_partitioned(producer: AIOKafkaProducer) -> None:
         )
 
 
-class _Aggregator(ConsumerRebalanceListener):
-    """The loop and its state. The lock keeps a rebalance out of a batch in hand: a revoked
-    partition's last batch is produced and committed before its state is dropped and the group
-    moves it, and an assigned partition is restored before any of its events is folded."""
+class Aggregator(BaseHandler[None]):
+    """The sessions of the assigned partitions of calls.events, folded event by event. A
+    partition's state is restored from calls.sessions before any of its events is folded, and
+    dropped when it is revoked (the runtime has committed the batch in hand by then)."""
+
+    service = "aggregator"
+    stage = Stage.AGGREGATE
+    subscribe = (topics.EVENTS,)
 
     def __init__(
-        self,
-        settings: AggregatorSettings,
-        kafka: KafkaSettings,
-        producer: AIOKafkaProducer,
-        metrics: Metrics,
+        self, settings: AggregatorSettings, kafka: KafkaSettings, metrics: Metrics
     ) -> None:
-        self.settings, self.kafka, self.producer, self.metrics = settings, kafka, producer, metrics
+        self.settings, self.kafka = settings, kafka
+        self.group_id, self.max_batch = settings.group_id, settings.max_batch
+        self.tick_every_s = settings.sweep_interval_s
         self.partitions: dict[int, Partition] = {}
-        self.lock = asyncio.Lock()
-        self.restore_failed: BaseException | None = None
+        self.changed: dict[str, SessionRecord] = {}
+        """Sessions the batch in hand changed, by key."""
+        self.late = Counter(
+            "callstream_aggregator_late_events",
+            "Events of sessions already evicted from memory, ignored.",
+            ["service"], registry=metrics.registry,
+        ).labels(self.service)  # fmt: skip
+        self.timed_out = Counter(
+            "callstream_aggregator_timed_out_sessions",
+            "Sessions closed as unknown for want of a final status.",
+            ["service"], registry=metrics.registry,
+        ).labels(self.service)  # fmt: skip
+        self.in_memory = Gauge(
+            "callstream_aggregator_sessions_in_memory",
+            "Live sessions held for the assigned partitions.",
+            ["service"], registry=metrics.registry,
+        ).labels(self.service)  # fmt: skip
 
-    async def run(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
-        log.info("aggregator_started", topic=topics.EVENTS)
-        next_sweep = time.monotonic() + self.settings.sweep_interval_s
-        while not stop.is_set():
-            batch: Batch = await consumer.getmany(
-                timeout_ms=POLL_MS, max_records=self.settings.max_batch
-            )
-            if self.restore_failed is not None:  # aiokafka logs and swallows listener errors
-                raise AggregatorError("restoring sessions failed") from self.restore_failed
-            if batch:
-                await self._process(consumer, batch)
-            if time.monotonic() >= next_sweep:
-                await self._sweep()
-                next_sweep = time.monotonic() + self.settings.sweep_interval_s
-        log.info("aggregator_stopped")
+    def handle(self, record: Record) -> Handled[None]:
+        try:
+            event = _event.decode(record.value or b"")
+        except msgspec.DecodeError as exc:
+            raise Rejected(f"not a call event: {exc}") from exc
+        partition = self.partitions[record.partition]
+        key = event.session_key
+        session = partition.live.get(key)
+        if session is None and key in partition.evicted:
+            self.late.inc()
+            return Handled()
+        folded = fold(session, event)
+        if folded is not None:
+            partition.live[key] = self.changed[key] = folded
+        return Handled()
 
-    async def _process(self, consumer: AIOKafkaConsumer, batch: Batch) -> None:
-        """Fold, produce each changed session once, await every ack, then commit."""
-        async with self.lock:
-            batch = {
-                tp: records for tp, records in batch.items() if tp.partition in self.partitions
-            }  # records fetched before a rebalance took their partition are not ours to fold
-            if not batch:
-                return
-            changed: dict[str, SessionRecord] = {}
-            dead: list[OutRecord] = []
-            late = sum(
-                _fold_all(self.partitions[tp.partition], records, changed, dead)
-                for tp, records in batch.items()
-            )
-            await asyncio.gather(
-                kafka_io.send_all(
-                    self.producer, topics.SESSIONS, map(session_record, changed.values())
-                ),
-                kafka_io.send_all(self.producer, topics.DLQ, dead),
-            )
-            await kafka_io.commit(
-                consumer, {tp: records[-1].offset + 1 for tp, records in batch.items()}
-            )
-        self.metrics.consumed.inc(sum(map(len, batch.values())))
-        self.metrics.produced.inc(len(changed))
-        self.metrics.dead_lettered.inc(len(dead))
-        self.metrics.late.inc(late)
-        self._count_in_memory()
+    def flush(self) -> list[Emit]:
+        """Each session the batch changed, once, in its latest version."""
+        emits = [(topics.SESSIONS, session_record(session)) for session in self.changed.values()]
+        self.changed.clear()
+        return emits
 
-    async def _sweep(self) -> None:
+    async def tick(self) -> list[Emit]:
         now = datetime.now(UTC)
-        async with self.lock:
-            before = self._count_in_memory()
-            closed = [
-                session
-                for partition in self.partitions.values()
-                for session in partition.sweep(now, self.settings)
-            ]
-            await kafka_io.send_all(self.producer, topics.SESSIONS, map(session_record, closed))
-            after = self._count_in_memory()
-        self.metrics.produced.inc(len(closed))
-        self.metrics.timed_out.inc(len(closed))
-        log.info(
-            "aggregator_progress",
-            in_memory=after,
-            evicted=before - after,
-            timed_out=len(closed),
-            **self.metrics.totals(),
+        before = self._count_in_memory()
+        closed = [
+            session
+            for partition in self.partitions.values()
+            for session in partition.sweep(now, self.settings)
+        ]
+        after = self._count_in_memory()
+        self.timed_out.inc(len(closed))
+        (log.info if closed or after != before else log.debug)(
+            "aggregator_swept", in_memory=after, evicted=before - after, timed_out=len(closed)
         )
+        return [(topics.SESSIONS, session_record(session)) for session in closed]
 
     def _count_in_memory(self) -> int:
         count = sum(len(partition.live) for partition in self.partitions.values())
-        self.metrics.in_memory.set(count)
+        self.in_memory.set(count)
         return count
 
-    async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
-        async with self.lock:  # after the batch in hand is committed, while still ours
-            for tp in revoked:
-                self.partitions.pop(tp.partition, None)
-            self._count_in_memory()
+    async def revoked(self, partitions: Collection[TopicPartition]) -> None:
+        for tp in partitions:
+            self.partitions.pop(tp.partition, None)
+        self._count_in_memory()
 
-    async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
-        async with self.lock:
-            missing = sorted(tp.partition for tp in assigned if tp.partition not in self.partitions)
-            try:
-                self.partitions.update(await self._restore(missing))
-            except Exception as exc:
-                self.restore_failed = exc
-                raise
-            self._count_in_memory()
+    async def assigned(self, partitions: Collection[TopicPartition]) -> None:
+        missing = sorted(tp.partition for tp in partitions if tp.partition not in self.partitions)
+        self.partitions.update(await self._restore(missing))
+        self._count_in_memory()
 
     async def _restore(self, partitions: list[int]) -> dict[int, Partition]:
         """Each partition's sessions, read from calls.sessions up to its highwater."""
@@ -315,32 +235,6 @@ class _Aggregator(ConsumerRebalanceListener):
             seconds=round(time.monotonic() - started, 3),
         )
         return restored
-
-
-def _fold_all(
-    partition: Partition,
-    records: Iterable[Record],
-    changed: dict[str, SessionRecord],
-    dead: list[OutRecord],
-) -> int:
-    """Fold `records` into `partition`, noting what changed and what is dead; return how many
-    were late reports of evicted sessions. The hot path: keep it lean."""
-    live, evicted, late = partition.live, partition.evicted, 0
-    for record in records:
-        try:
-            event = _event.decode(record.value or b"")
-        except msgspec.DecodeError as exc:
-            dead.append(kafka_io.dead_letter(record, STAGE, f"not a call event: {exc}"))
-            continue
-        key = event.session_key
-        session = live.get(key)
-        if session is None and key in evicted:
-            late += 1
-            continue
-        folded = fold(session, event)
-        if folded is not None:
-            live[key] = changed[key] = folded
-    return late
 
 
 def _restore_all(

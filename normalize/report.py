@@ -11,7 +11,7 @@ from typing import TypeVar
 
 import msgspec
 
-from callstream.errors import NormalizeError
+from foundation.errors import NormalizeError
 from schemas import (
     EVENT_SCHEMA,
     FINAL_STATUSES,

@@ -13,10 +13,15 @@ from datetime import datetime
 
 import msgspec
 
-from schemas import SESSION_SCHEMA, CallEvent, SessionLeg, SessionRecord, Status
-
-CALL = "call"
-"""The legs key of providers without legs (one entry)."""
+from schemas import (
+    CALL_LEG,
+    SESSION_SCHEMA,
+    CallEvent,
+    SessionLeg,
+    SessionRecord,
+    Status,
+    deciding_leg,
+)
 
 _RANK = {Status.QUEUED: 0, Status.RINGING: 1, Status.IN_PROGRESS: 2}
 
@@ -30,7 +35,7 @@ def progress(final: bool, status: Status, occurred_at: datetime) -> Progress:
 
 def fold(session: SessionRecord | None, event: CallEvent) -> SessionRecord | None:
     """The session after `event`, or None when the event changes nothing."""
-    key = event.leg or CALL
+    key = event.leg or CALL_LEG
     current = session.legs.get(key) if session else None
     if current is not None and (
         current.event_id == event.event_id
@@ -84,7 +89,7 @@ def _leg(event: CallEvent) -> SessionLeg:
 
 
 def _record(event: CallEvent, legs: dict[str, SessionLeg], event_count: int) -> SessionRecord:
-    deciding = legs.get("b") or legs.get("a") or legs[CALL]
+    deciding = legs[deciding_leg(legs)]
     starts = [
         t for leg in legs.values() if (t := leg.initiated_at or leg.ringing_at or leg.answered_at)
     ]

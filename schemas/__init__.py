@@ -4,6 +4,8 @@ Pure data: msgspec Structs and vocabularies, no I/O.
 """
 
 from schemas.events import (
+    CALL_LEG,
+    DECIDING_LEGS,
     EVENT_SCHEMA,
     FINAL_STATUSES,
     SESSION_SCHEMA,
@@ -18,11 +20,14 @@ from schemas.events import (
     SessionRecord,
     Source,
     Status,
+    deciding_leg,
     session_key,
 )
 from schemas.q850 import Q850_LABELS, Q850_SIP, q850_cause
 
 __all__ = [
+    "CALL_LEG",
+    "DECIDING_LEGS",
     "EVENT_SCHEMA",
     "FINAL_STATUSES",
     "Q850_LABELS",
@@ -39,6 +44,7 @@ __all__ = [
     "SessionRecord",
     "Source",
     "Status",
+    "deciding_leg",
     "q850_cause",
     "session_key",
 ]

@@ -7,6 +7,7 @@ read by other services, so unknown fields are accepted on decode.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -150,6 +151,18 @@ class SessionRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     updated_at: UtcTime
     close_reason: str | None = None
     """Why the aggregator closed the session itself (e.g. no final status within the timeout)."""
+
+
+CALL_LEG = "call"
+"""The legs key of a session of a provider without legs (its one entry)."""
+DECIDING_LEGS = ("b", "a", CALL_LEG)
+"""Legs keys by precedence: a session's status, answer, duration and cause are those of the first
+of these it has (contract: the b leg when there is one, else the single leg)."""
+
+
+def deciding_leg(legs: Mapping[str, object]) -> str:
+    """The key in `legs` of the leg that decides the session (see DECIDING_LEGS)."""
+    return next(key for key in DECIDING_LEGS if key in legs)
 
 
 def session_key(provider: str, account: str | None, session_id: str) -> str:

@@ -1,10 +1,10 @@
 """The alert sink: calls.sessions (and calls.events, for destination countries) → calls.alerts.
 
-A thin loop around `sinks.rules.Evaluator`. Each fetched batch is read (its events first, so
-their countries are known when their sessions come; its sessions in event-time order), each
-alert transition is produced to calls.alerts keyed `rule:scope` with CloudEvents headers, and
-the batch's offsets are committed only after those are acknowledged. A session record that
-cannot be decoded goes to calls.dlq (stage `alerts`); an undecodable event is only skipped, the
+A handler on the consumer runtime (`foundation.runtime`) around `sinks.rules.Evaluator`. Each
+batch is handled events first (so their countries are known when their sessions come) and its
+sessions in the order of their updates; each alert transition is produced to calls.alerts keyed
+`rule:scope` with CloudEvents headers, before the batch is committed. A session record that
+cannot be decoded is dead-lettered (stage `alerts`); an undecodable event is only skipped, the
 aggregator dead-letters it already.
 
 Windows are per provider, so one instance must see every partition: run one (the consumer group
@@ -16,32 +16,39 @@ empty and refill from the committed offsets.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
 
 import msgspec
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import Counter, Gauge
 
-from callstream import cloudevents, topics
-from callstream import kafka as kafka_io
-from callstream.kafka import OutRecord
-from callstream.service import serve_metrics
-from callstream.settings import AlertSettings, KafkaSettings
-from schemas import SessionRecord
-from sinks.rules import Alert, Countries, Evaluator, load_rules
-
-STAGE = "alerts"
-POLL_MS = 200
-"""How long one fetch waits for records, so also how soon an idle service notices `stop`."""
+from foundation import kafka as kafka_io
+from foundation.kafka import OutRecord
+from foundation.runtime import BaseHandler, Handled, Metrics, Record, Rejected, Runtime
+from foundation.settings import AlertSettings, KafkaSettings
+from schemas import SessionRecord, cloudevents, topics
+from schemas.records import Alert
+from schemas.topics import Stage
+from sinks.rules import Countries, Evaluator, load_rules
 
 log = structlog.get_logger("callstream.alerts")
 _session = msgspec.json.Decoder(SessionRecord)
 _alert = msgspec.json.Decoder(Alert)
 _encoder = msgspec.json.Encoder()
 
-Record = ConsumerRecord[bytes, bytes]
-Batch = dict[TopicPartition, list[Record]]
+
+class _Updated(msgspec.Struct):
+    updated_at: str
+    """RFC 3339 UTC with Z, fixed width: its text sorts as its time."""
+
+
+_updated = msgspec.json.Decoder(_Updated)
+
+
+def _updated_at(record: Record) -> str:
+    try:
+        return _updated.decode(record.value or b"").updated_at
+    except msgspec.DecodeError:
+        return ""  # handled first, and rejected then
 
 
 class _EventView(msgspec.Struct, frozen=True):
@@ -55,30 +62,50 @@ class _EventView(msgspec.Struct, frozen=True):
 _event = msgspec.json.Decoder(_EventView)
 
 
-class Metrics:
-    """The service's Prometheus metrics, in a registry of their own (one per instance)."""
+class Alerts(BaseHandler[None]):
+    service = "alerts"
+    stage = Stage.ALERTS
+    subscribe = (topics.SESSIONS, topics.EVENTS)
 
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.evaluated = Counter(
-            "alerts_evaluated_sessions",
-            "Session records of calls.sessions read and evaluated.",
-            registry=self.registry,
-        )
-        self.fired = Counter(
-            "alerts_fired", "Firing alerts acknowledged on calls.alerts.", registry=self.registry
-        )
-        self.resolved = Counter(
-            "alerts_resolved",
-            "Resolved alerts acknowledged on calls.alerts.",
-            registry=self.registry,
-        )
-        self.dead_lettered = Counter(
-            "alerts_dead_lettered_records",
-            "Session records that cannot be decoded, acknowledged on calls.dlq.",
-            registry=self.registry,
-        )
-        self.firing = Gauge("alerts_firing", "(rule, scope)s firing now.", registry=self.registry)
+    def __init__(self, settings: AlertSettings, evaluator: Evaluator, metrics: Metrics) -> None:
+        self.group_id, self.max_batch = settings.group_id, settings.max_batch
+        self.evaluator, self.countries = evaluator, Countries()
+        transitions = Counter(
+            "callstream_alerts_transitions", "Alerts produced, by state (firing, resolved).",
+            ["service", "state"], registry=metrics.registry,
+        )  # fmt: skip
+        self.fired = transitions.labels(self.service, "firing")
+        self.resolved = transitions.labels(self.service, "resolved")
+        self.firing = Gauge(
+            "callstream_alerts_firing", "(rule, scope)s firing now.", ["service"],
+            registry=metrics.registry,
+        ).labels(self.service)  # fmt: skip
+        self.firing.set(len(evaluator.firing))
+
+    def arrange(self, records: list[Record]) -> list[Record]:
+        """Events first, so their countries are known when their sessions come; sessions in
+        the order of their updates."""
+        events = [r for r in records if r.topic == topics.EVENTS]
+        sessions = [r for r in records if r.topic != topics.EVENTS]
+        return events + sorted(sessions, key=_updated_at)
+
+    def handle(self, record: Record) -> Handled[None]:
+        if record.topic == topics.EVENTS:
+            _note_country(self.countries, record)
+            return Handled()
+        try:
+            session = _session.decode(record.value or b"")
+        except msgspec.DecodeError as exc:
+            raise Rejected(f"not a session record: {exc}") from exc
+        alerts = self.evaluator.feed(session, self.countries.of(session))
+        for alert in alerts:
+            (self.fired if alert.state == "firing" else self.resolved).inc()
+            log.info(
+                f"alert_{alert.state}", rule=alert.rule, scope=str(alert.scope),
+                value=alert.value, threshold=alert.threshold,
+            )  # fmt: skip
+        self.firing.set(len(self.evaluator.firing))
+        return Handled([(topics.ALERTS, _out(alert)) for alert in alerts])
 
 
 async def serve(
@@ -90,37 +117,15 @@ async def serve(
     """Evaluate calls.sessions as consumer group `settings.group_id` until `stop` is set.
 
     Raises SettingsError (naming the file and the key) for a bad rules file, before touching
-    Kafka. On `stop` the batch in hand is produced and committed, then the consumer leaves the
-    group. If the producer cannot deliver, this raises and commits nothing of that batch.
+    Kafka.
     """
     rules = load_rules(settings.rules)
-    metrics = metrics or Metrics()
+    metrics = metrics or Metrics(Alerts.service)
     await kafka_io.ensure_topics(kafka)
     evaluator = Evaluator(rules, await _latest_alerts(kafka))
-    metrics.firing.set(len(evaluator.firing))
-    serve_metrics(settings.metrics_port, metrics.registry)
-    async with (
-        kafka_io.producer(kafka) as producer,
-        kafka_io.consumer(
-            kafka, topics.SESSIONS, topics.EVENTS, group_id=settings.group_id
-        ) as consumer,
-    ):  # the consumer stops first, leaving the group
-        log.info("alerts_started", rules=[rule.name for rule in rules])
-        countries = Countries()
-        while not stop.is_set():
-            batch: Batch = await consumer.getmany(
-                timeout_ms=POLL_MS, max_records=settings.max_batch
-            )
-            if batch:
-                await _process(
-                    consumer,
-                    producer,
-                    batch,
-                    evaluator=evaluator,
-                    countries=countries,
-                    metrics=metrics,
-                )
-        log.info("alerts_stopped")
+    log.info("alerts_rules", rules=[rule.name for rule in rules])
+    handler = Alerts(settings, evaluator, metrics)
+    await Runtime(handler, kafka, metrics_port=settings.metrics_port, metrics=metrics).run(stop)
 
 
 async def _latest_alerts(kafka: KafkaSettings) -> list[Alert]:
@@ -141,58 +146,12 @@ async def _latest_alerts(kafka: KafkaSettings) -> list[Alert]:
     return list(latest.values())
 
 
-async def _process(
-    consumer: AIOKafkaConsumer,
-    producer: AIOKafkaProducer,
-    batch: Batch,
-    *,
-    evaluator: Evaluator,
-    countries: Countries,
-    metrics: Metrics,
-) -> None:
-    """Evaluate, produce the transitions and dead letters, await every ack, then commit."""
-    records = [record for part in batch.values() for record in part]
-    for record in records:
-        if record.topic == topics.EVENTS:
-            _note_country(countries, record)
-    sessions, dead = _decode_sessions(r for r in records if r.topic == topics.SESSIONS)
-    alerts = [
-        alert
-        for session in sorted(sessions, key=lambda session: session.updated_at)
-        for alert in evaluator.feed(session, countries.of(session))
-    ]
-    await asyncio.gather(
-        kafka_io.send_all(producer, topics.ALERTS, map(_out, alerts)),
-        kafka_io.send_all(producer, topics.DLQ, dead),
-    )
-    await kafka_io.commit(consumer, {tp: part[-1].offset + 1 for tp, part in batch.items()})
-    metrics.evaluated.inc(len(sessions))
-    metrics.dead_lettered.inc(len(dead))
-    fired = sum(alert.state == "firing" for alert in alerts)
-    metrics.fired.inc(fired)
-    metrics.resolved.inc(len(alerts) - fired)
-    metrics.firing.set(len(evaluator.firing))
-    if alerts:
-        log.info("alerts_produced", fired=fired, resolved=len(alerts) - fired)
-
-
 def _note_country(countries: Countries, record: Record) -> None:
     try:
         event = _event.decode(record.value or b"")
     except msgspec.DecodeError:
         return  # not a call event: the aggregator dead-letters it
     countries.note(event.session_key, event.leg, event.to_country)
-
-
-def _decode_sessions(records: Iterable[Record]) -> tuple[list[SessionRecord], list[OutRecord]]:
-    sessions: list[SessionRecord] = []
-    dead: list[OutRecord] = []
-    for record in records:
-        try:
-            sessions.append(_session.decode(record.value or b""))
-        except msgspec.DecodeError as exc:
-            dead.append(kafka_io.dead_letter(record, STAGE, f"not a session record: {exc}"))
-    return sessions, dead
 
 
 def _out(alert: Alert) -> OutRecord:

@@ -17,8 +17,7 @@ from typing import Any, ClassVar, Literal, NamedTuple
 
 import msgspec
 
-from callstream.settings import SettingsError
-from schemas import CallEvent, SessionRecord, Status
+from schemas import DECIDING_LEGS, CallEvent, SessionRecord, Status
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_NAME = re.compile(r"(\d{3})_(\w+)\.sql")
@@ -61,6 +60,10 @@ class Migration(NamedTuple):
 class Backend(abc.ABC):
     """One store. `open` before anything else and `close` at the end; not safe to share
     between event loops. Methods raise the driver's errors (a write that raises wrote nothing)."""
+
+    transient: ClassVar[tuple[type[BaseException], ...]] = (OSError,)
+    """The driver's errors that pass by themselves (a database restarting or busy): a write
+    that raises one is tried again, never blamed on a record."""
 
     @abc.abstractmethod
     async def open(self) -> list[int]:
@@ -122,24 +125,6 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release connections; idempotent."""
-
-
-def backend_for(url: str) -> Backend:
-    """The backend of a store URL (not yet opened): `sqlite:///relative/path`,
-    `sqlite:////absolute/path`, or `postgresql://…` / `postgres://…` (asyncpg's DSN; query
-    parameters other than libpq's are server settings, e.g. `?search_path=my_schema`)."""
-    scheme, sep, rest = url.partition("://")
-    if sep and scheme == "sqlite" and rest.startswith("/") and rest != "/":
-        from sinks.sqlite import SqliteBackend  # noqa: PLC0415 - load only the driver in use
-
-        return SqliteBackend(Path(rest[1:]))
-    if sep and scheme in ("postgresql", "postgres") and rest:
-        from sinks.postgres import PostgresBackend  # noqa: PLC0415 - load only the driver in use
-
-        return PostgresBackend(url)
-    raise SettingsError(
-        f"CALLSTREAM_STORE__URL: {url!r} is not sqlite:///PATH or postgresql://USER@HOST/DB"
-    )
 
 
 def migrations(backend: str) -> list[Migration]:
@@ -260,13 +245,21 @@ def calls_query(
     return sql, args
 
 
+_DECIDING_FIRST = "CASE {column} {whens} ELSE {last} END".format(
+    column="e.leg",
+    whens=" ".join(f"WHEN '{leg}' THEN {rank}" for rank, leg in enumerate(DECIDING_LEGS[:-1])),
+    last=len(DECIDING_LEGS) - 1,
+)
+"""An ORDER BY key of call_events rows: the deciding leg's first (DECIDING_LEGS; the single leg
+of a provider without legs has a null `leg`)."""
+
 _GROUPS = {
     None: "NULL",
     "provider": "s.provider",
     "account": "s.account",
-    # The called party's country: the b leg's, else the single leg's (sessions have none).
-    "country": "(SELECT e.to_country FROM call_events e WHERE e.session_key = s.session_key"
-    " AND e.to_country IS NOT NULL ORDER BY e.leg DESC NULLS LAST LIMIT 1)",
+    # The called party's country: the deciding leg's (sessions do not carry countries).
+    "country": "(SELECT e.to_country FROM call_events e WHERE e.session_key = s.session_key"  # noqa: S608 - identifiers are ours
+    f" AND e.to_country IS NOT NULL ORDER BY {_DECIDING_FIRST} LIMIT 1)",
 }
 
 

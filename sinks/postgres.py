@@ -69,6 +69,13 @@ _SESSIONS = _merge(
 
 class PostgresBackend(Backend):
     dialect = _DIALECT
+    transient = (
+        OSError,
+        asyncpg.PostgresConnectionError,  # SQLSTATE class 08
+        asyncpg.exceptions.OperatorInterventionError,  # class 57: shutting down, cannot connect
+        asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, disk
+        asyncpg.exceptions.ConnectionDoesNotExistError,  # the connection was lost mid-write
+    )
 
     def __init__(self, url: str) -> None:
         self.url = url

@@ -26,12 +26,10 @@ from typing import ClassVar, Literal
 
 import msgspec
 
-from callstream.settings import SettingsError
-from normalize.sessions import CALL
-from schemas import SessionRecord, Status
-from schemas.events import UtcTime
+from foundation.settings import SettingsError
+from schemas import CALL_LEG, SessionRecord, Status, deciding_leg
+from schemas.records import Alert, Scope, ScopeKind
 
-ALERT_SCHEMA = "alert/1"
 DEFAULT_RULES = resources.files(__package__) / "default_rules.toml"
 COUNTED_KEYS = 200_000
 """How many counted session keys are remembered: enough to cover the versions that follow a
@@ -39,23 +37,7 @@ session's first final one (the aggregator publishes them within minutes), bounde
 COUNTRY_KEYS = 200_000
 """How many sessions' destination countries are remembered until their final record comes."""
 
-ScopeKind = Literal["provider", "account", "country"]
 FAILED = frozenset({Status.FAILED, Status.REJECTED})
-
-
-class Scope(msgspec.Struct, frozen=True, omit_defaults=True):
-    """What a window counts: one provider, or one of its accounts or destination countries."""
-
-    provider: str
-    account: str | None = None
-    country: str | None = None
-
-    def __str__(self) -> str:
-        return ",".join(
-            f"{name}={value}"
-            for name, value in msgspec.structs.asdict(self).items()
-            if value is not None
-        )
 
 
 class Window:
@@ -187,7 +169,7 @@ class Pdd(Threshold, tag="pdd"):
     """
 
     def sample(self, session: SessionRecord) -> float | None:
-        leg = session.legs[deciding_leg(session)]
+        leg = session.legs[deciding_leg(session.legs)]
         if leg.ringing_at is None or leg.initiated_at is None:
             return None
         delay = (leg.ringing_at - leg.initiated_at).total_seconds()
@@ -248,36 +230,6 @@ def load_rules(path: str | None) -> tuple[AnyRule, ...]:
         raise SettingsError(f"rules file {source}: {exc}") from exc
 
 
-class Alert(msgspec.Struct, frozen=True, kw_only=True):
-    """A transition of one (rule, scope) (`calls.alerts`, key `rule:scope`)."""
-
-    schema: Literal["alert/1"] = ALERT_SCHEMA
-    alert_id: str
-    rule: str
-    kind: str
-    scope: Scope
-    state: Literal["firing", "resolved"]
-    value: float | None
-    """The measured value (ratio, seconds, or count of sessions); null when the window is
-    empty (resolved after a quiet period)."""
-    threshold: float
-    window_s: float
-    attempts: int
-    at: UtcTime
-    since: UtcTime
-    """When the episode started (the firing alert's `at`)."""
-
-    @property
-    def key(self) -> str:
-        return f"{self.rule}:{self.scope}"
-
-
-def deciding_leg(session: SessionRecord) -> str:
-    """The legs key whose status is the session's (contract: the b leg, else the single leg)."""
-    legs = session.legs
-    return "b" if "b" in legs else "a" if "a" in legs else CALL
-
-
 class Countries:
     """Destination country of each session's legs, from calls.events: sessions do not carry it.
 
@@ -292,12 +244,12 @@ class Countries:
     def note(self, session_key: str, leg: str | None, country: str | None) -> None:
         if country is None:
             return
-        self.by_session.setdefault(session_key, {})[leg or CALL] = country
+        self.by_session.setdefault(session_key, {})[leg or CALL_LEG] = country
         if len(self.by_session) > self.limit:
             del self.by_session[next(iter(self.by_session))]
 
     def of(self, session: SessionRecord) -> str | None:
-        return self.by_session.get(session.session_key, {}).get(deciding_leg(session))
+        return self.by_session.get(session.session_key, {}).get(deciding_leg(session.legs))
 
 
 class _Track:

@@ -58,6 +58,7 @@ _UPSERT_SESSIONS = (
 
 class SqliteBackend(Backend):
     dialect = _DIALECT
+    transient = (OSError, sqlite3.OperationalError)  # locked, busy, disk I/O
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -7,8 +7,8 @@ import pytest
 import servers
 from hypothesis import HealthCheck, settings
 
-from callstream.kafka import ensure_topics
-from callstream.settings import KafkaSettings
+from foundation.kafka import ensure_topics
+from foundation.settings import KafkaSettings
 
 settings.register_profile("default", max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("deep", max_examples=20_000, suppress_health_check=[HealthCheck.too_slow])

@@ -11,11 +11,11 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from callstream import kafka as kafka_io
-from callstream.kafka import OutRecord
-from callstream.records import RawMeta, raw_headers
-from callstream.settings import KafkaSettings, NormalizerSettings, StoreSettings
+from foundation import kafka as kafka_io
+from foundation.kafka import OutRecord
+from foundation.settings import KafkaSettings, NormalizerSettings, StoreSettings
 from normalize import service
+from schemas.raw import RawMeta, raw_headers
 from sinks import store
 
 RECEIVED_AT = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from callstream import cli
-from callstream import settings as settings_module
-from callstream.settings import (
+from foundation import settings as settings_module
+from foundation.settings import (
     AggregatorSettings,
     AlertSettings,
     IngressSettings,
@@ -27,9 +27,9 @@ from callstream.settings import (
     ProviderAuth,
     StoreSettings,
 )
-from ingest.app import PROVIDERS
 from ingest.auth import guards, refuse_exposure
-from ingest.track import TRACKED
+from ingest.ingress import PROVIDERS
+from ingest.tracked import TRACKED
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"

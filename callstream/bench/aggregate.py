@@ -16,12 +16,14 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from callstream import cloudevents, samples, topics
-from callstream import kafka as kafka_io
+from callstream import samples
 from callstream.broker import EmbeddedBroker, free_port
-from callstream.kafka import OutRecord
-from callstream.settings import AggregatorSettings, KafkaSettings
+from foundation import kafka as kafka_io
+from foundation.kafka import OutRecord
+from foundation.runtime import Metrics
+from foundation.settings import AggregatorSettings, KafkaSettings
 from normalize import aggregator, normalize
+from schemas import cloudevents, topics
 
 TARGET_PER_S = 50_000
 """Events pre-loaded per second asked for: at the target rate the run lasts `seconds`."""
@@ -63,7 +65,7 @@ async def _preload(kafka: KafkaSettings, sessions: int) -> int:
 
 
 async def _measure(kafka: KafkaSettings, events: int, sessions: int) -> dict[str, float]:
-    metrics, stop = aggregator.Metrics(), asyncio.Event()
+    metrics, stop = Metrics(aggregator.Aggregator.service), asyncio.Event()
     serving = asyncio.create_task(aggregator.serve(AggregatorSettings(), kafka, stop, metrics))
     try:
         consumed0, _ = await _counts_once(metrics, lambda consumed: consumed > 0)
@@ -83,13 +85,10 @@ async def _measure(kafka: KafkaSettings, events: int, sessions: int) -> dict[str
     }
 
 
-async def _counts_once(
-    metrics: aggregator.Metrics, reached: Callable[[int], bool]
-) -> tuple[int, int]:
+async def _counts_once(metrics: Metrics, reached: Callable[[int], bool]) -> tuple[int, int]:
     """Events consumed and session records produced once `reached(consumed)`."""
     while True:
-        totals = metrics.totals()
-        counts = totals["consumed_events"], totals["produced_sessions"]
+        counts = metrics.total("received"), metrics.total("produced")
         if reached(counts[0]):
             return counts
         await asyncio.sleep(POLL_S)

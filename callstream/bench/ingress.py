@@ -23,12 +23,14 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
-from callstream import kafka as kafka_io
-from callstream import samples, topics
+from callstream import samples
 from callstream.broker import EmbeddedBroker, free_port
-from callstream.log import configure_logging
-from callstream.service import run_until_signalled
-from callstream.settings import IngressSettings, KafkaSettings
+from foundation import kafka as kafka_io
+from foundation.log import configure_logging
+from foundation.service import run_until_signalled
+from foundation.settings import IngressSettings, KafkaSettings
+from ingest.server import serve
+from schemas import topics
 
 CONNECTIONS = 64
 POOL = 2_000
@@ -182,7 +184,6 @@ async def _missing(kafka: KafkaSettings, accepted: set[str]) -> int:
 
 
 def _serve_ingress(port: int, bootstrap: str) -> None:
-    from ingest.server import serve  # noqa: PLC0415 - imported in the server's own process
 
     configure_logging(level="warning")
     settings, kafka = IngressSettings(port=port), KafkaSettings(bootstrap=bootstrap)

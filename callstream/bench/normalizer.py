@@ -14,13 +14,15 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from itertools import cycle, islice
 
-from callstream import kafka as kafka_io
-from callstream import samples, topics
+from callstream import samples
 from callstream.broker import EmbeddedBroker, free_port
-from callstream.kafka import OutRecord
-from callstream.records import RawMeta, raw_headers
-from callstream.settings import KafkaSettings, NormalizerSettings
+from foundation import kafka as kafka_io
+from foundation.kafka import OutRecord
+from foundation.runtime import Metrics
+from foundation.settings import KafkaSettings, NormalizerSettings
 from normalize import service
+from schemas import topics
+from schemas.raw import RawMeta, raw_headers
 
 TARGET_PER_S = 50_000
 """Records pre-loaded per second asked for: at the target rate the run lasts `seconds`."""
@@ -54,7 +56,7 @@ async def _preload(kafka: KafkaSettings, count: int) -> None:
 
 
 async def _measure(kafka: KafkaSettings, count: int) -> dict[str, float]:
-    metrics, stop = service.Metrics(), asyncio.Event()
+    metrics, stop = Metrics(service.Normalizer.service), asyncio.Event()
     serving = asyncio.create_task(service.serve(NormalizerSettings(), kafka, stop, metrics))
     try:
         records0, events0, _ = await _counts_once(metrics, lambda records: records > 0)
@@ -74,15 +76,10 @@ async def _measure(kafka: KafkaSettings, count: int) -> dict[str, float]:
     }
 
 
-async def _counts_once(
-    metrics: service.Metrics, reached: Callable[[int], bool]
-) -> tuple[int, int, int]:
+async def _counts_once(metrics: Metrics, reached: Callable[[int], bool]) -> tuple[int, int, int]:
     """Records consumed, events produced and records dead-lettered once `reached(records)`."""
     while True:
-        counts = tuple(
-            int(metrics.registry.get_sample_value(f"normalizer_{name}_total") or 0)
-            for name in ("consumed_records", "produced_events", "dead_lettered_records")
-        )
+        counts = tuple(metrics.total(name) for name in ("received", "produced", "dead_lettered"))
         if reached(counts[0]):
             return counts  # type: ignore[return-value]
         await asyncio.sleep(POLL_S)

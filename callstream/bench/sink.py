@@ -23,7 +23,7 @@ import asyncpg
 from callstream import samples
 from normalize import normalize
 from schemas import CallEvent
-from sinks.backend import backend_for
+from sinks.stores import backend_for
 
 BATCH = 5_000
 MAX_RATE = 60_000

@@ -32,9 +32,9 @@ import structlog
 
 from callstream import up
 from callstream.broker import EmbeddedBroker, free_port
-from callstream.settings import KafkaSettings
 from callstream.simulate.traffic import Ingress, Webhooks
 from callstream.supervisor import Child
+from foundation.settings import KafkaSettings
 from normalize import normalize
 from normalize.sessions import fold
 from schemas import SessionRecord

@@ -13,12 +13,12 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from callstream.settings import IngressSettings, load
 from callstream.simulate import traffic
 from callstream.simulate.faults import Faults, Injector
 from callstream.simulate.mobile_agent import MobileAgentApi
 from callstream.simulate.truth import Expected
 from callstream.simulate.vpbx import VpbxApi
+from foundation.settings import IngressSettings, load
 
 log = structlog.get_logger("callstream.simulate")
 _FOREVER = datetime.max.replace(tzinfo=UTC)

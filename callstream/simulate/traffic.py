@@ -28,9 +28,9 @@ from aiohttp import hdrs
 from aiolimiter import AsyncLimiter
 
 from callstream import samples
-from callstream.settings import ProviderAuth
 from callstream.simulate.mobile_agent import MobileAgentApi
 from callstream.simulate.truth import Expected, expected
+from foundation.settings import ProviderAuth
 
 WEBHOOK_PROVIDERS = tuple(samples.CALLBACKS)
 ATTEMPTS = 10

@@ -17,11 +17,11 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from callstream import topics
-from callstream.kafka import OutRecord
-from callstream.records import RawMeta, dead_letter_headers, raw_headers
-from callstream.settings import KafkaSettings
+from foundation.kafka import OutRecord
+from foundation.settings import KafkaSettings
 from ingest.pollers.metrics import Metrics
+from schemas import topics
+from schemas.raw import RawMeta, dead_letter_headers, raw_headers
 
 SOURCE = "poll"
 STAGE = "poll"

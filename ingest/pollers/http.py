@@ -25,8 +25,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from callstream.errors import CallstreamError
-from callstream.settings import PollerSettings
+from foundation.errors import CallstreamError
+from foundation.settings import PollerSettings
 from ingest.pollers.metrics import Metrics
 from ingest.pollers.tokens import TokenSource
 

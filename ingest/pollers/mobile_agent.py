@@ -30,13 +30,14 @@ import msgspec
 import structlog
 from aiokafka.errors import KafkaError
 
-from callstream import topics
-from callstream.settings import MobileAgentPollSettings, Secret, SettingsError
+from foundation.settings import MobileAgentPollSettings, Secret, SettingsError
 from ingest.pollers import state
 from ingest.pollers.common import Plumbing, Publisher
 from ingest.pollers.http import Api, MalformedError, PollError, decoded
 from ingest.pollers.tokens import ExchangedToken, StaticToken, TokenSource
-from ingest.track import Track, end_record, track_record
+from ingest.tracked import end_record, track_record
+from schemas import topics
+from schemas.records import Track
 
 PROVIDER = "mobile_agent"
 QUERY_PATH = "/apiaccess/CC-Management/v1/mobileAgent/queryCallState"

@@ -13,9 +13,9 @@ import asyncio
 import aiohttp
 import structlog
 
-from callstream import kafka as kafka_io
-from callstream.service import serve_metrics
-from callstream.settings import KafkaSettings, PollSettings, SettingsError
+from foundation import kafka as kafka_io
+from foundation.service import serve_metrics
+from foundation.settings import KafkaSettings, PollSettings, SettingsError
 from ingest.pollers import POLLERS
 from ingest.pollers.common import Plumbing
 from ingest.pollers.metrics import Metrics

@@ -18,9 +18,9 @@ from typing import Any, Protocol
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 
-from callstream import kafka as kafka_io
-from callstream.errors import CallstreamError
-from callstream.settings import KafkaSettings
+from foundation import kafka as kafka_io
+from foundation.errors import CallstreamError
+from foundation.settings import KafkaSettings
 
 log = structlog.get_logger("callstream.poll")
 

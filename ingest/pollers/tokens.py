@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from callstream.settings import Secret
+from foundation.settings import Secret
 
 Exchange = Callable[[], Awaitable[tuple[Secret, float]]]
 """Gets a new token and its lifetime in seconds; raises PollError when it cannot."""

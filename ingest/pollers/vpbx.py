@@ -30,14 +30,15 @@ import structlog
 from aiohttp import hdrs
 from aiokafka.errors import KafkaError
 
-from callstream import kafka as kafka_io
-from callstream import topics
-from callstream.kafka import OutRecord
-from callstream.settings import Secret, SettingsError, VpbxPollSettings
+from foundation import kafka as kafka_io
+from foundation.kafka import OutRecord
+from foundation.settings import Secret, SettingsError, VpbxPollSettings
 from ingest.pollers import state
 from ingest.pollers.common import Plumbing, Publisher
 from ingest.pollers.http import Api, MalformedError, PollError, decoded
 from ingest.pollers.tokens import ExchangedToken
+from schemas import topics
+from schemas.records import Checkpoint
 
 PROVIDER = "vpbx"
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -48,14 +49,6 @@ MAX_SKIPPED_IN_A_ROW = 2
 page cannot hold a client back; a second one in a row fails the window, to be read again later."""
 
 log = structlog.get_logger("callstream.poll")
-
-
-class Checkpoint(msgspec.Struct, frozen=True):
-    """A record of calls.checkpoints: an account's calls are read up to `until`."""
-
-    provider: str
-    account: str
-    until: datetime
 
 
 class _Page(msgspec.Struct):

@@ -12,16 +12,16 @@ import msgspec
 import pytest
 from helpers import drained, normalizer, raw, serving, store_sink
 
-from callstream import dlq, samples, topics
-from callstream import kafka as kafka_io
-from callstream.errors import NormalizeError
-from callstream.kafka import OutRecord
+from callstream import dlq, samples
 from callstream.progress import Progress
-from callstream.records import dead_letter_headers
-from callstream.settings import KafkaSettings
+from foundation import kafka as kafka_io
+from foundation.errors import NormalizeError
+from foundation.kafka import OutRecord
+from foundation.settings import KafkaSettings
 from normalize import ADAPTERS
 from normalize.report import Adapter, Report
-from schemas import CallEvent
+from schemas import CallEvent, topics
+from schemas.raw import dead_letter_headers
 
 
 def _letter(provider: str, body: bytes, stage: str, error: str) -> OutRecord:

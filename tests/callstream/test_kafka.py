@@ -11,10 +11,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from servers import Broker
 
-from callstream import kafka as kafka_io
-from callstream import topics
 from callstream.broker import BrokerError, EmbeddedBroker, free_port
-from callstream.settings import KafkaSettings
+from foundation import kafka as kafka_io
+from foundation.settings import KafkaSettings
+from schemas import topics
 
 
 async def test_topic_bootstrap_is_idempotent_and_compacts_sessions(kafka: KafkaSettings) -> None:

@@ -7,7 +7,7 @@ import json
 import pytest
 import structlog
 
-from callstream.log import configure_logging
+from foundation.log import configure_logging
 
 
 def test_numbers_are_masked_when_configured(capsys: pytest.CaptureFixture[str]) -> None:

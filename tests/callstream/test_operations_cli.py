@@ -7,10 +7,10 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from callstream import kafka as kafka_io
-from callstream import topics
-from callstream.records import RawMeta, raw_headers
-from callstream.settings import KafkaSettings
+from foundation import kafka as kafka_io
+from foundation.settings import KafkaSettings
+from schemas import topics
+from schemas.raw import RawMeta, raw_headers
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "wavecell"
 

@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 from helpers import RECEIVED_AT, committed, drained, normalizer, raw, serving, store_sink
 
-from callstream import kafka as kafka_io
-from callstream import samples, topics
+from callstream import samples
 from callstream.progress import Progress
 from callstream.replay import ReplayError, replay
-from callstream.settings import KafkaSettings
+from foundation import kafka as kafka_io
+from foundation.settings import KafkaSettings
+from schemas import topics
 
 
 def rows(url: str) -> list[tuple[Any, ...]]:

@@ -6,9 +6,9 @@ import asyncio
 import json
 import sys
 
-from callstream import kafka as kafka_io
-from callstream import topics
-from callstream.settings import KafkaSettings
+from foundation import kafka as kafka_io
+from foundation.settings import KafkaSettings
+from schemas import topics
 
 
 async def _produce(kafka: KafkaSettings, values: list[bytes]) -> None:

@@ -15,10 +15,10 @@ import pytest
 from aiokafka import ConsumerRecord
 from helpers import eventually
 
-from callstream import kafka as kafka_io
-from callstream import topics
 from callstream.broker import free_port
-from callstream.settings import KafkaSettings
+from foundation import kafka as kafka_io
+from foundation.settings import KafkaSettings
+from schemas import topics
 
 SAMPLE = Path(__file__).parent.parent / "golden" / "wavecell" / "doc_sample.json"
 

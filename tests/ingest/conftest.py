@@ -12,8 +12,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from aiokafka.structs import ConsumerRecord
 
-from callstream import kafka as kafka_io
-from callstream.settings import IngressSettings, KafkaSettings
+from foundation import kafka as kafka_io
+from foundation.settings import IngressSettings, KafkaSettings
 from ingest.app import create_app
 
 Client = TestClient[web.Request, web.Application]

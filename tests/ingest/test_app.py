@@ -14,9 +14,10 @@ from aiohttp.test_utils import TestClient
 from aiokafka.structs import ConsumerRecord
 from servers import Broker
 
-from callstream import samples, topics
-from callstream.records import read_raw_headers
-from ingest.app import PROVIDERS
+from callstream import samples
+from ingest.ingress import PROVIDERS
+from schemas import topics
+from schemas.raw import read_raw_headers
 
 Client = TestClient[web.Request, web.Application]
 StartIngress = Callable[..., AbstractAsyncContextManager[Client]]

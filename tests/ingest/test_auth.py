@@ -13,9 +13,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from callstream import samples
-from callstream.settings import ProviderAuth, Secret, SettingsError
-from ingest.app import PROVIDERS
+from foundation.settings import ProviderAuth, Secret, SettingsError
 from ingest.auth import guards, refuse_exposure
+from ingest.ingress import PROVIDERS
 
 Client = TestClient[web.Request, web.Application]
 StartIngress = Callable[..., AbstractAsyncContextManager[Client]]

@@ -16,11 +16,12 @@ import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 
-from callstream import kafka as kafka_io
-from callstream import samples, topics
-from callstream.log import configure_logging
-from callstream.records import read_raw_headers
-from callstream.settings import KafkaSettings, ProviderAuth, Secret
+from callstream import samples
+from foundation import kafka as kafka_io
+from foundation.log import configure_logging
+from foundation.settings import KafkaSettings, ProviderAuth, Secret
+from schemas import topics
+from schemas.raw import read_raw_headers
 
 Client = TestClient[web.Request, web.Application]
 StartIngress = Callable[..., AbstractAsyncContextManager[Client]]

@@ -16,15 +16,15 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from callstream import kafka as kafka_io
-from callstream import topics
 from callstream.broker import EmbeddedBroker, free_port
-from callstream.records import read_raw_headers
-from callstream.settings import IngressSettings, KafkaSettings
+from foundation import kafka as kafka_io
+from foundation.settings import IngressSettings, KafkaSettings
 from ingest import openapi
-from ingest.app import PROVIDERS
+from ingest.ingress import PROVIDERS
 from ingest.server import serve
-from ingest.track import TRACKED
+from ingest.tracked import TRACKED
+from schemas import topics
+from schemas.raw import read_raw_headers
 
 SCHEMA = schemathesis.openapi.from_dict(openapi.document(PROVIDERS, TRACKED))
 

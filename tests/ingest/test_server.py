@@ -10,7 +10,7 @@ from servers import Broker
 
 from callstream import samples
 from callstream.broker import free_port
-from callstream.settings import IngressSettings, KafkaSettings, SettingsError
+from foundation.settings import IngressSettings, KafkaSettings, SettingsError
 from ingest.server import serve
 
 WAVECELL = samples.payloads("wavecell", 1)[0]

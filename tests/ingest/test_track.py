@@ -13,10 +13,10 @@ from aiohttp.test_utils import TestClient
 from aiokafka.structs import ConsumerRecord
 from servers import Broker
 
-from callstream import topics
-from callstream.records import read_raw_headers
-from callstream.settings import ProviderAuth, Secret
-from ingest.track import Track
+from foundation.settings import ProviderAuth, Secret
+from schemas import topics
+from schemas.raw import read_raw_headers
+from schemas.records import Track
 
 StartIngress = Callable[..., AbstractAsyncContextManager[TestClient[web.Request, web.Application]]]
 ReadTopic = Callable[[str, int], Awaitable[list[ConsumerRecord[bytes, bytes]]]]

@@ -17,13 +17,14 @@ from aiokafka import ConsumerRecord
 from helpers import eventually
 from servers import Broker
 
-from callstream import cloudevents, samples, topics
-from callstream import kafka as kafka_io
-from callstream.kafka import OutRecord
-from callstream.settings import AggregatorSettings, KafkaSettings
+from callstream import samples
+from foundation import kafka as kafka_io
+from foundation.kafka import OutRecord
+from foundation.runtime import Metrics
+from foundation.settings import AggregatorSettings, KafkaSettings
 from normalize import aggregator, normalize
 from normalize.sessions import fold
-from schemas import CallEvent, SessionRecord, Status
+from schemas import CallEvent, SessionRecord, Status, cloudevents, topics
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -100,11 +101,11 @@ async def _sessions(kafka: KafkaSettings) -> tuple[dict[str, SessionRecord], Cou
     return latest, counts
 
 
-async def _consumed(metrics: aggregator.Metrics, count: int) -> None:
+async def _consumed(metrics: Metrics, count: int) -> None:
     """Wait until `count` events are folded, their sessions acknowledged and offsets committed."""
 
     async def done() -> bool:
-        return metrics.totals()["consumed_events"] >= count
+        return metrics.total("received") >= count
 
     await eventually(done, f"{count} events consumed")
 
@@ -112,9 +113,9 @@ async def _consumed(metrics: aggregator.Metrics, count: int) -> None:
 @contextlib.asynccontextmanager
 async def _running(
     kafka: KafkaSettings, settings: AggregatorSettings = SETTINGS
-) -> AsyncIterator[aggregator.Metrics]:
+) -> AsyncIterator[Metrics]:
     """The aggregator in this process; stopped (and awaited) on leaving the block."""
-    metrics, stop = aggregator.Metrics(), asyncio.Event()
+    metrics, stop = Metrics("aggregator"), asyncio.Event()
     task = asyncio.create_task(aggregator.serve(settings, kafka, stop, metrics))
     try:
         yield metrics
@@ -239,7 +240,7 @@ async def test_a_second_instance_takes_over_partitions_with_their_state(
     async with _running(kafka) as staying:
         async with _running(kafka) as leaving:
             produced = 0
-            while not (leaving.totals()["consumed_events"] and staying.totals()["consumed_events"]):
+            while not (leaving.total("received") and staying.total("received")):
                 assert produced < len(sessions), "the two instances never shared the partitions"
                 await _produce(kafka, [a for a, _ in sessions[produced : produced + 10]])
                 produced += 10
@@ -247,7 +248,7 @@ async def test_a_second_instance_takes_over_partitions_with_their_state(
             await _produce(kafka, [a for a, _ in sessions[produced:]])
 
             async def all_a_legs() -> bool:
-                folded = leaving.totals()["consumed_events"] + staying.totals()["consumed_events"]
+                folded = leaving.total("received") + staying.total("received")
                 return folded >= len(sessions)
 
             await eventually(all_a_legs, "every a leg folded")
@@ -268,7 +269,12 @@ async def test_an_open_session_is_closed_as_unknown_and_a_real_outcome_still_rep
         await _produce(kafka, [ringing])
 
         async def closed() -> bool:
-            return metrics.registry.get_sample_value("aggregator_timed_out_sessions_total") == 1
+            return (
+                metrics.registry.get_sample_value(
+                    "callstream_aggregator_timed_out_sessions_total", {"service": "aggregator"}
+                )
+                == 1
+            )
 
         await eventually(closed, "the session closed")
         latest, _ = await _sessions(kafka)
@@ -296,12 +302,22 @@ async def test_evicted_sessions_ignore_late_reports(kafka: KafkaSettings) -> Non
         await _consumed(metrics, 1)
 
         async def evicted() -> bool:
-            return metrics.registry.get_sample_value("aggregator_sessions_in_memory") == 0
+            return (
+                metrics.registry.get_sample_value(
+                    "callstream_aggregator_sessions_in_memory", {"service": "aggregator"}
+                )
+                == 0
+            )
 
         await eventually(evicted, "the final session evicted")
         await _produce(kafka, [late_b, leg_a])
         await _consumed(metrics, 3)
-        assert metrics.totals()["late_events"] == 2
+        assert (
+            metrics.registry.get_sample_value(
+                "callstream_aggregator_late_events_total", {"service": "aggregator"}
+            )
+            == 2
+        )
     latest, counts = await _sessions(kafka)
     assert latest == {leg_a.session_key: fold(None, leg_a)}
     assert counts[leg_a.session_key] == 1

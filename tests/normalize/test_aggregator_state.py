@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
-from callstream.settings import AggregatorSettings
+from foundation.settings import AggregatorSettings
 from normalize import normalize
 from normalize.aggregator import EVICTED_HORIZON_S, Partition
 from normalize.sessions import fold

@@ -23,10 +23,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from mutations import EDGE_VALUES, mutate, mutate_context, mutate_headers, seeds
 
-from callstream import topics
 from normalize import ADAPTERS, NormalizeError, normalize
 from normalize.service import route
-from schemas import CallEvent
+from schemas import CallEvent, topics
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 ATHERIS_HARNESS = Path(__file__).with_name("fuzz_atheris.py")

@@ -16,12 +16,12 @@ from aiokafka import ConsumerRecord
 from helpers import DEADLINE_S, RECEIVED_AT, committed, drained, eventually, raw
 from mutations import mutate, mutate_context, mutate_headers, seeds
 
-from callstream import cloudevents, samples, topics
-from callstream import kafka as kafka_io
-from callstream.kafka import OutRecord
-from callstream.settings import KafkaSettings, NormalizerSettings
+from callstream import samples
+from foundation import kafka as kafka_io
+from foundation.kafka import OutRecord
+from foundation.settings import KafkaSettings, NormalizerSettings
 from normalize import ADAPTERS, normalize, service
-from schemas import CallEvent, RawRef
+from schemas import CallEvent, RawRef, cloudevents, topics
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 GROUP = "test-normalizer"

@@ -18,7 +18,8 @@ import pytest
 import pytest_asyncio
 from sink_helpers import Query
 
-from sinks.backend import Backend, backend_for
+from sinks.backend import Backend
+from sinks.stores import backend_for
 
 
 @pytest_asyncio.fixture(loop_scope="function", params=["sqlite", "postgres"])

@@ -11,14 +11,14 @@ import msgspec
 from helpers import eventually
 from sink_helpers import make_session
 
-from callstream import kafka as kafka_io
-from callstream import topics
-from callstream.kafka import OutRecord
-from callstream.settings import AlertSettings, KafkaSettings
+from foundation import kafka as kafka_io
+from foundation.kafka import OutRecord
+from foundation.runtime import Metrics
+from foundation.settings import AlertSettings, KafkaSettings
 from normalize.aggregator import session_record
-from schemas import SessionRecord, Status
+from schemas import SessionRecord, Status, topics
+from schemas.records import Alert
 from sinks import alerts
-from sinks.rules import Alert
 
 RULES = """
 [[rules]]
@@ -35,8 +35,8 @@ _alert = msgspec.json.Decoder(Alert)
 
 
 @contextlib.asynccontextmanager
-async def _running(settings: AlertSettings, kafka: KafkaSettings) -> AsyncIterator[alerts.Metrics]:
-    metrics, stop = alerts.Metrics(), asyncio.Event()
+async def _running(settings: AlertSettings, kafka: KafkaSettings) -> AsyncIterator[Metrics]:
+    metrics, stop = Metrics("alerts"), asyncio.Event()
     task = asyncio.create_task(alerts.serve(settings, kafka, stop, metrics))
     try:
         yield metrics
@@ -46,13 +46,14 @@ async def _running(settings: AlertSettings, kafka: KafkaSettings) -> AsyncIterat
 
 
 async def _publish_and_wait(
-    kafka: KafkaSettings, metrics: alerts.Metrics, sessions: list[SessionRecord]
+    kafka: KafkaSettings, metrics: Metrics, sessions: list[SessionRecord]
 ) -> None:
     await kafka_io.publish(kafka, topics.SESSIONS, map(session_record, sessions))
 
     async def evaluated() -> bool:
-        value = metrics.registry.get_sample_value("alerts_evaluated_sessions_total") or 0
-        return value >= len(sessions)
+        labels = {"service": "alerts", "topic": topics.SESSIONS}
+        value = metrics.registry.get_sample_value("callstream_records_received_total", labels)
+        return (value or 0) >= len(sessions)
 
     await eventually(evaluated, f"{len(sessions)} sessions evaluated")
 
@@ -71,14 +72,22 @@ async def test_an_episode_across_a_restart_gives_one_firing_and_one_resolved(
     async with _running(settings, kafka) as metrics:
         await _publish_and_wait(kafka, metrics, [*bad, bad[3]])  # a duplicate counts once
         assert [alert.state for alert in await _alerts(kafka)] == ["firing"]
-        assert metrics.registry.get_sample_value("alerts_firing") == 1
+        assert (
+            metrics.registry.get_sample_value("callstream_alerts_firing", {"service": "alerts"})
+            == 1
+        )
 
     async with _running(settings, kafka) as metrics:  # restored: the episode is still firing
         worse = [make_session(10 + i, Status.FAILED) for i in range(10)]
         await _dead_letter_and_more_bad(kafka, metrics, worse)
         good = [make_session(20 + i) for i in range(20)]
         await _publish_and_wait(kafka, metrics, good)
-        assert metrics.registry.get_sample_value("alerts_resolved_total") == 1
+        assert (
+            metrics.registry.get_sample_value(
+                "callstream_alerts_transitions_total", {"service": "alerts", "state": "resolved"}
+            )
+            == 1
+        )
 
     records = await kafka_io.read_all(kafka, topics.ALERTS)
     firing, resolved = (_alert.decode(record.value) for record in records)
@@ -98,7 +107,7 @@ async def test_an_episode_across_a_restart_gives_one_firing_and_one_resolved(
 
 
 async def _dead_letter_and_more_bad(
-    kafka: KafkaSettings, metrics: alerts.Metrics, worse: list[SessionRecord]
+    kafka: KafkaSettings, metrics: Metrics, worse: list[SessionRecord]
 ) -> None:
     """An undecodable record goes to calls.dlq; more bad sessions fire nothing new."""
     await kafka_io.publish(kafka, topics.SESSIONS, [OutRecord(b"k", b"not json", [])])

@@ -9,9 +9,10 @@ import pytest
 from sink_helpers import Query, events_of, sessions_of
 
 from callstream import samples
-from callstream.settings import SettingsError
+from foundation.settings import SettingsError
 from schemas import CallEvent, SessionRecord, Status
-from sinks.backend import Backend, Written, backend_for
+from sinks.backend import Backend, Written
+from sinks.stores import backend_for
 
 _event = msgspec.json.Decoder(CallEvent)
 _session = msgspec.json.Decoder(SessionRecord)

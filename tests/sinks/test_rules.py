@@ -11,7 +11,7 @@ import pytest
 from sink_helpers import RECEIVED_AT as T0
 from sink_helpers import make_session
 
-from callstream.settings import SettingsError
+from foundation.settings import SettingsError
 from schemas import SessionRecord, Status
 from sinks.rules import (
     Acd,

@@ -11,11 +11,12 @@ import msgspec
 from helpers import committed, eventually
 from sink_helpers import Query, events_of, sessions_of
 
-from callstream import kafka as kafka_io
-from callstream import samples, topics
-from callstream.kafka import OutRecord
-from callstream.settings import KafkaSettings, StoreSettings
-from schemas import CallEvent, SessionRecord
+from callstream import samples
+from foundation import kafka as kafka_io
+from foundation.kafka import OutRecord
+from foundation.runtime import Metrics
+from foundation.settings import KafkaSettings, StoreSettings
+from schemas import CallEvent, SessionRecord, topics
 from sinks import store
 
 _encoder = msgspec.json.Encoder()
@@ -42,7 +43,7 @@ async def test_events_and_sessions_become_rows_and_garbage_is_dead_lettered(
     await kafka_io.publish(kafka, topics.EVENTS, _records(events))
     await kafka_io.publish(kafka, topics.SESSIONS, _records(sessions))
     await kafka_io.publish(kafka, topics.EVENTS, [OutRecord(b"k", b"not json", [])])
-    stop, metrics = asyncio.Event(), store.Metrics()
+    stop, metrics = asyncio.Event(), Metrics("store")
     settings = StoreSettings(url=store_url, group_id="test-store", max_batch=200)
     serving = asyncio.create_task(store.serve(settings, kafka, stop, metrics))
     try:
@@ -64,8 +65,8 @@ async def test_events_and_sessions_become_rows_and_garbage_is_dead_lettered(
         (b"not json", b"store")
     ]
     sample = metrics.registry.get_sample_value
-    assert sample("store_written_events_total") == len(events)
-    assert sample("store_dead_lettered_records_total") == 1
+    assert sample("callstream_store_written_rows_total", {"service": "store", "table": "events"})
+    assert metrics.total("dead_lettered") == 1
 
 
 async def _start_store(kafka: KafkaSettings, url: str, log: Path) -> asyncio.subprocess.Process:

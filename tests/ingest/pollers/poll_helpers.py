@@ -13,17 +13,7 @@ import aiohttp
 from aiohttp.test_utils import TestServer
 from helpers import eventually
 
-from callstream import kafka as kafka_io
-from callstream import topics
 from callstream.broker import free_port
-from callstream.settings import (
-    IngressSettings,
-    KafkaSettings,
-    MobileAgentPollSettings,
-    PollSettings,
-    Secret,
-    VpbxPollSettings,
-)
 from callstream.simulate import traffic, truth
 from callstream.simulate.simulation import (
     MOBILE_AGENT_CREDENTIALS,
@@ -33,9 +23,19 @@ from callstream.simulate.simulation import (
     serving,
 )
 from callstream.simulate.truth import Expected
+from foundation import kafka as kafka_io
+from foundation.settings import (
+    IngressSettings,
+    KafkaSettings,
+    MobileAgentPollSettings,
+    PollSettings,
+    Secret,
+    VpbxPollSettings,
+)
 from ingest.app import create_app
 from ingest.pollers import service
 from ingest.pollers.metrics import Metrics
+from schemas import topics
 
 QUICK: dict[str, Any] = {
     "timeout_s": 0.5,

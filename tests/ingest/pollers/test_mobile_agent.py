@@ -18,21 +18,21 @@ from poll_helpers import (
     track_records,
 )
 
-from callstream import kafka as kafka_io
-from callstream import topics
-from callstream.records import read_raw_headers
-from callstream.settings import (
+from callstream.simulate import traffic
+from callstream.simulate.faults import Faults
+from callstream.simulate.simulation import Scenario
+from foundation import kafka as kafka_io
+from foundation.settings import (
     KafkaSettings,
     MobileAgentPollSettings,
     PollSettings,
     Secret,
     SettingsError,
 )
-from callstream.simulate import traffic
-from callstream.simulate.faults import Faults
-from callstream.simulate.simulation import Scenario
 from ingest.pollers import service
 from ingest.pollers.metrics import Metrics
+from schemas import topics
+from schemas.raw import read_raw_headers
 
 
 async def test_tracked_calls_survive_a_restart_and_each_state_is_published(

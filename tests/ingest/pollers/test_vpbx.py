@@ -10,15 +10,15 @@ import pytest
 from helpers import eventually, normalizer, serving
 from poll_helpers import all_reach_events, metric, of, poller, simulated, sync, vpbx_settings
 
-from callstream import kafka as kafka_io
-from callstream import topics
-from callstream.records import read_raw_headers
-from callstream.settings import KafkaSettings, PollSettings, SettingsError, VpbxPollSettings
 from callstream.simulate.faults import Faults
 from callstream.simulate.simulation import Scenario
+from foundation import kafka as kafka_io
+from foundation.settings import KafkaSettings, PollSettings, SettingsError, VpbxPollSettings
 from ingest.pollers import service
 from ingest.pollers.metrics import Metrics
-from ingest.pollers.vpbx import Checkpoint
+from schemas import topics
+from schemas.raw import read_raw_headers
+from schemas.records import Checkpoint
 
 
 def _windows(metrics: Metrics) -> float:

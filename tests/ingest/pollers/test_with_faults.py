@@ -17,14 +17,14 @@ from poll_helpers import (
     vpbx_settings,
 )
 
-from callstream import kafka as kafka_io
-from callstream import topics
-from callstream.records import read_raw_headers
-from callstream.settings import KafkaSettings
 from callstream.simulate import traffic
 from callstream.simulate.faults import Faults
 from callstream.simulate.simulation import Scenario
+from foundation import kafka as kafka_io
+from foundation.settings import KafkaSettings
 from ingest.pollers.metrics import Metrics
+from schemas import topics
+from schemas.raw import read_raw_headers
 
 FAULTS = Faults(
     rate_429=0.08,

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from callstream import topics
-from callstream.topics import Headers
+from schemas import topics
 from schemas.events import UtcTime
+from schemas.topics import Headers
 
 
 class RawMeta(msgspec.Struct, frozen=True, gc=False):

@@ -19,9 +19,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, IllegalStateError, TopicAlreadyExistsError, for_code
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from callstream import topics
-from callstream.records import dead_letter_headers
-from callstream.settings import KafkaSettings
+from foundation.settings import KafkaSettings
+from schemas import topics
+from schemas.raw import dead_letter_headers
 
 log = structlog.get_logger("callstream.kafka")
 

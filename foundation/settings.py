@@ -14,7 +14,7 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from callstream.errors import CallstreamError
+from foundation.errors import CallstreamError
 
 PREFIX = "CALLSTREAM_"
 S = TypeVar("S", bound=msgspec.Struct)

@@ -7,7 +7,7 @@ from functools import cache
 
 import msgspec
 
-from callstream.topics import Headers
+from schemas.topics import Headers
 
 EVENT_TYPE = b"callstream.call_event.v1"
 SESSION_TYPE = b"callstream.call_session.v1"

@@ -1,0 +1,249 @@
+"""The ingress core every route builds on: admission (allow-list, lockout, credentials, body
+limits), publishing to the broker with an answer only after its ack, and refusals in JSON.
+
+A callback answered 503 may still reach calls.raw later (its send was only abandoned, not
+withdrawn); the provider's retry then adds a duplicate, which event_id makes harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import NoReturn
+
+import msgspec
+import structlog
+from aiohttp import hdrs, web
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from foundation import kafka as kafka_io
+from foundation.settings import IngressSettings, KafkaSettings
+from ingest.auth import Guard, Lockout
+from ingest.bodies import not_a_json_object
+from ingest.health import Metrics, Readiness
+from schemas import topics
+from schemas.providers import WEBHOOK
+from schemas.raw import RawMeta, dead_letter_headers, raw_headers
+
+PROVIDERS = WEBHOOK
+"""Providers whose callbacks the ingress takes."""
+
+log = structlog.get_logger("callstream.ingest")
+
+_encode = msgspec.json.Encoder().encode
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Accept = Callable[[web.Request, str, bytes], Awaitable[web.Response]]
+"""A route's own part: (request, provider, admitted body) → its answer, or a Refusal."""
+
+
+class Refusal(Exception):  # noqa: N818 - an answer, not a failure of the ingress
+    """A callback answered with an error: status, short code, one sentence, extra headers."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        detail: str,
+        headers: Mapping[str, str] | None = None,
+        *,
+        close: bool = False,
+    ) -> None:
+        super().__init__(detail)
+        self.status, self.error, self.detail, self.headers = status, error, detail, headers
+        self.close = close
+        """Close the connection after answering (a client that cannot be trusted to go on)."""
+
+    def response(self) -> web.Response:
+        answer = error_response(self.status, self.error, self.detail, self.headers)
+        if self.close:
+            answer.force_close()
+        return answer
+
+
+def error_response(
+    status: int, error: str, detail: str, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        status=status,
+        body=_encode({"error": error, "detail": detail}),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+class Ingress:
+    """The handlers and what they share: settings, guards, metrics and the producer."""
+
+    producer: AIOKafkaProducer
+    """Set while the app runs (producing)."""
+
+    def __init__(
+        self, settings: IngressSettings, kafka: KafkaSettings, guards: Mapping[str, Guard]
+    ) -> None:
+        self.settings, self.kafka, self.guards = settings, kafka, guards
+        self.metrics = Metrics()
+        self.readiness = Readiness(self._ask_broker)
+        self.lockout = Lockout(settings.auth_failures, settings.auth_window_s)
+        self._retry_after = {hdrs.RETRY_AFTER: str(settings.retry_after_s)}
+        self._publish_failures = _FailureLog()
+
+    async def producing(self, _app: web.Application) -> AsyncIterator[None]:
+        self.producer = kafka_io.producer(self.kafka)
+        await self.producer.start()
+        try:
+            yield
+        finally:
+            await self.producer.stop()
+
+    async def _ask_broker(self) -> None:
+        await self.producer.client.fetch_all_metadata()
+
+    async def callback(self, request: web.Request) -> web.Response:
+        """POST /v1/callbacks/{provider}: the body to calls.raw."""
+        return await self.handle(request, self.guards, "webhook", self._accept_callback)
+
+    async def handle(
+        self, request: web.Request, guards: Mapping[str, Guard], kind: str, accept: Accept
+    ) -> web.Response:
+        """What every POST route does around its own `accept`: the provider's guard (404 if it
+        has none), admission, refusals answered in JSON, counted by provider (or "unknown") and
+        status, and the in-flight gauge."""
+        provider = request.match_info["provider"]
+        guard = guards.get(provider)
+        self.metrics.in_flight += 1
+        try:
+            if guard is None:
+                raise Refusal(
+                    404, "unknown_provider", f"No {kind} provider is called {provider!r}."
+                )
+            answer = await accept(request, provider, await self._admit(request, provider, guard))
+        except Refusal as refusal:
+            answer = refusal.response()
+        finally:
+            self.metrics.in_flight -= 1
+        self.metrics.answered(provider if guard is not None else "unknown", answer.status)
+        return answer
+
+    async def _admit(self, request: web.Request, provider: str, guard: Guard) -> bytes:
+        """The body of a caller that may call, read in full and authenticated; else a Refusal."""
+        remote = request.remote or ""
+        if not guard.admits(remote):
+            raise Refusal(403, "forbidden", f"{remote} may not call for {provider}.")
+        if (retry_after := self.lockout.retry_after(remote)) is not None:
+            raise Refusal(
+                429,
+                "too_many_failures",
+                f"{remote} failed authentication too often; try again in {retry_after} s.",
+                {hdrs.RETRY_AFTER: str(retry_after)},
+            )
+        body = await self._read(request)
+        if not guard.authenticates(request.headers, body):
+            log.warning("request_unauthenticated", provider=provider, remote=remote)
+            self.lockout.failed(remote)
+            raise Refusal(
+                401, "unauthorized", "The credentials are missing or wrong.", guard.challenge
+            )
+        return body
+
+    async def _accept_callback(
+        self, request: web.Request, provider: str, body: bytes
+    ) -> web.Response:
+        meta = received(request, provider, "webhook")
+        headers = raw_headers(meta)
+        if (reason := not_a_json_object(body)) is not None:
+            await self.reject(body, headers, "ingress", reason, f"The body is {reason}.")
+        await self.publish(topics.RAW, body, headers)
+        return accepted({"id": meta.request_id})
+
+    async def _read(self, request: web.Request) -> bytes:
+        """The body, refused up front by Content-Length and while reading (chunked bodies), and
+        refused when it does not arrive in full within body_timeout_s."""
+        limit = self.settings.max_body_bytes
+        too_large = Refusal(413, "body_too_large", f"The body exceeds {limit} bytes.")
+        if (request.content_length or 0) > limit:
+            raise too_large
+        try:
+            if request.content.is_eof():  # it came with the head, as small callbacks do
+                return await request.read()
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                return await request.read()  # enforces client_max_size as it reads
+        except web.HTTPRequestEntityTooLarge:
+            raise too_large from None
+        except TimeoutError:
+            timeout = self.settings.body_timeout_s
+            raise Refusal(
+                408, "body_timeout", f"The body did not arrive within {timeout} s.", close=True
+            ) from None
+
+    async def reject(
+        self, body: bytes, headers: topics.Headers, stage: str, reason: str, detail: str
+    ) -> NoReturn:
+        """Record a bad body in calls.dlq, then refuse it (400; 503 if the DLQ write fails)."""
+        found = dict(headers)
+        log.warning(
+            "request_rejected",
+            provider=found[topics.PROVIDER].decode(),
+            request_id=found[topics.REQUEST_ID].decode(),
+            stage=stage,
+            error=reason,
+        )
+        await self.publish(topics.DLQ, body, dead_letter_headers(headers, stage, reason))
+        raise Refusal(400, "invalid_body", detail)
+
+    async def publish(
+        self, topic: str, value: bytes | None, headers: topics.Headers, key: bytes | None = None
+    ) -> None:
+        """Return once the broker acknowledged the record; Refusal 503 if not within the bound."""
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.settings.publish_timeout_s):
+                await (await self.producer.send(topic, value, key=key, headers=headers))
+        except (TimeoutError, KafkaError) as exc:
+            self._publish_failures.failed(topic, exc)
+            raise Refusal(
+                503,
+                "broker_unavailable",
+                "The broker did not take it in time; send it again later.",
+                self._retry_after,
+            ) from None
+        self.metrics.publish_seconds.observe(time.perf_counter() - started)
+
+    async def readyz(self, _request: web.Request) -> web.Response:
+        if await self.readiness.ready():
+            return web.Response(body=b'{"status":"ready"}', content_type="application/json")
+        return error_response(503, "not_ready", "The broker does not answer.")
+
+    async def metrics_text(self, _request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(self.metrics.registry),
+            headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST},
+        )
+
+
+class _FailureLog:
+    """Publish failures logged at most once every LOG_EVERY_S with how many there were: while
+    the broker is away every callback fails, and a line each would flood the log."""
+
+    LOG_EVERY_S = 5.0
+
+    def __init__(self) -> None:
+        self._count, self._logged_at = 0, -self.LOG_EVERY_S
+
+    def failed(self, topic: str, error: BaseException) -> None:
+        self._count += 1
+        now = time.monotonic()
+        if now - self._logged_at >= self.LOG_EVERY_S:
+            log.error("publish_failed", topic=topic, error=repr(error), failures=self._count)
+            self._count, self._logged_at = 0, now
+
+
+def received(request: web.Request, provider: str, source: str) -> RawMeta:
+    """The raw metadata of `request`'s body, received now."""
+    return RawMeta.received_now(provider, source, request.headers.get(hdrs.CONTENT_TYPE, ""))
+
+
+def accepted(answer: dict[str, str]) -> web.Response:
+    return web.Response(status=202, body=_encode(answer), content_type="application/json")

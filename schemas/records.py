@@ -1,0 +1,71 @@
+"""The wire records of callstream's own topics besides events and sessions: alerts
+(calls.alerts) and the pollers' state (calls.track, calls.checkpoints)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+from schemas.events import UtcTime
+
+ALERT_SCHEMA = "alert/1"
+ScopeKind = Literal["provider", "account", "country"]
+
+
+class Scope(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What a window counts: one provider, or one of its accounts or destination countries."""
+
+    provider: str
+    account: str | None = None
+    country: str | None = None
+
+    def __str__(self) -> str:
+        return ",".join(
+            f"{name}={value}"
+            for name, value in msgspec.structs.asdict(self).items()
+            if value is not None
+        )
+
+
+class Alert(msgspec.Struct, frozen=True, kw_only=True):
+    """A transition of one (rule, scope) (`calls.alerts`, key `rule:scope`)."""
+
+    schema: Literal["alert/1"] = ALERT_SCHEMA
+    alert_id: str
+    rule: str
+    kind: str
+    scope: Scope
+    state: Literal["firing", "resolved"]
+    value: float | None
+    """The measured value (ratio, seconds, or count of sessions); null when the window is
+    empty (resolved after a quiet period)."""
+    threshold: float
+    window_s: float
+    attempts: int
+    at: UtcTime
+    since: UtcTime
+    """When the episode started (the firing alert's `at`)."""
+
+    @property
+    def key(self) -> str:
+        return f"{self.rule}:{self.scope}"
+
+
+class Track(msgspec.Struct, frozen=True):
+    """A record of calls.track: a call to poll, and the last state published for it."""
+
+    call_serial_no: str = msgspec.field(name="callSerialNo")
+    registered_at: datetime
+    """The deadline counts from here."""
+    state: int | None = None
+    """The last state the poller published (None: none yet)."""
+
+
+class Checkpoint(msgspec.Struct, frozen=True):
+    """A record of calls.checkpoints: an account's calls are read up to `until`."""
+
+    provider: str
+    account: str
+    until: datetime
