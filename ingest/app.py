@@ -28,7 +28,7 @@ from callstream import topics
 from callstream.records import RawMeta, dead_letter_headers, raw_headers
 from callstream.settings import IngressSettings, KafkaSettings
 from ingest import openapi
-from ingest.auth import Guard, Lockout, guards
+from ingest.auth import Clock, Guard, Lockout, guards
 from ingest.bodies import not_a_json_object
 from ingest.health import Metrics, Readiness
 from normalize import ADAPTERS
@@ -78,18 +78,20 @@ def error_response(
     )
 
 
-def create_app(settings: IngressSettings, kafka: KafkaSettings) -> web.Application:
+def create_app(
+    settings: IngressSettings, kafka: KafkaSettings, *, clock: Clock = time.time
+) -> web.Application:
     """The app; its producer starts with the app and stops after the last request is answered.
 
     Slow clients: aiohttp (>= 3.14.4) closes a connection that has not sent a complete request
     head within keepalive_timeout of opening or of its last answer, which covers idle
     keep-alives and dribbled headers alike (idle_timeout_s); a dribbled body is refused with
     408 by `_read` (body_timeout_s). Raises SettingsError for bad authentication settings (see
-    ingest.auth.guards).
+    ingest.auth.guards); `clock` is what standard_webhooks timestamps are compared with.
     """
     from ingest.track import TRACKED, Tracking  # noqa: PLC0415 - it builds on Ingress
 
-    every = guards(settings.auth, PROVIDERS | TRACKED)
+    every = guards(settings.auth, PROVIDERS | TRACKED, clock)
     ingress = Ingress(settings, kafka, {name: every[name] for name in PROVIDERS})
     app = web.Application(
         client_max_size=settings.max_body_bytes,
@@ -143,7 +145,8 @@ class Ingress:
     ) -> web.Response:
         """What every POST route does around its own `accept`: the provider's guard (404 if it
         has none), admission, refusals answered in JSON, counted by provider (or "unknown") and
-        status, and the in-flight gauge."""
+        status, and the in-flight gauge. A request admitted but then not accepted is released
+        from its guard (a standard webhook's id), so that the provider may send it again."""
         provider = request.match_info["provider"]
         guard = guards.get(provider)
         self.metrics.in_flight += 1
@@ -152,7 +155,12 @@ class Ingress:
                 raise Refusal(
                     404, "unknown_provider", f"No {kind} provider is called {provider!r}."
                 )
-            answer = await accept(request, provider, await self._admit(request, provider, guard))
+            body = await self._admit(request, provider, guard)
+            try:
+                answer = await accept(request, provider, body)
+            except BaseException:
+                guard.release(request.headers)
+                raise
         except Refusal as refusal:
             answer = refusal.response()
         finally:
@@ -173,12 +181,13 @@ class Ingress:
                 {hdrs.RETRY_AFTER: str(retry_after)},
             )
         body = await self._read(request)
-        if not guard.authenticates(request.headers, body):
-            log.warning("request_unauthenticated", provider=provider, remote=remote)
-            self.lockout.failed(remote)
-            raise Refusal(
-                401, "unauthorized", "The credentials are missing or wrong.", guard.challenge
+        if (failure := guard.check(request.headers, body)) is not None:
+            log.warning(
+                "request_unauthenticated", provider=provider, remote=remote, error=failure.error
             )
+            self.lockout.failed(remote)
+            challenge = guard.challenge if failure.status == 401 else None
+            raise Refusal(failure.status, failure.error, failure.detail, challenge)
         return body
 
     async def _accept_callback(
