@@ -54,16 +54,20 @@ class KafkaSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class ProviderAuth(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """How one provider proves itself to the ingress."""
 
-    method: Literal["none", "bearer", "basic", "hmac"] = "none"
+    method: Literal["none", "bearer", "basic", "hmac", "standard_webhooks"] = "none"
     token: Secret | None = None
     """bearer: the expected token."""
     username: str | None = None
     password: Secret | None = None
     """basic: the expected credentials."""
     secret: Secret | None = None
-    """hmac: the key of the HMAC-SHA256 over the raw body."""
+    """hmac: the key of the HMAC-SHA256 over the raw body. standard_webhooks: one or more
+    `whsec_<base64>` secrets, space-separated; a signature by any of them is accepted."""
     header: str = "X-Signature"
     """hmac: the header carrying the hex digest (an optional `sha256=` prefix is accepted)."""
+    tolerance_s: int = 300
+    """standard_webhooks: how far webhook-timestamp may be from the clock, either way; an
+    accepted webhook-id is refused as a replay until its timestamp is that old."""
     allow_ips: tuple[str, ...] = ()
     """CIDRs allowed to call; empty means any address."""
 

@@ -7,28 +7,31 @@ answers are described in ingest/openapi.py, served at /openapi.json.
 from __future__ import annotations
 
 import logging
+import time
 
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from foundation.settings import IngressSettings, KafkaSettings
 from ingest import openapi
-from ingest.auth import guards
+from ingest.auth import Clock, guards
 from ingest.ingress import PROVIDERS, Handler, Ingress, error_response
 from ingest.track import Tracking
 from ingest.tracked import TRACKED
 
 
-def create_app(settings: IngressSettings, kafka: KafkaSettings) -> web.Application:
+def create_app(
+    settings: IngressSettings, kafka: KafkaSettings, *, clock: Clock = time.time
+) -> web.Application:
     """The app; its producer starts with the app and stops after the last request is answered.
 
     Slow clients: aiohttp (>= 3.14.4) closes a connection that has not sent a complete request
     head within keepalive_timeout of opening or of its last answer, which covers idle
     keep-alives and dribbled headers alike (idle_timeout_s); a dribbled body is refused with
     408 by `_read` (body_timeout_s). Raises SettingsError for bad authentication settings (see
-    ingest.auth.guards).
+    ingest.auth.guards); `clock` is what standard_webhooks timestamps are compared with.
     """
-    every = guards(settings.auth, PROVIDERS | TRACKED)
+    every = guards(settings.auth, PROVIDERS | TRACKED, clock)
     ingress = Ingress(settings, kafka, {name: every[name] for name in PROVIDERS})
     app = web.Application(
         client_max_size=settings.max_body_bytes,

@@ -110,7 +110,8 @@ class Ingress:
     ) -> web.Response:
         """What every POST route does around its own `accept`: the provider's guard (404 if it
         has none), admission, refusals answered in JSON, counted by provider (or "unknown") and
-        status, and the in-flight gauge."""
+        status, and the in-flight gauge. A request admitted but then not accepted is released
+        from its guard (a standard webhook's id), so that the provider may send it again."""
         provider = request.match_info["provider"]
         guard = guards.get(provider)
         self.metrics.in_flight += 1
@@ -119,7 +120,12 @@ class Ingress:
                 raise Refusal(
                     404, "unknown_provider", f"No {kind} provider is called {provider!r}."
                 )
-            answer = await accept(request, provider, await self._admit(request, provider, guard))
+            body = await self._admit(request, provider, guard)
+            try:
+                answer = await accept(request, provider, body)
+            except BaseException:
+                guard.release(request.headers)
+                raise
         except Refusal as refusal:
             answer = refusal.response()
         finally:
@@ -140,12 +146,13 @@ class Ingress:
                 {hdrs.RETRY_AFTER: str(retry_after)},
             )
         body = await self._read(request)
-        if not guard.authenticates(request.headers, body):
-            log.warning("request_unauthenticated", provider=provider, remote=remote)
-            self.lockout.failed(remote)
-            raise Refusal(
-                401, "unauthorized", "The credentials are missing or wrong.", guard.challenge
+        if (failure := guard.check(request.headers, body)) is not None:
+            log.warning(
+                "request_unauthenticated", provider=provider, remote=remote, error=failure.error
             )
+            self.lockout.failed(remote)
+            challenge = guard.challenge if failure.status == 401 else None
+            raise Refusal(failure.status, failure.error, failure.detail, challenge)
         return body
 
     async def _accept_callback(

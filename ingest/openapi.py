@@ -48,14 +48,17 @@ class Probe(msgspec.Struct):
 REFUSALS: dict[int, tuple[str, tuple[str, ...]]] = {
     400: ("The body is not a UTF-8 JSON object (callbacks) or not a registration (track); it is "
           "kept in calls.dlq with stage ingress or track.", ("invalid_body",)),
-    401: ("The credentials are missing or wrong (WWW-Authenticate for bearer and basic).",
-          ("unauthorized",)),
+    401: ("The credentials are missing or wrong (WWW-Authenticate for bearer and basic); for "
+          "standard_webhooks also a webhook-timestamp outside the tolerance.", ("unauthorized",)),
     403: ("The caller's address is outside the provider's allow-list.", ("forbidden",)),
     404: ("No such provider for the route, or no such path.", ("unknown_provider", "not_found")),
     405: ("The path does not take this method; Allow lists those it takes.",
           ("method_not_allowed",)),
     408: ("The body did not arrive within INGRESS__BODY_TIMEOUT_S; the connection is closed.",
           ("body_timeout",)),
+    409: ("standard_webhooks: this webhook-id was accepted already within the tolerance (a "
+          "replay); the signature is right, so this is not a credentials problem. Counts toward "
+          "the lockout like a 401.", ("replayed",)),
     413: ("The body exceeds INGRESS__MAX_BODY_BYTES.", ("body_too_large",)),
     429: ("The caller's address failed authentication INGRESS__AUTH_FAILURES times within "
           "INGRESS__AUTH_WINDOW_S; try again after Retry-After seconds.", ("too_many_failures",)),
@@ -104,7 +107,10 @@ def _callback(providers: list[str]) -> dict[str, Any]:
         "description": "The body goes unchanged to calls.raw; 202 only once the broker has "
         "acknowledged it. Content-Type is recorded, not trusted: the body must be a UTF-8 JSON "
         "object. Authentication is per provider (INGRESS__AUTH__<PROVIDER>__METHOD): a bearer "
-        "token, basic credentials, or an HMAC-SHA256 of the body in a header.",
+        "token, basic credentials, an HMAC-SHA256 of the body in a header, or Standard Webhooks "
+        "(webhook-id, webhook-timestamp in Unix seconds, webhook-signature: space-separated "
+        "v1,<base64 HMAC-SHA256 of {id}.{timestamp}.{body}>), whose timestamp must be within "
+        "the tolerance and whose id is accepted once.",
         "parameters": [_provider(providers)],
         "requestBody": {
             "required": True,
@@ -135,7 +141,7 @@ def _track(providers: list[str]) -> dict[str, Any]:
     }
 
 
-_POST_REFUSALS = (400, 401, 403, 404, 405, 408, 413, 429, 503)
+_POST_REFUSALS = (400, 401, 403, 404, 405, 408, 409, 413, 429, 503)
 
 
 def _provider(providers: list[str]) -> dict[str, Any]:

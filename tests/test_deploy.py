@@ -135,7 +135,7 @@ def test_compose_ingress_may_listen_beyond_loopback() -> None:
     guarded = PROVIDERS | TRACKED
     refuse_exposure(args.host, settings.auth, guarded, insecure=bool(args.insecure_no_auth))
     assert set(settings.auth) == guarded
-    assert all(guard.authenticates for guard in guards(settings.auth, guarded).values())
+    assert all(guard.check for guard in guards(settings.auth, guarded).values())
     assert not settings.insecure_no_auth
 
 

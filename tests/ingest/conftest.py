@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -23,11 +24,14 @@ ReadTopic = Callable[[str, int], Awaitable[list[ConsumerRecord[bytes, bytes]]]]
 
 @pytest.fixture
 def ingress(kafka: KafkaSettings) -> StartIngress:
-    """`async with ingress(**settings) as client:` serves the app made with those settings."""
+    """`async with ingress(**settings) as client:` serves the app made with those settings;
+    `clock=` replaces time.time for authentication (standard_webhooks timestamps)."""
 
     @asynccontextmanager
-    async def start(**settings: Any) -> AsyncIterator[Client]:
-        app = create_app(IngressSettings(**settings), kafka)
+    async def start(
+        clock: Callable[[], float] = time.time, **settings: Any
+    ) -> AsyncIterator[Client]:
+        app = create_app(IngressSettings(**settings), kafka, clock=clock)
         async with TestClient(TestServer(app)) as client:
             yield client
 
