@@ -1,4 +1,5 @@
-"""JSON Schema and JSON documents of the contract, the same bytes on every Python and msgspec.
+"""JSON Schema and JSON documents of the contract, the same bytes on every Python and msgspec
+that pyproject.toml allows (msgspec before 0.22 lists the members of an `anyOf` in another order).
 
 Descriptions come from docstrings, whose indentation Python 3.13 strips at compile time and
 earlier versions keep: every description is cleaned here (`inspect.cleandoc`) so that the
