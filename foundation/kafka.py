@@ -54,6 +54,28 @@ def _partitioner(key: bytes | None, all_partitions: list[int], available: list[i
     return partition_for(key, sorted(all_partitions))
 
 
+class _Producer(AIOKafkaProducer):
+    async def __aenter__(self) -> _Producer:
+        """Started; stopped again if starting fails (aiokafka leaves it unclosed)."""
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+
+class _Consumer(AIOKafkaConsumer):
+    async def __aenter__(self) -> _Consumer:
+        """Started; stopped again if starting fails (aiokafka leaves it unclosed)."""
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+
 def producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
     options: dict[str, Any] = {
         "bootstrap_servers": kafka.bootstrap,
@@ -67,7 +89,7 @@ def producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
         "linger_ms": 1,
         "partitioner": _partitioner,
     }
-    return AIOKafkaProducer(**(options | overrides))
+    return _Producer(**(options | overrides))
 
 
 def consumer(
@@ -86,7 +108,7 @@ def consumer(
         "request_timeout_ms": kafka.request_timeout_ms,
         "max_partition_fetch_bytes": 4 * MAX_BATCH_BYTES,
     }
-    return AIOKafkaConsumer(*subscribe, **(options | overrides))
+    return _Consumer(*subscribe, **(options | overrides))
 
 
 async def ensure_topics(kafka: KafkaSettings, names: Iterable[str] = topics.ALL) -> None:

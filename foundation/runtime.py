@@ -42,7 +42,7 @@ from aiokafka import (
     ConsumerRecord,
     TopicPartition,
 )
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from foundation import kafka as kafka_io
@@ -247,7 +247,10 @@ class Runtime(ConsumerRebalanceListener, Generic[T]):
             consumer.subscribe(list(handler.subscribe), listener=self)
             async with consumer:  # stopping it leaves the group: partitions move on at once
                 self.log.info(f"{handler.service}_started", topics=list(handler.subscribe))
-                await self._loop(consumer, producer, stop)
+                try:
+                    await self._loop(consumer, producer, stop)
+                except _Stopping as exc:  # the batch in hand stays uncommitted: redone later
+                    self.log.warning(f"{handler.service}_stopped_uncommitted", reason=str(exc))
         self.progress.log()
         self.log.info(f"{handler.service}_stopped")
 
@@ -445,7 +448,7 @@ class _Stopping(CallstreamError):  # noqa: N818 - asked to stop during a transie
 
 
 def _is_transient(exc: BaseException, extra: tuple[type[BaseException], ...]) -> bool:
-    if isinstance(exc, (Transient, TimeoutError, ConnectionError, *extra)):
+    if isinstance(exc, (Transient, TimeoutError, ConnectionError, KafkaTimeoutError, *extra)):
         return True
     return isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))
 

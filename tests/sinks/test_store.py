@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
+import uuid
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import msgspec
-from helpers import committed, eventually
+from helpers import committed, eventually, serving
 from sink_helpers import Query, events_of, sessions_of
 
 from callstream import samples
@@ -118,3 +122,123 @@ async def test_a_killed_store_loses_no_row_and_doubles_none(
     assert await query("SELECT count(*), count(DISTINCT event_id) FROM call_events") == [
         (len({event.event_id for event in events}),) * 2
     ]
+
+
+async def _serve_until_stored(
+    kafka: KafkaSettings, url: str, query: Query, expected: tuple[int, int], metrics: Metrics
+) -> None:
+    settings = StoreSettings(url=url, group_id="test-store", max_batch=50)
+    async with serving(lambda stop: store.serve(settings, kafka, stop, metrics)) as task:
+
+        async def stored() -> bool:
+            assert not task.done(), task
+            return await _counts(query) == expected
+
+        await eventually(stored, f"{expected} rows")
+
+
+async def test_a_value_the_store_cannot_write_is_dead_lettered_and_the_rest_is_stored(
+    kafka: KafkaSettings, store_url: str, query: Query
+) -> None:
+    """A duration past 2^63 fits no INTEGER column (SQLite: OverflowError; PostgreSQL: bigint
+    out of range): that one event is dead-lettered at stage `store`, every other row is written."""
+    events = events_of(samples.payloads("wavecell", 100))
+    poisoned = msgspec.structs.replace(events[37], duration_s=2**63)
+    events[37] = poisoned
+    await kafka_io.publish(kafka, topics.EVENTS, _records(events))
+    metrics = Metrics("store")
+    await _serve_until_stored(kafka, store_url, query, (len(events) - 1, 0), metrics)
+    [letter] = await kafka_io.read_all(kafka, topics.DLQ)
+    assert letter.value == _encoder.encode(poisoned)
+    assert dict(letter.headers)[topics.ERROR_STAGE] == b"store"
+    assert metrics.total("dead_lettered") == 1
+
+
+class _Proxy:
+    """A TCP proxy to PostgreSQL that the test can cut (connections closed, new ones refused) and
+    restore: the database going away and coming back, as the store sees it."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.links: set[asyncio.StreamWriter] = set()
+
+    async def up(self) -> None:
+        self.server = await asyncio.start_server(self._link, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def down(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in list(self.links):
+            writer.close()
+        await self.server.wait_closed()
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self.links |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self.links -= {writer, up_writer}
+
+
+async def test_a_database_that_goes_away_is_waited_for_with_nothing_lost_or_dead_lettered(
+    kafka: KafkaSettings, postgres_url: str
+) -> None:
+    parts = urlsplit(postgres_url)
+    proxy = _Proxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    await proxy.up()
+    url = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
+    schema = f"t_{uuid.uuid4().hex}"
+    admin = await asyncpg.connect(postgres_url)
+    await admin.execute(f"CREATE SCHEMA {schema}")
+    try:
+        url = f"{url}?search_path={schema}"
+        events = events_of(samples.payloads("wavecell", 200))
+        await kafka_io.publish(kafka, topics.EVENTS, _records(events[:100]))
+        metrics = Metrics("store")
+        settings = StoreSettings(url=url, group_id="test-store", max_batch=50)
+
+        async def rows() -> int:
+            try:
+                return await admin.fetchval(f"SELECT count(*) FROM {schema}.call_events")  # noqa: S608
+            except asyncpg.UndefinedTableError:  # not migrated yet
+                return -1
+
+        async with serving(lambda stop: store.serve(settings, kafka, stop, metrics)) as task:
+
+            async def first_half() -> bool:
+                assert not task.done(), task
+                return await rows() == 100
+
+            await eventually(first_half, "the first 100 events stored")
+            await proxy.down()  # the database goes away while the second half arrives
+            await kafka_io.publish(kafka, topics.EVENTS, _records(events[100:]))
+
+            async def retrying() -> bool:
+                return metrics.total("errors") > 0
+
+            await eventually(retrying, "a failed write retried")
+            await proxy.up()
+
+            async def all_stored() -> bool:
+                assert not task.done(), task
+                return await rows() == len(events)
+
+            await eventually(all_stored, f"{len(events)} events stored")
+        assert await kafka_io.read_all(kafka, topics.DLQ) == []
+    finally:
+        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await admin.close()

@@ -1,0 +1,199 @@
+"""The consumer runtime's error policy, on the real broker, with a handler and a sink of the test's
+own whose failures the test decides: a record that fails is dead-lettered and the rest flows, a
+sink that rejects a batch is bisected down to the record, transient trouble is retried and never
+dead-lettered, and a flood stops the service."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+from aiokafka.errors import KafkaConnectionError
+from helpers import committed, eventually
+from servers import Broker
+
+from foundation import kafka as kafka_io
+from foundation.kafka import OutRecord
+from foundation.runtime import (
+    FLOOD_MIN,
+    BaseHandler,
+    Flood,
+    Handled,
+    Metrics,
+    Record,
+    Rejected,
+    Runtime,
+)
+from foundation.settings import KafkaSettings
+from schemas import topics
+from schemas.topics import Stage
+
+COUNT = 60
+
+
+class Copier(BaseHandler[bytes]):
+    """calls.raw → calls.events unchanged; `b"bug …"` makes it raise, `b"bad …"` is rejected."""
+
+    service = "copier"
+    stage = Stage.NORMALIZE
+    subscribe = (topics.RAW,)
+    group_id = "test-copier"
+
+    def __init__(self, max_batch: int = 25, sink: Sink | None = None) -> None:
+        self.max_batch, self.sink = max_batch, sink
+
+    def handle(self, record: Record) -> Handled[bytes]:
+        value = record.value or b""
+        if value.startswith(b"bug"):
+            raise ValueError(f"cannot handle {value!r}")
+        if value.startswith(b"bad"):
+            raise Rejected(f"not a record: {value!r}")
+        if self.sink is not None:
+            return Handled(item=value)
+        return Handled([(topics.EVENTS, OutRecord(record.key, value, []))])
+
+
+class Sink:
+    """Keeps what it is given; refuses any batch holding `b"unwritable …"` as a whole (as a
+    database refuses a transaction), and fails `transient_failures` writes with ConnectionError."""
+
+    transient = ()
+
+    def __init__(self, transient_failures: int = 0) -> None:
+        self.written: list[bytes] = []
+        self.transient_failures = transient_failures
+
+    async def write(self, items: Sequence[bytes]) -> None:
+        if self.transient_failures:
+            self.transient_failures -= 1
+            raise ConnectionError("the database went away")
+        if any(item.startswith(b"unwritable") for item in items):
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        self.written.extend(items)
+
+
+def _values(*odd: tuple[int, bytes]) -> list[bytes]:
+    values = [b"ok %d" % n for n in range(COUNT)]
+    for at, value in odd:
+        values[at] = value
+    return values
+
+
+async def _publish(kafka: KafkaSettings, values: list[bytes]) -> None:
+    await kafka_io.publish(kafka, topics.RAW, (OutRecord(v, v, []) for v in values))
+
+
+async def _run_until_committed(
+    kafka: KafkaSettings,
+    handler: Copier,
+    count: int,
+    metrics: Metrics | None = None,
+    *,
+    runtime_kafka: KafkaSettings | None = None,
+) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(Runtime(handler, runtime_kafka or kafka, metrics=metrics).run(stop))
+    try:
+
+        async def all_committed() -> bool:
+            assert not task.done(), task
+            try:
+                offsets = await committed(kafka, handler.group_id, topics.RAW)
+            except KafkaConnectionError:  # the broker is paused
+                return False
+            return sum(offsets.values()) >= count
+
+        await eventually(all_committed, f"{count} records committed")
+    finally:
+        stop.set()
+        await task
+
+
+async def _letters(kafka: KafkaSettings) -> dict[bytes, tuple[bytes, bytes]]:
+    """Dead letters by value: (stage, reason)."""
+    return {
+        r.value: (dict(r.headers)[topics.ERROR_STAGE], dict(r.headers)[topics.ERROR])
+        for r in await kafka_io.read_all(kafka, topics.DLQ)
+    }
+
+
+async def test_a_record_that_fails_or_is_rejected_is_dead_lettered_and_the_rest_flows(
+    kafka: KafkaSettings,
+) -> None:
+    values = _values((7, b"bug 7"), (30, b"bad 30"))
+    await _publish(kafka, values)
+    metrics = Metrics("copier")
+    await _run_until_committed(kafka, Copier(), COUNT, metrics)
+    assert await _letters(kafka) == {
+        b"bug 7": (b"normalize", b"ValueError: cannot handle b'bug 7'"),
+        b"bad 30": (b"normalize", b"not a record: b'bad 30'"),
+    }
+    copied = sorted(r.value for r in await kafka_io.read_all(kafka, topics.EVENTS))
+    assert copied == sorted(v for v in values if v.startswith(b"ok"))
+    assert metrics.total("dead_lettered") == 2
+    assert metrics.total("received") == COUNT
+
+
+async def test_a_batch_the_sink_refuses_is_bisected_down_to_the_record(
+    kafka: KafkaSettings,
+) -> None:
+    values = _values((11, b"unwritable 11"), (12, b"unwritable 12"), (40, b"bad 40"))
+    await _publish(kafka, values)
+    sink = Sink()
+    await _run_until_committed(kafka, Copier(max_batch=COUNT, sink=sink), COUNT)
+    letters = await _letters(kafka)
+    assert set(letters) == {b"unwritable 11", b"unwritable 12", b"bad 40"}
+    assert letters[b"unwritable 11"][1].startswith(b"OverflowError: Python int too large")
+    assert sorted(sink.written) == sorted(v for v in values if v.startswith(b"ok"))
+
+
+async def test_transient_sink_failures_are_retried_and_never_dead_lettered(
+    kafka: KafkaSettings,
+) -> None:
+    await _publish(kafka, _values())
+    sink, metrics = Sink(transient_failures=3), Metrics("copier")
+    await _run_until_committed(kafka, Copier(sink=sink), COUNT, metrics)
+    assert await _letters(kafka) == {}
+    assert sorted(sink.written) == sorted(_values())
+    assert metrics.total("errors") == 3  # each retry counted, by stage and type
+
+
+async def test_a_paused_broker_is_waited_for_and_nothing_is_lost_or_dead_lettered(
+    broker: Broker, kafka: KafkaSettings
+) -> None:
+    await _publish(kafka, _values())
+    short = KafkaSettings(  # a produce times out within the pause (and the group session too)
+        bootstrap=kafka.bootstrap,
+        request_timeout_ms=4_000,
+        session_timeout_ms=3_000,
+        heartbeat_interval_ms=500,
+    )
+    metrics = Metrics("copier")
+
+    class PausingCopier(Copier):
+        paused = False
+
+        def handle(self, record: Record) -> Handled[bytes]:
+            if not self.paused:  # the broker stops answering while the first batch is in hand
+                self.paused = True
+                broker.pause()
+                asyncio.get_running_loop().call_later(6.0, broker.resume)
+            return super().handle(record)
+
+    try:
+        await _run_until_committed(kafka, PausingCopier(), COUNT, metrics, runtime_kafka=short)
+    finally:
+        broker.resume()
+    assert await _letters(kafka) == {}
+    assert metrics.total("errors") >= 1  # the produce that timed out, retried
+    copied = [r.value for r in await kafka_io.read_all(kafka, topics.EVENTS)]
+    assert sorted(set(copied)) == sorted(_values())  # all there; a redo may have doubled some
+
+
+async def test_a_flood_stops_the_service_and_commits_nothing(kafka: KafkaSettings) -> None:
+    await _publish(kafka, [b"bug %d" % n for n in range(FLOOD_MIN * 2)])
+    with pytest.raises(Flood, match="20 of 20 records of one batch failed"):
+        await Runtime(Copier(max_batch=100), kafka).run(asyncio.Event())
+    assert sum((await committed(kafka, "test-copier", topics.RAW)).values()) == 0
+    assert await _letters(kafka) == {}
