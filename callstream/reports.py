@@ -11,7 +11,7 @@ import msgspec
 
 from foundation.text import printable
 from sinks.backend import Backend
-from sinks.stores import backend_for
+from sinks.stores import open_existing
 
 _AGO = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -47,8 +47,7 @@ async def stats(url: str, **filters: Any) -> str:
 
 
 async def _query(url: str, method: str, **filters: Any) -> list[dict[str, Any]]:
-    store: Backend = backend_for(url)
-    await store.open()
+    store: Backend = await open_existing(url)
     try:
         return await getattr(store, method)(**filters)
     finally:
