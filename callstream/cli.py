@@ -9,14 +9,14 @@ import importlib
 import re
 import sys
 from collections.abc import Awaitable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
 import msgspec
 from aiokafka.errors import KafkaError
 
-from callstream import dlq, reports, up
+from callstream import dlq, reports, status, up
 from callstream.asyncapi import render
 from callstream.broker import EmbeddedBroker, port_free
 from callstream.replay import replay
@@ -220,6 +220,16 @@ def _add_pipeline_commands(commands: Any) -> None:
     cmd.add_argument("--rules", default=None, help="TOML file of rules (default: built-in rules)")
     cmd.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here (0: off)")
     cmd.set_defaults(run=_service)
+    listing = cmd.add_subparsers(dest="action", metavar="[list]")
+    listed = listing.add_parser(
+        "list", parents=[kafka], help="firing and recently resolved alerts, for people"
+    )
+    listed.add_argument(
+        "--since", type=_since, default=None, metavar="TIME",
+        help=f"resolved alerts since then ({_SINCE_HELP}; default 1h)",
+    )  # fmt: skip
+    listed.add_argument("--json", action="store_true", help="one JSON object per line")
+    listed.set_defaults(run=_alerts_list)
 
     for name, help_text in (
         ("normalizer", "normalize calls.raw into calls.events"),
@@ -243,6 +253,19 @@ def _add_pipeline_commands(commands: Any) -> None:
         help="also run the provider simulator, with the pollers and its traffic pointed at it",
     )  # fmt: skip
     cmd.set_defaults(run=_up)
+
+    cmd = commands.add_parser(
+        "status", parents=[kafka], help="topics, consumer lag, dead letters, firing alerts"
+    )
+    cmd.add_argument(
+        "--store", default=None,
+        help="count its rows: sqlite:///PATH or postgresql://… (default: the store of --data-dir)",
+    )  # fmt: skip
+    cmd.add_argument(
+        "--data-dir", type=Path, default=Path(".callstream"), help="where `up` keeps its store"
+    )
+    cmd.add_argument("--json", action="store_true", help="print one JSON object")
+    cmd.set_defaults(run=_status)
 
     cmd = commands.add_parser(
         "tail", parents=[kafka], help="print the records of a topic as JSON lines"
@@ -579,6 +602,27 @@ def _simulate(args: argparse.Namespace) -> int:
             webhook_rate=args.webhook_rate, duplicates=args.duplicates, stop=stop,
         )
     )  # fmt: skip
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    """Where the pipeline stands: a table per part, or one JSON object."""
+    kafka = _kafka(args)
+    found = asyncio.run(status.collect(kafka, args.store or store_url(args.data_dir)))
+    print(_encoder.encode(found).decode() if args.json else status.render(found))
+    return 0
+
+
+def _alerts_list(args: argparse.Namespace) -> int:
+    """Firing alerts, then those resolved since --since (1h): a table, or JSON lines."""
+    kafka = _kafka(args)
+    since = args.since or datetime.now(UTC) - timedelta(hours=1)
+    shown = status.recent(asyncio.run(status.latest_alerts(kafka)), datetime.now(UTC) - since)
+    if args.json:
+        for alert in shown:
+            print(_encoder.encode(alert).decode())
+    else:
+        print(status.render_alerts(shown))
     return 0
 
 

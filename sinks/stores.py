@@ -42,7 +42,7 @@ async def open_existing(url: str) -> Backend:
     file, or a database without callstream's tables) or the database does not answer.
     """
     store = backend_for(url)
-    where = _redacted(url)
+    where = redacted(url)
     hint = "`callstream up` or `callstream store` creates it; --store or --data-dir choose another"
     if isinstance(store, SqliteBackend):
         if not _sqlite_has_table(store.path):
@@ -84,7 +84,7 @@ async def _postgres_has_table(url: str, where: str) -> bool:
         await db.close()
 
 
-def _redacted(url: str) -> str:
+def redacted(url: str) -> str:
     """`url` without its password, to be shown."""
     scheme, sep, rest = url.partition("://")
     credentials, at, host = rest.rpartition("@")
