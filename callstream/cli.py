@@ -247,7 +247,11 @@ def _add_pipeline_commands(commands: Any) -> None:
         "--broker-port", type=int, default=9092, help="embedded broker port (without --kafka)"
     )
     cmd.add_argument("--http-port", type=int, default=8080, help="ingress port, on 127.0.0.1")
-    cmd.add_argument("--data-dir", type=Path, default=Path(".callstream"), help="local state")
+    cmd.add_argument(
+        "--metrics-port", type=int, default=9464,
+        help="every service's metrics on one endpoint, on 127.0.0.1 (0: off)",
+    )  # fmt: skip
+    cmd.add_argument("--data-dir", type=Path, default=up.DEFAULT_DATA_DIR, help="local state")
     cmd.add_argument(
         "--demo", action="store_true",
         help="also run the provider simulator, with the pollers and its traffic pointed at it",
@@ -262,7 +266,7 @@ def _add_pipeline_commands(commands: Any) -> None:
         help="count its rows: sqlite:///PATH or postgresql://… (default: the store of --data-dir)",
     )  # fmt: skip
     cmd.add_argument(
-        "--data-dir", type=Path, default=Path(".callstream"), help="where `up` keeps its store"
+        "--data-dir", type=Path, default=up.DEFAULT_DATA_DIR, help="where `up` keeps its store"
     )
     cmd.add_argument("--json", action="store_true", help="print one JSON object")
     cmd.set_defaults(run=_status)
@@ -276,6 +280,9 @@ def _add_pipeline_commands(commands: Any) -> None:
         "--count", type=_count, default=None,
         help="stop after N records (default: follow until Ctrl-C)",
     )  # fmt: skip
+    cmd.add_argument(
+        "--to-end", action="store_true", help="stop at the end of every partition, not follow"
+    )
     cmd.set_defaults(run=_tail)
 
 
@@ -353,7 +360,7 @@ def _add_store_commands(commands: Any) -> None:
         help="sqlite:///PATH or postgresql://… (default: the SQLite store of --data-dir)",
     )  # fmt: skip
     store.add_argument(
-        "--data-dir", type=Path, default=Path(".callstream"), help="where `up` keeps its store"
+        "--data-dir", type=Path, default=up.DEFAULT_DATA_DIR, help="where `up` keeps its store"
     )
     store.add_argument(
         "--since", type=_since, default=None, metavar="TIME",
@@ -568,11 +575,12 @@ def _topics(args: argparse.Namespace) -> int:
 def _up(args: argparse.Namespace) -> int:
 
     _service_logging()
-    if not port_free("127.0.0.1", args.http_port):
-        raise Unavailable(
-            f"port {args.http_port} on 127.0.0.1 is already in use (the ingress's; "
-            "--http-port chooses another)"
-        )
+    ports = [(args.http_port, "the ingress's; --http-port chooses another")]
+    if args.metrics_port:
+        ports.append((args.metrics_port, "for metrics; --metrics-port chooses another, 0: none"))
+    for port, what in ports:
+        if not port_free("127.0.0.1", port):
+            raise Unavailable(f"port {port} on 127.0.0.1 is already in use ({what})")
     args.data_dir.mkdir(parents=True, exist_ok=True)
     embedded = None
     if args.kafka is None:
@@ -580,7 +588,12 @@ def _up(args: argparse.Namespace) -> int:
     bootstrap = args.kafka if embedded is None else embedded.bootstrap
     kafka = load(KafkaSettings, "kafka", {"bootstrap": bootstrap})
     children = up.services(kafka, args.http_port, args.data_dir, demo=args.demo)
-    run_until_signalled(lambda stop: up.run(kafka, embedded, children, stop))
+    run_until_signalled(
+        lambda stop: up.serve(
+            kafka, embedded, children, stop, http_port=args.http_port,
+            metrics_port=args.metrics_port, data_dir=args.data_dir,
+        )
+    )  # fmt: skip
     return 0
 
 
@@ -631,7 +644,12 @@ def _tail(args: argparse.Namespace) -> int:
     kafka = _kafka(args)
     run_until_signalled(
         lambda stop: tail(
-            kafka, args.topic, from_beginning=args.from_beginning, count=args.count, stop=stop
+            kafka,
+            args.topic,
+            from_beginning=args.from_beginning,
+            count=args.count,
+            to_end=args.to_end,
+            stop=stop,
         )
     )
     return 0
