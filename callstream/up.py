@@ -20,11 +20,13 @@ from foundation.settings import KafkaSettings, PollSettings, load
 
 log = structlog.get_logger("callstream.up")
 
-DEMO_SIMULATION = ("--rate", "0.5", "--time-scale", "0.05", "--webhook-rate", "2")
-"""`up --demo`: a call of each polled provider every 2 s, lasting seconds; 2 callbacks a second."""
+DEMO_SIMULATION = ("--rate", "0.5", "--time-scale", "0.25", "--webhook-rate", "2")
+"""`up --demo`: a call of each polled provider every 2 s, its talk time a quarter of life's
+(a call that would last 2 minutes lasts 30 s; an unanswered one ends after its real ringing);
+2 callbacks a second."""
 DEMO_POLLING = {
     "CALLSTREAM_POLL__VPBX__WINDOW_S": "5",
-    "CALLSTREAM_POLL__VPBX__OVERLAP_S": "60",
+    "CALLSTREAM_POLL__VPBX__OVERLAP_S": "600",  # the longest demo call: 30 min / 4 + ringing
     "CALLSTREAM_POLL__VPBX__BACKFILL_S": "30",
     "CALLSTREAM_POLL__MOBILE_AGENT__INTERVAL_S": "1",
 }
