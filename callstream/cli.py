@@ -301,7 +301,8 @@ def _add_simulate_command(commands: Any) -> None:
     )
     cmd.add_argument(
         "--time-scale", type=_positive, default=1.0,
-        help="call durations are multiplied by this (0.05: a 10-minute call lasts 30 s)",
+        help="talk times are multiplied by this (0.25: a 2-minute call talks for 30 s); "
+        "mobile_agent's whole call",
     )  # fmt: skip
     cmd.add_argument("--clients", default="1001,1002", help="vpbx client ids, comma-separated")
     cmd.add_argument("--token-ttl", type=_positive, default=600.0, help="token lifetime, seconds")
