@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TextIO
 
 import aiohttp
 import structlog
+from aiohttp import web
 
 from callstream import metrics
 from callstream.broker import BrokerError, EmbeddedBroker, free_port
@@ -115,29 +117,31 @@ async def serve(
 ) -> None:
     """`callstream up`: `run`, with the one metrics endpoint on `metrics_port` (0: none), and
     once the ingress is ready, where to look printed on `out`."""
-    if broker is not None:
-        log.warning(
-            "broker_in_memory",
-            detail="the embedded broker keeps every topic in memory: raw records, dead letters "
-            "and alerts are gone once `up` stops; the store persists (--kafka: a durable Kafka)",
-        )
-    targets = {child.name: child.metrics for child in children if child.metrics}
-    endpoint = await metrics.serve(metrics_port, targets) if metrics_port else None
-    ready = asyncio.create_task(
-        _announce(
-            kafka,
-            broker,
-            children,
-            http_port=http_port,
-            metrics_port=metrics_port,
-            data_dir=data_dir,
-            out=out,
-        )
-    )
+    endpoint: web.AppRunner | None = None
+    announcing: list[asyncio.Task[None]] = []
+
+    async def started() -> None:
+        nonlocal endpoint
+        if broker is not None:
+            log.warning(
+                "broker_in_memory",
+                detail="the embedded broker keeps every topic in memory: raw records, dead "
+                "letters and alerts are gone once `up` stops; the store persists (--kafka: a "
+                "durable Kafka)",
+            )
+        targets = {child.name: child.metrics for child in children if child.metrics}
+        endpoint = await metrics.serve(metrics_port, targets) if metrics_port else None
+        announce = _announce(
+            kafka, broker, children, http_port=http_port, metrics_port=metrics_port,
+            data_dir=data_dir, out=out,
+        )  # fmt: skip
+        announcing.append(asyncio.create_task(announce))
+
     try:
-        await run(kafka, broker, children, stop)
+        await run(kafka, broker, children, stop, started=started)
     finally:
-        ready.cancel()
+        for task in announcing:
+            task.cancel()
         if endpoint is not None:
             await endpoint.cleanup()
 
@@ -189,13 +193,21 @@ async def _announce(
 
 
 async def run(
-    kafka: KafkaSettings, broker: EmbeddedBroker | None, children: list[Child], stop: asyncio.Event
+    kafka: KafkaSettings,
+    broker: EmbeddedBroker | None,
+    children: list[Child],
+    stop: asyncio.Event,
+    *,
+    started: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Start the embedded broker (None: Kafka runs elsewhere), bootstrap topics, supervise."""
+    """Start the embedded broker (None: Kafka runs elsewhere), bootstrap topics, then
+    `started()`, then supervise."""
     if broker is not None:
         await broker.start()
     try:
         await ensure_topics(kafka)
+        if started is not None:
+            await started()
         log.info("pipeline_up", kafka=kafka.bootstrap, services=[child.name for child in children])
         watch = asyncio.create_task(_watch(broker, stop)) if broker else None
         await supervise(children, stop)
