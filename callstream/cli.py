@@ -4,25 +4,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import importlib
+import re
 import sys
 from collections.abc import Awaitable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
 import msgspec
+from aiokafka.errors import KafkaError
 
-from callstream import dlq, reports, up
+from callstream import dlq, reports, status, up
 from callstream.asyncapi import render
-from callstream.broker import EmbeddedBroker
+from callstream.broker import EmbeddedBroker, port_free
 from callstream.replay import replay
 from callstream.reports import since
 from callstream.simulate import simulation
 from callstream.simulate.faults import Faults
 from callstream.tail import tail
 from callstream.up import store_url
-from foundation.errors import CallstreamError
+from foundation.errors import CallstreamError, Unavailable
 from foundation.kafka import ensure_topics
 from foundation.log import configure_logging
 from foundation.service import run_until_signalled, tune_gc
@@ -41,9 +44,14 @@ from foundation.settings import (
 from normalize import ADAPTERS, normalize
 from schemas import CallEvent, SessionRecord, Status, documents
 from schemas.documents import json_schema
+from schemas.topics import Stage
 
 EXIT_REJECTED = 1
+"""Input rejected: a report that does not normalize, an unknown dead-letter id."""
 EXIT_USAGE = 2
+"""Usage and settings: an unknown flag or value, a malformed setting."""
+EXIT_UNAVAILABLE = 3
+"""Something needed is not there or does not answer: the broker, the store, a port."""
 DEFAULT_KAFKA = KafkaSettings().bootstrap
 _SINCE_HELP = "15m, 2h, 7d ago or an RFC 3339 time"
 
@@ -51,23 +59,86 @@ _encoder = msgspec.json.Encoder()
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage errors as one line on stderr (exit 2), like every other error of the CLI."""
+    """Usage errors as one line on stderr (exit 2), like every other error of the CLI.
+
+    Options are never abbreviated (`--prov` is not `--provider`: a new option would change
+    what it means), and a mistyped option is what is reported, with the likely one, even when
+    it made argparse fail elsewhere first (`normalize --provder wavecell f` would otherwise
+    complain that --provider is missing, or take `wavecell` for the file).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+        self._seen: list[str] = []
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self._seen = list(sys.argv[1:] if args is None else args)
+        parsed, extras = super().parse_known_args(self._seen, namespace)
+        if extras:  # a subcommand reports its own, with what it knows of its options
+            self._unrecognized(extras)
+        return parsed, extras
 
     def error(self, message: str) -> NoReturn:
+        self._unrecognized(self._seen)
+        if (choice := _INVALID_CHOICE.search(message)) is not None:
+            options = re.findall(r"'([^']*)'", choice[2])
+            if close := difflib.get_close_matches(choice[1], options, 1):
+                message += f"; did you mean {close[0]!r}?"
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
+
+    def _unrecognized(self, args: Sequence[str]) -> None:
+        """Exit naming the options among `args` this parser does not know, if any."""
+        known = self._option_string_actions
+        unknown = []
+        for arg in args:
+            if arg == "--":
+                break
+            name = arg.split("=", 1)[0]
+            if arg.startswith("-") and name not in known and not _NUMBER.fullmatch(arg):
+                unknown.append(name)
+        if not unknown:
+            return
+        message = f"unrecognized arguments: {' '.join(unknown)}"
+        close = difflib.get_close_matches(unknown[0], [o for o in known if o.startswith("--")], 1)
+        if close:
+            message += f" (did you mean {close[0]}?)"
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
 
 
+_NUMBER = re.compile(r"-\d+(\.\d*)?")
+_INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every error is one line on stderr and an exit code (README)."""
     parser = _parser()
     args = parser.parse_args(argv)
     try:
         return args.run(args)
     except SettingsError as exc:
-        print(f"callstream: setting {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(f"setting {exc}", EXIT_USAGE)
+    except Unavailable as exc:
+        return _fail(str(exc), EXIT_UNAVAILABLE)
+    except KafkaError as exc:  # the broker answered, but not as asked, or stopped answering
+        return _fail(f"Kafka at {_bootstrap_of(args)}: {exc}", EXIT_UNAVAILABLE)
+    except TimeoutError as exc:
+        return _fail(f"Kafka at {_bootstrap_of(args)}: {exc or 'timed out'}", EXIT_UNAVAILABLE)
     except CallstreamError as exc:
-        print(f"callstream: {exc}", file=sys.stderr)
-        return EXIT_REJECTED
+        return _fail(str(exc), EXIT_REJECTED)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"callstream: {message}", file=sys.stderr)
+    return code
+
+
+def _bootstrap_of(args: argparse.Namespace) -> str:
+    try:
+        return _kafka(args).bootstrap
+    except SettingsError:
+        return getattr(args, "kafka", None) or DEFAULT_KAFKA
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -149,6 +220,16 @@ def _add_pipeline_commands(commands: Any) -> None:
     cmd.add_argument("--rules", default=None, help="TOML file of rules (default: built-in rules)")
     cmd.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here (0: off)")
     cmd.set_defaults(run=_service)
+    listing = cmd.add_subparsers(dest="action", metavar="[list]")
+    listed = listing.add_parser(
+        "list", parents=[kafka], help="firing and recently resolved alerts, for people"
+    )
+    listed.add_argument(
+        "--since", type=_since, default=None, metavar="TIME",
+        help=f"resolved alerts since then ({_SINCE_HELP}; default 1h)",
+    )  # fmt: skip
+    listed.add_argument("--json", action="store_true", help="one JSON object per line")
+    listed.set_defaults(run=_alerts_list)
 
     for name, help_text in (
         ("normalizer", "normalize calls.raw into calls.events"),
@@ -166,7 +247,11 @@ def _add_pipeline_commands(commands: Any) -> None:
         "--broker-port", type=int, default=9092, help="embedded broker port (without --kafka)"
     )
     cmd.add_argument("--http-port", type=int, default=8080, help="ingress port, on 127.0.0.1")
-    cmd.add_argument("--data-dir", type=Path, default=Path(".callstream"), help="local state")
+    cmd.add_argument(
+        "--metrics-port", type=int, default=9464,
+        help="every service's metrics on one endpoint, on 127.0.0.1 (0: off)",
+    )  # fmt: skip
+    cmd.add_argument("--data-dir", type=Path, default=up.DEFAULT_DATA_DIR, help="local state")
     cmd.add_argument(
         "--demo", action="store_true",
         help="also run the provider simulator, with the pollers and its traffic pointed at it",
@@ -174,11 +259,30 @@ def _add_pipeline_commands(commands: Any) -> None:
     cmd.set_defaults(run=_up)
 
     cmd = commands.add_parser(
+        "status", parents=[kafka], help="topics, consumer lag, dead letters, firing alerts"
+    )
+    cmd.add_argument(
+        "--store", default=None,
+        help="count its rows: sqlite:///PATH or postgresql://… (default: the store of --data-dir)",
+    )  # fmt: skip
+    cmd.add_argument(
+        "--data-dir", type=Path, default=up.DEFAULT_DATA_DIR, help="where `up` keeps its store"
+    )
+    cmd.add_argument("--json", action="store_true", help="print one JSON object")
+    cmd.set_defaults(run=_status)
+
+    cmd = commands.add_parser(
         "tail", parents=[kafka], help="print the records of a topic as JSON lines"
     )
     cmd.add_argument("topic", help="e.g. calls.events")
     cmd.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
-    cmd.add_argument("--count", type=int, default=None, help="stop after N records")
+    cmd.add_argument(
+        "--count", type=_count, default=None,
+        help="stop after N records (default: follow until Ctrl-C)",
+    )  # fmt: skip
+    cmd.add_argument(
+        "--to-end", action="store_true", help="stop at the end of every partition, not follow"
+    )
     cmd.set_defaults(run=_tail)
 
 
@@ -197,7 +301,8 @@ def _add_simulate_command(commands: Any) -> None:
     )
     cmd.add_argument(
         "--time-scale", type=_positive, default=1.0,
-        help="call durations are multiplied by this (0.05: a 10-minute call lasts 30 s)",
+        help="talk times are multiplied by this (0.25: a 2-minute call talks for 30 s); "
+        "mobile_agent's whole call",
     )  # fmt: skip
     cmd.add_argument("--clients", default="1001,1002", help="vpbx client ids, comma-separated")
     cmd.add_argument("--token-ttl", type=_positive, default=600.0, help="token lifetime, seconds")
@@ -232,8 +337,8 @@ def _add_operations_commands(commands: Any) -> None:
         dest="dlq", required=True, metavar="ACTION"
     )
     filters = _Parser(add_help=False)
-    filters.add_argument("--stage", default=None, help="ingress, normalize, replay, redrive, …")
-    filters.add_argument("--provider", default=None)
+    filters.add_argument("--stage", default=None, choices=[stage.value for stage in Stage])
+    filters.add_argument("--provider", default=None, choices=sorted(ADAPTERS))
     filters.add_argument("--since", type=_since, default=None, metavar="TIME", help=_SINCE_HELP)
     cmd = dlq.add_parser("list", parents=[kafka, filters], help="the dead letters, one line each")
     cmd.add_argument(
@@ -256,7 +361,7 @@ def _add_store_commands(commands: Any) -> None:
         help="sqlite:///PATH or postgresql://… (default: the SQLite store of --data-dir)",
     )  # fmt: skip
     store.add_argument(
-        "--data-dir", type=Path, default=Path(".callstream"), help="where `up` keeps its store"
+        "--data-dir", type=Path, default=up.DEFAULT_DATA_DIR, help="where `up` keeps its store"
     )
     store.add_argument(
         "--since", type=_since, default=None, metavar="TIME",
@@ -264,10 +369,10 @@ def _add_store_commands(commands: Any) -> None:
     )  # fmt: skip
 
     cmd = commands.add_parser("calls", parents=[store], help="list calls from the store")
-    cmd.add_argument("--provider", default=None)
+    cmd.add_argument("--provider", default=None, choices=sorted(ADAPTERS))
     cmd.add_argument("--status", default=None, choices=[status.value for status in Status])
     cmd.add_argument("--number", default=None, help="calls from or to this number")
-    cmd.add_argument("--limit", type=int, default=50)
+    cmd.add_argument("--limit", type=_count, default=50, help="at most this many (50)")
     cmd.set_defaults(
         run=_report, report="calls", filters=("provider", "status", "since", "number", "limit")
     )
@@ -309,6 +414,12 @@ def _positive(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 def _fault(text: str) -> str:
@@ -465,6 +576,12 @@ def _topics(args: argparse.Namespace) -> int:
 def _up(args: argparse.Namespace) -> int:
 
     _service_logging()
+    ports = [(args.http_port, "the ingress's; --http-port chooses another")]
+    if args.metrics_port:
+        ports.append((args.metrics_port, "for metrics; --metrics-port chooses another, 0: none"))
+    for port, what in ports:
+        if not port_free("127.0.0.1", port):
+            raise Unavailable(f"port {port} on 127.0.0.1 is already in use ({what})")
     args.data_dir.mkdir(parents=True, exist_ok=True)
     embedded = None
     if args.kafka is None:
@@ -472,7 +589,12 @@ def _up(args: argparse.Namespace) -> int:
     bootstrap = args.kafka if embedded is None else embedded.bootstrap
     kafka = load(KafkaSettings, "kafka", {"bootstrap": bootstrap})
     children = up.services(kafka, args.http_port, args.data_dir, demo=args.demo)
-    run_until_signalled(lambda stop: up.run(kafka, embedded, children, stop))
+    run_until_signalled(
+        lambda stop: up.serve(
+            kafka, embedded, children, stop, http_port=args.http_port,
+            metrics_port=args.metrics_port, data_dir=args.data_dir,
+        )
+    )  # fmt: skip
     return 0
 
 
@@ -497,12 +619,38 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    """Where the pipeline stands: a table per part, or one JSON object."""
+    kafka = _kafka(args)
+    found = asyncio.run(status.collect(kafka, args.store or store_url(args.data_dir)))
+    print(_encoder.encode(found).decode() if args.json else status.render(found))
+    return 0
+
+
+def _alerts_list(args: argparse.Namespace) -> int:
+    """Firing alerts, then those resolved since --since (1h): a table, or JSON lines."""
+    kafka = _kafka(args)
+    since = args.since or datetime.now(UTC) - timedelta(hours=1)
+    shown = status.recent(asyncio.run(status.latest_alerts(kafka)), datetime.now(UTC) - since)
+    if args.json:
+        for alert in shown:
+            print(_encoder.encode(alert).decode())
+    else:
+        print(status.render_alerts(shown))
+    return 0
+
+
 def _tail(args: argparse.Namespace) -> int:
 
     kafka = _kafka(args)
     run_until_signalled(
         lambda stop: tail(
-            kafka, args.topic, from_beginning=args.from_beginning, count=args.count, stop=stop
+            kafka,
+            args.topic,
+            from_beginning=args.from_beginning,
+            count=args.count,
+            to_end=args.to_end,
+            stop=stop,
         )
     )
     return 0

@@ -28,6 +28,7 @@ from foundation import kafka as kafka_io
 from foundation.errors import CallstreamError
 from foundation.kafka import OutRecord
 from foundation.settings import KafkaSettings
+from foundation.text import printable
 from normalize.service import route
 from schemas import topics
 from schemas.topics import RAW_STAGES, Stage
@@ -132,10 +133,11 @@ async def show(kafka: KafkaSettings, id: str) -> DeadLetter:
 
 
 def render_show(letter: DeadLetter) -> str:
-    """Its id, time and headers, one per line, then a blank line and the body as text."""
+    """Its id, time and headers, one per line, then a blank line and the body as text; control
+    characters escaped, but for the body's line feeds and tabs."""
     lines = [f"id: {letter.id}", f"time: {letter.time.isoformat()}"]
-    lines += [f"{name}: {value}" for name, value in letter.headers.items()]
-    return "\n".join([*lines, "", letter.body.decode(errors="replace")])
+    lines += [f"{printable(name)}: {printable(value)}" for name, value in letter.headers.items()]
+    return "\n".join([*lines, "", printable(letter.body.decode(errors="replace"), keep="\n\t")])
 
 
 async def redrive(

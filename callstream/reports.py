@@ -9,8 +9,9 @@ from typing import Any
 
 import msgspec
 
+from foundation.text import printable
 from sinks.backend import Backend
-from sinks.stores import backend_for
+from sinks.stores import open_existing
 
 _AGO = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -46,8 +47,7 @@ async def stats(url: str, **filters: Any) -> str:
 
 
 async def _query(url: str, method: str, **filters: Any) -> list[dict[str, Any]]:
-    store: Backend = backend_for(url)
-    await store.open()
+    store: Backend = await open_existing(url)
     try:
         return await getattr(store, method)(**filters)
     finally:
@@ -55,7 +55,8 @@ async def _query(url: str, method: str, **filters: Any) -> list[dict[str, Any]]:
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Left-aligned columns; numbers right-aligned; `-` for unknown."""
+    """Left-aligned columns; numbers right-aligned; `-` for unknown; control characters escaped
+    (`foundation.text.printable`): every table for people is printed by this function."""
     cells = [list(header), *([_cell(value) for value in row] for row in rows)]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     numeric = [all(_is_number(row[i]) for row in rows) and rows for i in range(len(header))]
@@ -76,7 +77,7 @@ def _cell(value: Any) -> str:
         return "-"
     if isinstance(value, datetime):
         return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-    return str(value)
+    return printable(str(value))
 
 
 def _is_number(value: Any) -> bool:

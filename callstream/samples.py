@@ -1,11 +1,16 @@
 """Realistic provider payloads, generated reproducibly from a seed.
 
 Benchmarks and demos feed these to the pipeline; each generator follows its seed document's
-shape and a plausible mix of outcomes.
+shape, a plausible mix of outcomes, and plausible times: how long a call takes to be answered
+(or to fail), and how long it lasts, are drawn per call from log-normal distributions (most
+calls short, a few long), so that `callstream stats` shows believable figures: an ASR of about
+55 %, an ACD of one to two minutes, a post-dial delay (here: to the answer, as the providers
+report no ringing time) of several seconds. Causes match outcomes: a busy call says USER_BUSY.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -15,7 +20,35 @@ import msgspec
 
 _START = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
 _COUNTRIES = (("ID", "+62"), ("SG", "+65"), ("PH", "+63"), ("GB", "+44"))
-_WAVECELL_B = ("Completed", "No Answer", "BUSY", "Failed", "Canceled", "COMPLETED")
+
+
+def _spread(rng: random.Random, median: float, sigma: float, low: float, high: float) -> float:
+    """A log-normal draw around `median` (`sigma`: its spread), kept within [low, high]."""
+    return min(max(rng.lognormvariate(math.log(median), sigma), low), high)
+
+
+def talk_s(rng: random.Random, median: float = 75.0) -> float:
+    """How long an answered call lasts: median 75 s, a mean near two minutes, at most 30 min."""
+    return _spread(rng, median, 1.0, 3.0, 1800.0)
+
+
+def answer_s(rng: random.Random) -> float:
+    """From dialling to the answer: a post-dial delay of a few seconds, then the ringing
+    (median 7 s in all, rarely over 20)."""
+    return _spread(rng, 2.5, 0.4, 1.0, 10.0) + _spread(rng, 4.5, 0.6, 1.0, 40.0)
+
+
+_WAVECELL_B = (
+    # (weight, callB status as Wavecell writes it, seconds from dialling to the end of a call
+    # that is not answered: median, spread)
+    (50, "Completed", None),
+    (5, "COMPLETED", None),  # the spelling varies
+    (17, "No Answer", (30.0, 0.2)),
+    (9, "BUSY", (4.0, 0.3)),
+    (9, "Failed", (2.0, 0.5)),
+    (10, "Canceled", (12.0, 0.5)),
+)
+_WAVECELL_WEIGHTS = [weight for weight, *_ in _WAVECELL_B]
 
 
 def _number(rng: random.Random, prefix: str) -> str:
@@ -27,37 +60,46 @@ def _iso(moment: datetime) -> str:
 
 
 def wavecell(rng: random.Random, at: datetime | None = None) -> bytes:
-    """A two-leg aggregated status: callA answered, callB's outcome drawn from the table.
+    """A two-leg aggregated status: callA (the caller, answered by the platform at once),
+    callB (the called party) with an outcome drawn from the table and its own times.
 
     `at`: when the call ended and the report is sent (live traffic); by default a moment of a
     fixed day, so that the same seed gives the same bytes.
     """
+    _, b_status, unanswered = rng.choices(_WAVECELL_B, _WAVECELL_WEIGHTS)[0]
+    dialled = 1 + (round(answer_s(rng)) if unanswered is None else 0)
+    talk = round(talk_s(rng)) if unanswered is None else 0
+    total = dialled + talk if unanswered is None else 1 + round(_spread(rng, *unanswered, 1, 60))
     start = _START + timedelta(seconds=rng.randrange(86_400))
-    b_status = rng.choice(_WAVECELL_B)
-    talk = rng.randrange(5, 600) if b_status.upper() == "COMPLETED" else 0
     if at is not None:
-        start = at - timedelta(seconds=talk + 20)
-    end = start + timedelta(seconds=talk + 20)
+        start = at - timedelta(seconds=total)
+    end = start + timedelta(seconds=total)
     country, prefix = rng.choice(_COUNTRIES)
 
-    def leg(direction: str | int, source: str, target: str, status: str, duration: int) -> dict:
-        return {
+    def leg(
+        direction: str | int, source: str, target: str, status: str, times: tuple[int, int | None]
+    ) -> dict:
+        initiated, connected = times
+        data = {
             "id": str(uuid.UUID(int=rng.getrandbits(128))),
             "direction": direction,
             "type": "PSTN",
             "numberReferenceId": f"Number_pool_{rng.randrange(10_000)}",
-            "initiatedTimestamp": _iso(start),
-            "connectedTimestamp": _iso(start + timedelta(seconds=15)),
+            "initiatedTimestamp": _iso(start + timedelta(seconds=initiated)),
             "disconnectedTimestamp": _iso(end),
             "source": source,
             "target": target,
             "sourceCountryCode": country,
             "targetCountryCode": country,
             "status": status,
-            "duration": duration,
+            "duration": 0 if connected is None else total - connected,
         }
+        if connected is not None:
+            data["connectedTimestamp"] = _iso(start + timedelta(seconds=connected))
+        return data
 
     caller, masked, callee = (_number(rng, prefix) for _ in range(3))
+    b_times = (1, dialled if unanswered is None else None)
     return msgspec.json.encode(
         {
             "sessionId": str(uuid.UUID(int=rng.getrandbits(128))),
@@ -68,8 +110,8 @@ def wavecell(rng: random.Random, at: datetime | None = None) -> bytes:
             "lastAction": "MakeCall",
             "callCount": 2,
             "details": {
-                "callA": leg("Inbound", caller, masked, "Completed", talk + 20),
-                "callB": leg(rng.choice(("Outbound", 1)), masked, callee, b_status, talk),
+                "callA": leg("Inbound", caller, masked, "Completed", (0, 0)),
+                "callB": leg(rng.choice(("Outbound", 1)), masked, callee, b_status, b_times),
             },
         }
     )
@@ -86,27 +128,36 @@ class MobileAgentCall(NamedTuple):
 
 
 _MOBILE_AGENT_OUTCOMES = (
-    # (weight, states after 0, reasonCodes, ringing s, talking s)
-    (5, (1, 2, 3), (0, 0, 1), (3, 15), (5, 600)),  # answered, then someone hangs up
-    (2, (1, 3), (5, 4), (20, 45), None),  # not answered
-    (1, (1, 3), (17,), (1, 3), None),  # busy (a Q.850 cause)
-    (1, (1, 3), (21,), (2, 10), None),  # rejected
-    (1, (3,), (6, 3, 34), None, None),  # the call could not be made
-    (1, (1, 2, 3), (None,), (3, 15), (5, 120)),  # ended, and no reason reported
+    # (weight, states after 0, reasonCodes, ringing s (median, spread), talking)
+    (55, (1, 2, 3), (0, 0, 1), (6.0, 0.6), True),  # answered, then someone hangs up
+    (17, (1, 3), (5, 4), (30.0, 0.2), False),  # not answered
+    (9, (1, 3), (17,), (4.0, 0.3), False),  # busy (a Q.850 cause)
+    (7, (1, 3), (21,), (8.0, 0.5), False),  # rejected
+    (7, (3,), (6, 3, 34), None, False),  # the call could not be made
+    (5, (1, 2, 3), (None,), (6.0, 0.6), True),  # ended, and no reason reported
 )
 _MOBILE_AGENT_WEIGHTS = [outcome[0] for outcome in _MOBILE_AGENT_OUTCOMES]
 
 
 def mobile_agent_call(rng: random.Random) -> MobileAgentCall:
-    """A call with a realistic outcome: its states 0 → (1 → (2 →)) 3 and when each comes."""
-    _, after, reasons, ringing, talking = rng.choices(
-        _MOBILE_AGENT_OUTCOMES, _MOBILE_AGENT_WEIGHTS
-    )[0]
-    at = rng.uniform(0.5, 3.0)  # waiting to be called
+    """A call with a realistic outcome: its states 0 → (1 → (2 →)) 3 and when each comes.
+
+    (queryCallState reports when a call started and ended, not when it was answered: its
+    calls have no talk time, so no ACD, whatever their durations.)
+    """
+    _, after, reasons, ringing, talks = rng.choices(_MOBILE_AGENT_OUTCOMES, _MOBILE_AGENT_WEIGHTS)[
+        0
+    ]
+    at = _spread(rng, 1.5, 0.5, 0.5, 5.0)  # waiting to be called
     states = [(0, 0.0)]
     for state in after:
         states.append((state, at))
-        at += rng.uniform(*(ringing if state == 1 else talking or (0, 0)))
+        if state == 1:
+            at += _spread(rng, *ringing, 1.0, 60.0)
+        elif state == 2 and talks:
+            at += talk_s(rng)
+        else:
+            at += _spread(rng, 1.0, 0.5, 0.2, 5.0)
     return MobileAgentCall(
         caller=str(rng.randrange(10**7, 10**8)),
         called=str(rng.randrange(10**7, 10**8)),
@@ -147,7 +198,23 @@ def mobile_agent(rng: random.Random) -> bytes:
     return mobile_agent_answer(call, rng.choice((*[states[-1]] * 4, *states[:-1])), placed_ms)
 
 
-_VPBX_RESULTS = ("bridged", "bridged", "answered", "not answered", "busy", "rejected", "failed")
+_VPBX_OUTCOMES = (
+    # (weight, result, how it ended: [(weight, hangup_disposition, hangup_cause)], seconds
+    # from dialling to the end when not answered: median, spread)
+    (40, "bridged", [(3, "caller_bye", "NORMAL_CLEARING"), (2, "callee_bye", "NORMAL_CLEARING")],
+     None),
+    (15, "answered", [(1, "caller_bye", "NORMAL_CLEARING"), (1, "callee_bye", "NORMAL_CLEARING")],
+     None),
+    (17, "not answered", [(3, "", "NO_ANSWER"), (2, "caller_cancel", "ORIGINATOR_CANCEL")],
+     (25.0, 0.3)),
+    (9, "busy", [(1, "callee_refuse", "USER_BUSY")], (3.0, 0.3)),
+    (7, "rejected", [(1, "callee_refuse", "CALL_REJECTED")], (5.0, 0.5)),
+    (12, "failed", [(2, "internal_cancel", "UNALLOCATED_NUMBER"),
+                    (1, "internal_cancel", "NO_ROUTE_DESTINATION"),
+                    (1, "internal_cancel", "NORMAL_TEMPORARY_FAILURE"),
+                    (1, "internal_cancel", "RECOVERY_ON_TIMER_EXPIRE")], (2.0, 0.5)),
+)  # fmt: skip
+_VPBX_WEIGHTS = [weight for weight, *_ in _VPBX_OUTCOMES]
 VPBX_TIME = "%Y-%m-%d %H:%M:%S"
 """How vpbx writes times (GMT), in records and in the window filters."""
 
@@ -155,11 +222,18 @@ VPBX_TIME = "%Y-%m-%d %H:%M:%S"
 def vpbx_call(
     rng: random.Random, init: datetime, client_owner_id: int | str, time_scale: float = 1.0
 ) -> tuple[dict[str, object], datetime]:
-    """One call record that started at `init`, and when it ended; `time_scale` shrinks its
-    durations (a simulation that runs faster than life)."""
-    result = rng.choice(_VPBX_RESULTS)
-    talk = rng.randrange(5, 900) * time_scale if result in ("bridged", "answered") else 0
-    answered = init + timedelta(seconds=8 * time_scale)
+    """One call record that started at `init`, and when it ended. `time_scale` shrinks its
+    talk time (a simulation that runs faster than life); the wait for an answer stays as it
+    is, seconds, so that the post-dial delay stays true."""
+    _, result, endings, unanswered = rng.choices(_VPBX_OUTCOMES, _VPBX_WEIGHTS)[0]
+    _, disposition, cause = rng.choices(endings, [weight for weight, *_ in endings])[0]
+    if unanswered is None:
+        ringing = timedelta(seconds=round(answer_s(rng)))
+        talk = round(talk_s(rng) * time_scale) or 1
+    else:
+        ringing = timedelta(seconds=round(_spread(rng, *unanswered, 1.0, 60.0)))
+        talk = 0
+    answered = init + ringing
     ended = answered + timedelta(seconds=talk)
     record = {
         "call_uuid": str(uuid.UUID(int=rng.getrandbits(128))),
@@ -168,15 +242,13 @@ def vpbx_call(
         "from_username": _number(rng, "+7"),
         "to_username": str(rng.randrange(100, 200)),
         "result": result,
-        "hangup_disposition": "caller_bye"
-        if talk
-        else rng.choice(("caller_cancel", "callee_refuse")),
-        "hangup_cause": "NORMAL_CLEARING",
+        "hangup_disposition": disposition,
+        "hangup_cause": cause,
         "init_time_gmt": init.strftime(VPBX_TIME),
         "start_time_gmt": answered.strftime(VPBX_TIME) if talk else None,
         "hangup_time_gmt": ended.strftime(VPBX_TIME),
-        "duration": round(talk + 8 * time_scale),
-        "bridged_duration": round(talk) or None,
+        "duration": round((ended - init).total_seconds()),
+        "bridged_duration": talk or None,
         "extension_id": rng.randrange(100, 200),
     }
     return record, ended
@@ -200,22 +272,27 @@ def vpbx(rng: random.Random, calls: int = 10) -> bytes:
     return vpbx_page(records, 1, calls, "desc")
 
 
+_VOICE_MESSAGING = (
+    # (weight, status, error_code): delivered, not delivered (no answer, busy), rejected,
+    # accepted and not yet called
+    (60, "DELIVRD", 0),
+    (14, "UNDELIV", 4017),
+    (7, "UNDELIV", 4019),
+    (7, "REJECTD", 3003),
+    (12, "ACCEPTD", None),
+)
+_VOICE_MESSAGING_WEIGHTS = [weight for weight, *_ in _VOICE_MESSAGING]
+
+
 def voice_messaging(rng: random.Random, at: datetime | None = None) -> bytes:
-    """A delivery callback for one call of a TTS job; `at` as for `wavecell`."""
+    """A delivery callback for one call of a TTS job; `at` as for `wavecell`. A delivered
+    message is listened to for a while (median 35 s): messages are short."""
     sent = int((_START + timedelta(seconds=rng.randrange(86_400))).timestamp())
     if at is not None:
         sent = int(at.timestamp())
-    status, code = rng.choice(
-        (
-            ("DELIVRD", 0),
-            ("DELIVRD", 0),
-            ("UNDELIV", 4017),
-            ("UNDELIV", 4019),
-            ("REJECTD", 3003),
-            ("ACCEPTD", None),
-        )
-    )
-    talk = rng.randrange(5, 120) if status == "DELIVRD" else 0
+    _, status, code = rng.choices(_VOICE_MESSAGING, _VOICE_MESSAGING_WEIGHTS)[0]
+    talk = round(talk_s(rng, median=35.0)) if status == "DELIVRD" else 0
+    ringing = round(_spread(rng, 6.0, 0.6, 1.0, 40.0)) if status == "DELIVRD" else 30
     call = {
         "type": "voice",
         "message_id": str(rng.randrange(10**20, 10**21)),
@@ -226,7 +303,7 @@ def voice_messaging(rng: random.Random, at: datetime | None = None) -> bytes:
         "from": "35655555551",
         "client_message_id": "",
         "job_type": "TTS",
-        "ring_date": sent - talk - 20 if status != "REJECTD" else False,
+        "ring_date": sent - talk - ringing if status in ("DELIVRD", "UNDELIV") else False,
         "answer_date": sent - talk if talk else False,
         "hang_date": sent if status in ("DELIVRD", "UNDELIV") else False,
         "actual_duration": talk,

@@ -33,6 +33,8 @@ class Child:
     """Arguments of `callstream`, e.g. ("normalizer", "--kafka", "127.0.0.1:9092")."""
     env: Mapping[str, str] = field(default_factory=dict)
     """Environment variables set for the child on top of this process's (settings)."""
+    metrics: str | None = None
+    """The URL of its Prometheus metrics, if it serves them."""
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
     failures_in_a_row: int = field(default=0, repr=False)
@@ -67,7 +69,9 @@ class Child:
 
 
 async def supervise(children: Sequence[Child], stop: asyncio.Event) -> None:
-    """Run every child until `stop` is set, restarting those that exit; then stop them all."""
+    """Run every child until `stop` is set, restarting those that exit; then stop them all,
+    in the reverse order of `children`, each once the one after it has exited (a source
+    stops before what it feeds, which then finds nobody gone from under it)."""
     for child in children:
         await child.start()
     keepers = [
@@ -77,7 +81,8 @@ async def supervise(children: Sequence[Child], stop: asyncio.Event) -> None:
     for keeper in keepers:
         keeper.cancel()
     await asyncio.gather(*keepers, return_exceptions=True)
-    await asyncio.gather(*(child.stop() for child in reversed(children)))
+    for child in reversed(children):
+        await child.stop()
 
 
 async def _keep_running(child: Child, stop: asyncio.Event) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TextIO
 
 import msgspec
 from aiokafka import ConsumerRecord
@@ -56,9 +56,13 @@ async def tail(
     from_beginning: bool,
     count: int | None,
     stop: asyncio.Event,
+    to_end: bool = False,
     out: BinaryIO = sys.stdout.buffer,
+    err: TextIO = sys.stderr,
 ) -> None:
-    """Print records of `topic` (all partitions, no consumer group) until `count` or `stop`.
+    """Print records of `topic` (all partitions, no consumer group) until `count`, the end of
+    every partition (`to_end`), or `stop`. Following (neither `count` nor `to_end`) is said on
+    `err`, so that a person knows it will not end by itself.
 
     Without `from_beginning` only records written from now on are shown. Some brokers (the
     embedded one) answer "end of log" with the start of its last batch, so records older than
@@ -74,8 +78,12 @@ async def tail(
             await consumer.seek_to_beginning(*partitions)
         else:
             await consumer.seek_to_end(*partitions)
+        if count is None and not to_end:
+            which = "from its beginning" if from_beginning else "from now on"
+            print(f"callstream: following {topic} {which}; Ctrl-C stops", file=err, flush=True)
         shown = 0
-        while not stop.is_set() and (count is None or shown < count):
+        pending = set(partitions)
+        while not stop.is_set() and (count is None or shown < count) and pending:
             batches = await consumer.getmany(
                 timeout_ms=200, max_records=500 if count is None else count - shown
             )
@@ -84,3 +92,5 @@ async def tail(
                     out.write(render(record) + b"\n")
                     shown += 1
             out.flush()
+            if to_end:
+                pending = {tp for tp in pending if not await kafka_io.at_end(consumer, tp)}

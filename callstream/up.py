@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TextIO
 
+import aiohttp
 import structlog
+from aiohttp import web
 
+from callstream import metrics
 from callstream.broker import BrokerError, EmbeddedBroker, free_port
 from callstream.simulate.simulation import poll_env
 from callstream.supervisor import Child, supervise
@@ -15,15 +22,20 @@ from foundation.settings import KafkaSettings, PollSettings, load
 
 log = structlog.get_logger("callstream.up")
 
-DEMO_SIMULATION = ("--rate", "0.5", "--time-scale", "0.05", "--webhook-rate", "2")
-"""`up --demo`: a call of each polled provider every 2 s, lasting seconds; 2 callbacks a second."""
+DEMO_SIMULATION = ("--rate", "0.5", "--time-scale", "0.25", "--webhook-rate", "2")
+"""`up --demo`: a call of each polled provider every 2 s, its talk time a quarter of life's
+(a call that would last 2 minutes lasts 30 s; an unanswered one ends after its real ringing);
+2 callbacks a second."""
 DEMO_POLLING = {
     "CALLSTREAM_POLL__VPBX__WINDOW_S": "5",
-    "CALLSTREAM_POLL__VPBX__OVERLAP_S": "60",
+    "CALLSTREAM_POLL__VPBX__OVERLAP_S": "600",  # the longest demo call: 30 min / 4 + ringing
     "CALLSTREAM_POLL__VPBX__BACKFILL_S": "30",
     "CALLSTREAM_POLL__MOBILE_AGENT__INTERVAL_S": "1",
 }
 """`up --demo`: polling quick enough to show the simulated calls at once."""
+
+
+DEFAULT_DATA_DIR = Path(".callstream")
 
 
 def store_url(data_dir: Path) -> str:
@@ -32,41 +44,170 @@ def store_url(data_dir: Path) -> str:
 
 
 def services(
-    kafka: KafkaSettings, http_port: int, data_dir: Path, *, demo: bool = False
+    kafka: KafkaSettings,
+    http_port: int,
+    data_dir: Path,
+    *,
+    demo: bool = False,
+    metrics: bool = True,
 ) -> list[Child]:
     """The services `up` runs, each the same `callstream <service>` command a container runs:
     the pollers too when some are configured (CALLSTREAM_POLL__*), and with `demo` the provider
-    simulator, with the pollers and its traffic pointed at it.
+    simulator, with the pollers and its traffic pointed at it. With `metrics`, each service
+    serves its metrics on a free port (`Child.metrics`), which `serve` gathers into one.
+
+    They are listed in the order they start; they stop in the reverse order, one after the
+    other: the pollers before the simulator they ask, the simulator before the ingress it
+    sends to, the ingress before the consumers of what it wrote.
 
     Raises SettingsError for malformed poller settings.
     """
-    children = [
-        Child("ingress", ("ingress", "--kafka", kafka.bootstrap, "--port", str(http_port))),
-        Child("normalizer", ("normalizer", "--kafka", kafka.bootstrap)),
-        Child("aggregator", ("aggregator", "--kafka", kafka.bootstrap)),
-        Child("store", ("store", "--kafka", kafka.bootstrap, "--store", store_url(data_dir))),
-        Child("alerts", ("alerts", "--kafka", kafka.bootstrap)),
-    ]
     polling: dict[str, str] = {}
+    simulator: list[Child] = []
     if demo:
         port = free_port()
         ingress = f"http://127.0.0.1:{http_port}"
         simulate = ("simulate", "--port", str(port), "--ingress", ingress, *DEMO_SIMULATION)
-        children.append(Child("simulate", simulate))
+        simulator.append(Child("simulate", simulate))
         polling = poll_env(f"http://127.0.0.1:{port}") | DEMO_POLLING
+    bootstrap = ("--kafka", kafka.bootstrap)
+    children = [
+        _measured("normalizer", ("normalizer", *bootstrap), metrics),
+        _measured("aggregator", ("aggregator", *bootstrap), metrics),
+        _measured("store", ("store", *bootstrap, "--store", store_url(data_dir)), metrics),
+        _measured("alerts", ("alerts", *bootstrap), metrics),
+        # The ingress sees the pollers' settings: it warns when a call is registered for
+        # polling and no poller of its provider is configured.
+        Child(
+            "ingress",
+            ("ingress", *bootstrap, "--port", str(http_port)),
+            env=polling,
+            metrics=f"http://127.0.0.1:{http_port}/metrics" if metrics else None,
+        ),
+        *simulator,
+    ]
     if polling or load(PollSettings, "poll").configured:
-        children.append(Child("poll", ("poll", "--kafka", kafka.bootstrap), env=polling))
+        children.append(_measured("poll", ("poll", *bootstrap), metrics, env=polling))
     return children
 
 
-async def run(
-    kafka: KafkaSettings, broker: EmbeddedBroker | None, children: list[Child], stop: asyncio.Event
+def _measured(
+    name: str, args: tuple[str, ...], metrics: bool, env: dict[str, str] | None = None
+) -> Child:
+    """A child that serves its metrics on a port of its own (`--metrics-port`)."""
+    if not metrics:
+        return Child(name, args, env=env or {})
+    port = free_port()
+    return Child(
+        name, (*args, "--metrics-port", str(port)), env=env or {},
+        metrics=f"http://127.0.0.1:{port}/metrics",
+    )  # fmt: skip
+
+
+async def serve(
+    kafka: KafkaSettings,
+    broker: EmbeddedBroker | None,
+    children: list[Child],
+    stop: asyncio.Event,
+    *,
+    http_port: int,
+    metrics_port: int,
+    data_dir: Path,
+    out: TextIO = sys.stdout,
 ) -> None:
-    """Start the embedded broker (None: Kafka runs elsewhere), bootstrap topics, supervise."""
+    """`callstream up`: `run`, with the one metrics endpoint on `metrics_port` (0: none), and
+    once the ingress is ready, where to look printed on `out`."""
+    endpoint: web.AppRunner | None = None
+    announcing: list[asyncio.Task[None]] = []
+
+    async def started() -> None:
+        nonlocal endpoint
+        if broker is not None:
+            log.warning(
+                "broker_in_memory",
+                detail="the embedded broker keeps every topic in memory: raw records, dead "
+                "letters and alerts are gone once `up` stops; the store persists (--kafka: a "
+                "durable Kafka)",
+            )
+        targets = {child.name: child.metrics for child in children if child.metrics}
+        endpoint = await metrics.serve(metrics_port, targets) if metrics_port else None
+        announce = _announce(
+            kafka, broker, children, http_port=http_port, metrics_port=metrics_port,
+            data_dir=data_dir, out=out,
+        )  # fmt: skip
+        announcing.append(asyncio.create_task(announce))
+
+    try:
+        await run(kafka, broker, children, stop, started=started)
+    finally:
+        for task in announcing:
+            task.cancel()
+        if endpoint is not None:
+            await endpoint.cleanup()
+
+
+async def _announce(
+    kafka: KafkaSettings,
+    broker: EmbeddedBroker | None,
+    children: list[Child],
+    *,
+    http_port: int,
+    metrics_port: int,
+    data_dir: Path,
+    out: TextIO,
+) -> None:
+    """Once the ingress answers /readyz: where to look, on `out`."""
+    base = f"http://127.0.0.1:{http_port}"
+    async with aiohttp.ClientSession() as http:
+        while True:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with asyncio.timeout(2), http.get(f"{base}/readyz") as answer:
+                    if answer.status == 200:
+                        break
+            await asyncio.sleep(0.2)
+    kafka_flag = (
+        "" if kafka.bootstrap == KafkaSettings().bootstrap else f" --kafka {kafka.bootstrap}"
+    )
+    store_flag = "" if data_dir == DEFAULT_DATA_DIR else f" --data-dir {data_dir}"
+    lines = [
+        f"callstream is up: {', '.join(child.name for child in children)}",
+        f"  ingress  {base}  (/v1/callbacks/wavecell|voice_messaging, /v1/track/mobile_agent)",
+        f"  store    {data_dir / 'callstream.sqlite3'}"
+        f"  (callstream calls{store_flag}, callstream stats{store_flag})",
+        f"  status   callstream status{kafka_flag}{store_flag}"
+        f"  (and, with{kafka_flag or ' no flag'}: alerts list, dlq list, tail)",
+    ]
+    if metrics_port:
+        lines.append(f"  metrics  http://127.0.0.1:{metrics_port}/metrics  (every service's)")
+    if broker is not None:
+        lines += [
+            f"  kafka    {kafka.bootstrap}, embedded, in memory: raw records, dead letters and",
+            "           alerts are gone once `up` stops; the store persists",
+            f"           (broker log: {broker.log_file})",
+        ]
+    else:
+        lines.append(f"  kafka    {kafka.bootstrap}")
+    lines.append("  Ctrl-C stops everything.")
+    print("\n".join(lines), file=out, flush=True)
+    log.info("pipeline_ready", ingress=base, metrics_port=metrics_port, data_dir=str(data_dir))
+
+
+async def run(
+    kafka: KafkaSettings,
+    broker: EmbeddedBroker | None,
+    children: list[Child],
+    stop: asyncio.Event,
+    *,
+    started: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Start the embedded broker (None: Kafka runs elsewhere), bootstrap topics, then
+    `started()`, then supervise."""
     if broker is not None:
         await broker.start()
     try:
         await ensure_topics(kafka)
+        if started is not None:
+            await started()
         log.info("pipeline_up", kafka=kafka.bootstrap, services=[child.name for child in children])
         watch = asyncio.create_task(_watch(broker, stop)) if broker else None
         await supervise(children, stop)

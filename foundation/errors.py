@@ -25,3 +25,10 @@ class NormalizeError(CallstreamError):
         self.path = path
         self.reason = reason
         self.detail = detail
+
+
+class Unavailable(CallstreamError):  # noqa: N818 - a condition, like runtime.Transient
+    """Something callstream needs is not there or does not answer: the broker, a store, a port
+    to listen on. The command line exits 3 on it; a service under `up` is restarted."""
+
+    retriable: ClassVar[bool] = True

@@ -7,6 +7,7 @@ cannot). Consumers never auto-commit: services commit after what they produced i
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import zlib
 from collections.abc import Iterable, Sequence
@@ -16,9 +17,16 @@ import msgspec
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, IllegalStateError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaConnectionError,
+    TopicAlreadyExistsError,
+    for_code,
+)
 from aiokafka.producer.message_accumulator import BatchBuilder
 
+from foundation.errors import Unavailable
 from foundation.settings import KafkaSettings
 from schemas import topics
 from schemas.raw import dead_letter_headers
@@ -26,6 +34,101 @@ from schemas.raw import dead_letter_headers
 log = structlog.get_logger("callstream.kafka")
 
 MAX_BATCH_BYTES = 1 << 20
+
+
+class BrokerUnreachable(Unavailable, KafkaConnectionError):  # noqa: N818 - a condition
+    """No broker of the bootstrap list answered within the request timeout. Still a
+    KafkaConnectionError, so that whoever handles those handles this too."""
+
+    def __init__(self, bootstrap: str, detail: str = "") -> None:
+        message = f"the Kafka broker at {bootstrap} does not answer"
+        super().__init__(f"{message} ({detail})" if detail else message)
+        self.bootstrap = bootstrap
+
+    def __str__(self) -> str:  # KafkaError's puts its class name first
+        return str(self.args[0])
+
+
+class _BootstrapFailures(logging.Filter):
+    """aiokafka logs, at error, each bootstrap address it cannot reach (only when a client
+    starts), then raises a bare "Unable to bootstrap". BrokerUnreachable says it once, in one
+    line, with these reasons; the log lines are dropped."""
+
+    PREFIXES = ('Unable connect to "', 'Unable to request metadata from "')
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reasons: dict[str, str] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith(self.PREFIXES):
+            host, port, error = record.args  # type: ignore[misc]
+            self.reasons[f"{host}:{port}"] = str(error) or type(error).__name__
+            return False
+        return True
+
+
+_bootstrap_failures = _BootstrapFailures()
+logging.getLogger("aiokafka").addFilter(_bootstrap_failures)  # aiokafka.client logs as "aiokafka"
+
+
+def unreachable(bootstrap: str, exc: BaseException) -> BrokerUnreachable:
+    """`exc`, a failure to reach `bootstrap`, in callstream's words, with each address's reason."""
+    reasons = [
+        f"{where}: {_bootstrap_failures.reasons[where]}"
+        for where in (host.strip() for host in bootstrap.split(","))
+        if where in _bootstrap_failures.reasons
+    ]
+    if not isinstance(exc, KafkaConnectionError):
+        reasons.append(str(exc) or type(exc).__name__)
+    return BrokerUnreachable(bootstrap, "; ".join(reasons))
+
+
+class _ClosesOnFailedStart:
+    """A client whose failed start closes it and raises BrokerUnreachable: aiokafka leaves it
+    open, and an "Unclosed AIOKafka…" complaint and a traceback follow."""
+
+    bootstrap: str
+
+    async def start(self) -> None:
+        try:
+            await super().start()  # type: ignore[misc]
+        except (KafkaConnectionError, OSError) as exc:
+            await self._close()
+            raise unreachable(self.bootstrap, exc) from exc
+
+    async def _close(self) -> None:
+        await self.stop()  # type: ignore[attr-defined]
+
+
+class Producer(_ClosesOnFailedStart, AIOKafkaProducer):
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.bootstrap = options["bootstrap_servers"]
+
+
+class Consumer(_ClosesOnFailedStart, AIOKafkaConsumer):
+    def __init__(self, *subscribe: str, **options: Any) -> None:
+        super().__init__(*subscribe, **options)
+        self.bootstrap = options["bootstrap_servers"]
+
+
+class Admin(_ClosesOnFailedStart, AIOKafkaAdminClient):
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.bootstrap = options["bootstrap_servers"]
+
+    async def _close(self) -> None:
+        await self.close()
+
+
+def admin(kafka: KafkaSettings) -> Admin:
+    """An admin client (not yet started) for the topic bootstrap and `callstream status`."""
+    return Admin(
+        bootstrap_servers=kafka.bootstrap,
+        client_id=kafka.client_id,
+        request_timeout_ms=kafka.request_timeout_ms,
+    )
 
 
 class OutRecord(msgspec.Struct, frozen=True, gc=False):
@@ -54,29 +157,7 @@ def _partitioner(key: bytes | None, all_partitions: list[int], available: list[i
     return partition_for(key, sorted(all_partitions))
 
 
-class _Producer(AIOKafkaProducer):
-    async def __aenter__(self) -> _Producer:
-        """Started; stopped again if starting fails (aiokafka leaves it unclosed)."""
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()
-            raise
-        return self
-
-
-class _Consumer(AIOKafkaConsumer):
-    async def __aenter__(self) -> _Consumer:
-        """Started; stopped again if starting fails (aiokafka leaves it unclosed)."""
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()
-            raise
-        return self
-
-
-def producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
+def producer(kafka: KafkaSettings, **overrides: Any) -> Producer:
     options: dict[str, Any] = {
         "bootstrap_servers": kafka.bootstrap,
         "client_id": kafka.client_id,
@@ -89,12 +170,12 @@ def producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
         "linger_ms": 1,
         "partitioner": _partitioner,
     }
-    return _Producer(**(options | overrides))
+    return Producer(**(options | overrides))
 
 
 def consumer(
     kafka: KafkaSettings, *subscribe: str, group_id: str | None, **overrides: Any
-) -> AIOKafkaConsumer:
+) -> Consumer:
     options: dict[str, Any] = {
         "bootstrap_servers": kafka.bootstrap,
         "client_id": kafka.client_id,
@@ -108,7 +189,7 @@ def consumer(
         "request_timeout_ms": kafka.request_timeout_ms,
         "max_partition_fetch_bytes": 4 * MAX_BATCH_BYTES,
     }
-    return _Consumer(*subscribe, **(options | overrides))
+    return Consumer(*subscribe, **(options | overrides))
 
 
 async def ensure_topics(kafka: KafkaSettings, names: Iterable[str] = topics.ALL) -> None:
@@ -117,10 +198,10 @@ async def ensure_topics(kafka: KafkaSettings, names: Iterable[str] = topics.ALL)
     Run it before any other client touches a topic: a metadata request for a missing topic
     makes some brokers (the embedded one included) auto-create it with their defaults.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap, client_id=kafka.client_id)
-    await admin.start()
+    client = admin(kafka)
+    await client.start()
     try:
-        response = await admin.create_topics(
+        response = await client.create_topics(
             [
                 NewTopic(
                     name,
@@ -132,7 +213,7 @@ async def ensure_topics(kafka: KafkaSettings, names: Iterable[str] = topics.ALL)
             ]
         )
     finally:
-        await admin.close()
+        await client.close()
     for _, code, message in response.topic_errors:
         if code not in (0, TopicAlreadyExistsError.errno):
             raise for_code(code)(message)

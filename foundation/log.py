@@ -13,10 +13,14 @@ from typing import Any
 
 import structlog
 
+from foundation.text import printable
+
 _NUMBER = re.compile(r"\+?\d{7,15}")
 _NUMBER_FIELDS = frozenset({"from_number", "to_number", "number", "caller", "called"})
 _EXTRA_FIELDS = ("error", "status")
 """Fields a standard-library record may carry in `extra` (ingest.app's http_request_malformed)."""
+_TRACEBACKS = frozenset({"exception", "stack"})
+"""Rendered tracebacks: several lines by design, and written by Python, not by a provider."""
 
 
 def configure_logging(
@@ -42,6 +46,7 @@ def configure_logging(
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info if json else _keep,
+                *([] if json else [_printable]),
                 renderer,
             ],
         )
@@ -59,6 +64,16 @@ def configure_logging(
 
 
 def _keep(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    return event
+
+
+def _printable(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """On a terminal, text values with control characters escaped (foundation.text): a
+    provider's session id must not recolour, rewrite or reorder the console. Other values are
+    shown by repr(), which escapes them already; exc_info is the renderer's own."""
+    for key, value in event.items():
+        if isinstance(value, str) and key not in _TRACEBACKS:
+            event[key] = printable(value)
     return event
 
 

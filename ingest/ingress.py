@@ -24,6 +24,7 @@ from foundation.settings import IngressSettings, KafkaSettings
 from ingest.auth import Guard, Lockout
 from ingest.bodies import not_a_json_object
 from ingest.health import Metrics, Readiness
+from ingest.tracked import TRACKED
 from schemas import topics
 from schemas.providers import WEBHOOK
 from schemas.raw import RawMeta, dead_letter_headers, raw_headers
@@ -61,6 +62,18 @@ class Refusal(Exception):  # noqa: N818 - an answer, not a failure of the ingres
         if self.close:
             answer.force_close()
         return answer
+
+
+def _unknown(kind: str, provider: str) -> str:
+    """Why a route has no such provider, naming the route that has it, if one does."""
+    if kind == "webhook" and provider in TRACKED:
+        return (
+            f"{provider} sends no callbacks: register its calls at POST /v1/track/{provider} "
+            "and its poller reports them."
+        )
+    if kind == "tracked" and provider in PROVIDERS:
+        return f"{provider} is not polled: it sends its callbacks to POST /v1/callbacks/{provider}."
+    return f"No {kind} provider is called {provider!r}."
 
 
 def error_response(
@@ -117,9 +130,7 @@ class Ingress:
         self.metrics.in_flight += 1
         try:
             if guard is None:
-                raise Refusal(
-                    404, "unknown_provider", f"No {kind} provider is called {provider!r}."
-                )
+                raise Refusal(404, "unknown_provider", _unknown(kind, provider))
             body = await self._admit(request, provider, guard)
             try:
                 answer = await accept(request, provider, body)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 
 import structlog
 from aiohttp import web
 
 from foundation import kafka as kafka_io
+from foundation.errors import Unavailable
 from foundation.settings import IngressSettings, KafkaSettings
 from ingest.app import create_app
 from ingest.auth import refuse_exposure
@@ -31,7 +33,14 @@ async def serve(settings: IngressSettings, kafka: KafkaSettings, stop: asyncio.E
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.publish_timeout_s + 1.0)
     await runner.setup()
     try:
-        await web.TCPSite(runner, settings.host, settings.port).start()
+        try:
+            await web.TCPSite(runner, settings.host, settings.port).start()
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise Unavailable(
+                f"port {settings.port} on {settings.host} is already in use (the ingress's)"
+            ) from exc
         log.info(
             "ingress_listening",
             host=settings.host,

@@ -7,17 +7,25 @@ partition polls the call from then on, until state 3 or its deadline. Registerin
 is harmless. A bad body is answered 400 and kept in calls.dlq (stage `track`). Authentication
 and metrics are the callbacks': CALLSTREAM_INGRESS__AUTH__MOBILE_AGENT__*, counted under the
 provider.
+
+A registration is taken even when no poller of its provider is configured where the ingress
+runs (CALLSTREAM_POLL__<P>__BASE_URL in its environment; `up` gives the ingress the pollers'
+settings): the call waits on calls.track, and a poller that starts later polls it. The first
+such registration is logged as a warning, `track_without_poller`, since nothing will report
+the call until a poller runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import Annotated
 
 import msgspec
+import structlog
 from aiohttp import web
 
+from foundation.settings import PollSettings, SettingsError, load
 from ingest.auth import Guard
 from ingest.ingress import Ingress, accepted, received
 from ingest.tracked import track_record
@@ -26,6 +34,8 @@ from schemas.raw import raw_headers
 from schemas.records import Track
 
 STAGE = "track"
+
+log = structlog.get_logger("callstream.ingest")
 
 
 class _Request(msgspec.Struct):
@@ -40,8 +50,13 @@ _request = msgspec.json.Decoder(_Request)
 class Tracking:
     """The route's own part; admission, refusals, publishing and metrics are the ingress's."""
 
-    def __init__(self, ingress: Ingress, guards: Mapping[str, Guard]) -> None:
+    def __init__(
+        self, ingress: Ingress, guards: Mapping[str, Guard], polled: Collection[str] | None = None
+    ) -> None:
         self.ingress, self.guards = ingress, guards
+        self.polled = polled_here() if polled is None else frozenset(polled)
+        """Providers with a poller configured here; None: read from the environment."""
+        self._warned: set[str] = set()
 
     async def track(self, request: web.Request) -> web.Response:
         return await self.ingress.handle(request, self.guards, "tracked", self._accept)
@@ -55,4 +70,22 @@ class Tracking:
             await self.ingress.reject(body, headers, STAGE, str(exc), detail)
         record = track_record(Track(serial, datetime.now(UTC)))
         await self.ingress.publish(topics.TRACK, record.value, record.headers, key=record.key)
+        if provider not in self.polled and provider not in self._warned:
+            self._warned.add(provider)
+            log.warning(
+                "track_without_poller",
+                provider=provider,
+                detail=f"no {provider} poller is configured here (CALLSTREAM_POLL__"
+                f"{provider.upper()}__BASE_URL): registered calls wait on {topics.TRACK} "
+                "until one runs",
+            )
         return accepted({"callSerialNo": serial})
+
+
+def polled_here() -> frozenset[str]:
+    """The providers whose poller is configured in this environment (CALLSTREAM_POLL__*).
+    Settings that do not load mean one is meant to be: its own start reports them."""
+    try:
+        return frozenset(load(PollSettings, "poll").configured)
+    except SettingsError:
+        return frozenset({"vpbx", "mobile_agent"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import subprocess
@@ -9,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from sinks.sqlite import SqliteBackend
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 CALLSTREAM = [sys.executable, "-m", "callstream"]
@@ -128,7 +131,14 @@ def test_report_usage_errors_exit_2_with_one_line(args: list[str]) -> None:
     assert len(result.stderr.splitlines()) == 1
 
 
+async def _empty_store(path: Path) -> None:
+    store = SqliteBackend(path)
+    await store.open()
+    await store.close()
+
+
 def test_calls_on_an_empty_store_says_so(tmp_path: Path) -> None:
+    asyncio.run(_empty_store(tmp_path / "callstream.sqlite3"))
     result = run("calls", "--data-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert result.stdout.decode().splitlines()[-1] == "(none)"

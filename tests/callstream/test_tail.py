@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 
 from foundation import kafka as kafka_io
@@ -55,3 +56,24 @@ async def test_an_unknown_topic_is_a_one_line_error(kafka: KafkaSettings) -> Non
         err.decode().strip()
         == f"callstream: topic 'calls.nope' does not exist on {kafka.bootstrap}"
     )
+
+
+async def test_to_end_stops_at_the_end_and_following_is_said_on_stderr(
+    kafka: KafkaSettings,
+) -> None:
+    await _produce(kafka, [b'{"n": %d}' % i for i in range(3)])
+    process = await _tail(kafka, "--from-beginning", "--to-end")
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert (process.returncode, err) == (0, b"")
+    assert [json.loads(line)["value"] for line in out.splitlines()] == [{"n": i} for i in range(3)]
+
+    process = await _tail(kafka, "--from-beginning")
+    assert process.stderr is not None
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stderr.readline(), 30)
+    assert line == b"callstream: following calls.events from its beginning; Ctrl-C stops\n"
+    for _ in range(3):
+        assert b'"n"' in await asyncio.wait_for(process.stdout.readline(), 30)
+    process.send_signal(signal.SIGINT)
+    await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0

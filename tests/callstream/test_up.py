@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import aiohttp
 import msgspec
@@ -23,34 +25,47 @@ from schemas import topics
 SAMPLE = Path(__file__).parent.parent / "golden" / "wavecell" / "doc_sample.json"
 
 
+class Up(NamedTuple):
+    base: str
+    kafka: KafkaSettings
+    data_dir: Path
+    metrics: str
+    out: Path
+    """What `up` printed on stdout (its banner)."""
+    err: Path
+    """Its log, and its children's."""
+
+
 @contextlib.asynccontextmanager
-async def _up(tmp_path: Path, *flags: str) -> AsyncIterator[tuple[str, KafkaSettings, Path]]:
-    """`callstream up` with `flags`, until its ingress is ready; stopped by Ctrl-C after."""
-    broker_port, http_port, data_dir = free_port(), free_port(), tmp_path / "data"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "callstream", "up", "--broker-port", str(broker_port),
-        "--http-port", str(http_port), "--data-dir", str(data_dir), *flags,
-    )  # fmt: skip
+async def _up(tmp_path: Path, *flags: str) -> AsyncIterator[Up]:
+    """`callstream up` with `flags`, until it says it is ready; stopped by Ctrl-C after."""
+    broker_port, http_port, metrics_port = free_port(), free_port(), free_port()
+    data_dir, out, err = tmp_path / "data", tmp_path / "up.out", tmp_path / "up.err"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "callstream", "up", "--broker-port", str(broker_port),
+            "--http-port", str(http_port), "--metrics-port", str(metrics_port),
+            "--data-dir", str(data_dir), *flags, stdout=stdout, stderr=stderr,
+        )  # fmt: skip
     base = f"http://127.0.0.1:{http_port}"
     try:
-        async with aiohttp.ClientSession() as http, asyncio.timeout(60):
-            while True:
-                try:
-                    async with http.get(f"{base}/readyz") as answer:
-                        if answer.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.2)
-        yield base, KafkaSettings(bootstrap=f"127.0.0.1:{broker_port}"), data_dir
+        await eventually(lambda: _said(out, "Ctrl-C stops everything."), "up's banner")
+        yield Up(
+            base, KafkaSettings(bootstrap=f"127.0.0.1:{broker_port}"), data_dir,
+            f"http://127.0.0.1:{metrics_port}/metrics", out, err,
+        )  # fmt: skip
     finally:
         process.send_signal(signal.SIGINT)
         code = await asyncio.wait_for(process.wait(), 60)
     assert code == 0
 
 
+async def _said(path: Path, text: str) -> bool:
+    return text in await asyncio.to_thread(path.read_text)
+
+
 @pytest.fixture
-async def pipeline(tmp_path: Path) -> AsyncIterator[tuple[str, KafkaSettings, Path]]:
+async def pipeline(tmp_path: Path) -> AsyncIterator[Up]:
     async with _up(tmp_path) as running:
         yield running
 
@@ -73,10 +88,8 @@ async def _read(kafka: KafkaSettings, topic: str, enough: Callable[[Records], bo
     return records
 
 
-async def test_a_callback_comes_out_as_canonical_events_and_a_session(
-    pipeline: tuple[str, KafkaSettings, Path],
-) -> None:
-    base, kafka, data_dir = pipeline
+async def test_a_callback_comes_out_as_canonical_events_and_a_session(pipeline: Up) -> None:
+    base, kafka, data_dir = pipeline.base, pipeline.kafka, pipeline.data_dir
     async with (
         aiohttp.ClientSession() as http,
         http.post(f"{base}/v1/callbacks/wavecell", data=SAMPLE.read_bytes()) as answer,
@@ -114,22 +127,49 @@ async def test_a_callback_comes_out_as_canonical_events_and_a_session(
 
 
 async def _callstream(*args: str) -> str:
+    """Its output; empty while the store is not there yet (exit 3)."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "callstream", *args, stdout=asyncio.subprocess.PIPE
-    )
-    out, _ = await process.communicate()
-    assert process.returncode == 0
+        sys.executable, "-m", "callstream", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await process.communicate()
+    assert process.returncode in (0, 3), err
     return out.decode()
+
+
+async def test_up_says_where_to_look_and_serves_every_services_metrics(pipeline: Up) -> None:
+    banner = pipeline.out.read_text()
+    assert f"ingress  {pipeline.base}" in banner
+    assert f"metrics  {pipeline.metrics}" in banner
+    assert f"callstream status --kafka {pipeline.kafka.bootstrap} --data-dir" in banner
+    assert "in memory" in banner
+    assert '"broker_in_memory"' in pipeline.err.read_text()  # warned at start, in the log too
+
+    async def every_service_answers() -> bool:
+        async with aiohttp.ClientSession() as http, http.get(pipeline.metrics) as answer:
+            text = await answer.text()
+        return all(
+            f'callstream_up{{service="{name}"}} 1.0' in text
+            for name in ("normalizer", "aggregator", "store", "alerts", "ingress")
+        )
+
+    await eventually(every_service_answers, "every service's metrics on up's endpoint")
 
 
 async def test_up_demo_shows_calls_of_every_provider_at_once(tmp_path: Path) -> None:
     """The simulator's webhooks and both pollers feed the pipeline: all four providers' calls
-    reach the store within seconds."""
-    async with _up(tmp_path, "--demo") as (_, _, data_dir):
+    reach the store within seconds. On Ctrl-C, sources stop before what they feed."""
+    async with _up(tmp_path, "--demo") as running:
 
         async def every_provider() -> bool:
-            stats = await _callstream("stats", "--data-dir", str(data_dir), "--by", "provider")
+            stats = await _callstream(
+                "stats", "--data-dir", str(running.data_dir), "--by", "provider"
+            )
             groups = {line.split()[0] for line in stats.splitlines()[1:]}
             return groups == {"wavecell", "voice_messaging", "vpbx", "mobile_agent"}
 
         await eventually(every_provider, "calls of every provider in `callstream stats`")
+    logged = [json.loads(line) for line in running.err.read_text().splitlines() if line[:1] == "{"]
+    stopped = [line["child"] for line in logged if line.get("event") == "child_stopped"]
+    assert stopped[:3] == ["poll", "simulate", "ingress"]
+    assert sorted(stopped[3:]) == ["aggregator", "alerts", "normalizer", "store"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
@@ -13,6 +15,7 @@ from aiohttp.test_utils import TestClient
 from aiokafka.structs import ConsumerRecord
 from servers import Broker
 
+from foundation.log import configure_logging
 from foundation.settings import ProviderAuth, Secret
 from schemas import topics
 from schemas.raw import read_raw_headers
@@ -109,3 +112,40 @@ async def test_while_the_broker_is_paused_registrations_get_503(
             broker.resume()
         await _error(response, 503, "broker_unavailable")
         assert response.headers["Retry-After"] == "3"
+
+
+async def test_callbacks_of_a_polled_provider_point_at_its_track_route(
+    ingress: StartIngress,
+) -> None:
+    async with ingress() as client:
+        response = await client.post("/v1/callbacks/mobile_agent", data=b"{}")
+        detail = await _error(response, 404, "unknown_provider")
+        assert "POST /v1/track/mobile_agent" in detail
+        response = await client.post("/v1/track/wavecell", json={"callSerialNo": "1"})
+        assert "POST /v1/callbacks/wavecell" in await _error(response, 404, "unknown_provider")
+
+
+@pytest.mark.parametrize("polled", [False, True])
+async def test_a_registration_without_a_poller_is_taken_and_warned_of_once(
+    polled: bool,
+    ingress: StartIngress,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("CALLSTREAM_POLL__"):
+            monkeypatch.delenv(name)
+    if polled:
+        monkeypatch.setenv("CALLSTREAM_POLL__MOBILE_AGENT__BASE_URL", "http://127.0.0.1:9/ma")
+        monkeypatch.setenv("CALLSTREAM_POLL__MOBILE_AGENT__APP_KEY", "key")
+        monkeypatch.setenv("CALLSTREAM_POLL__MOBILE_AGENT__APP_SECRET", "secret")
+    configure_logging(json=True)
+    async with ingress() as client:
+        for serial in ("1", "2"):
+            response = await client.post(TRACK, json={"callSerialNo": serial})
+            assert response.status == 202
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    warned = [line for line in lines if line["event"] == "track_without_poller"]
+    assert len(warned) == (0 if polled else 1)
+    if warned:
+        assert "CALLSTREAM_POLL__MOBILE_AGENT__BASE_URL" in warned[0]["detail"]
