@@ -29,9 +29,11 @@ The error policy, here and nowhere else:
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import structlog
@@ -51,6 +53,7 @@ from foundation.kafka import OutRecord
 from foundation.service import serve_metrics
 from foundation.settings import KafkaSettings
 from schemas import topics
+from schemas.raw import received_at_of
 from schemas.topics import Stage
 
 POLL_MS = 200
@@ -133,7 +136,7 @@ class Handler(Protocol[T]):
         session once, not once per event)."""
         ...
 
-    async def tick(self) -> list[Emit]:
+    async def tick(self, clocks: Clocks) -> list[Emit]:
         """Periodic work, between batches (the aggregator's sweep); what it emits."""
         ...
 
@@ -158,7 +161,8 @@ class BaseHandler(Generic[T]):
     def flush(self) -> list[Emit]:
         return []
 
-    async def tick(self) -> list[Emit]:
+    async def tick(self, clocks: Clocks) -> list[Emit]:
+        del clocks
         return []
 
     async def assigned(self, partitions: Collection[TopicPartition]) -> None:
@@ -166,6 +170,32 @@ class BaseHandler(Generic[T]):
 
     async def revoked(self, partitions: Collection[TopicPartition]) -> None:
         del partitions
+
+
+class Clocks:
+    """Received-time clocks, one per partition (contract 1.1): the newest `cs-received-at` read
+    in the partition, and the wall clock instead while the partition is read to its end. So a
+    backlog or a replay runs its timeouts on the times its records were received, and a report's
+    own timestamps (1970, 9999) move no clock."""
+
+    def __init__(self, wall: Callable[[], float] = time.time) -> None:
+        self.wall = wall
+        self.newest: dict[TopicPartition, float] = {}
+        self.caught_up: dict[TopicPartition, bool] = {}
+
+    def note(self, tp: TopicPartition, received: datetime | None, caught_up: bool) -> None:
+        if received is not None:
+            self.newest[tp] = max(self.newest.get(tp, -math.inf), received.timestamp())
+        self.caught_up[tp] = caught_up
+
+    def now(self, tp: TopicPartition) -> float:
+        """The partition's clock, in epoch seconds (-inf before anything was read there)."""
+        newest = self.newest.get(tp, -math.inf)
+        return max(newest, self.wall()) if self.caught_up.get(tp, False) else newest
+
+    def forget(self, tp: TopicPartition) -> None:
+        self.newest.pop(tp, None)
+        self.caught_up.pop(tp, None)
 
 
 class Metrics:
@@ -226,6 +256,7 @@ class Runtime(ConsumerRebalanceListener, Generic[T]):
         self.handler, self.kafka, self.metrics_port = handler, kafka, metrics_port
         self.metrics = metrics or Metrics(handler.service)
         self.clock = clock
+        self.clocks = Clocks()
         self.log = structlog.get_logger(f"callstream.{handler.service}")
         self.lock = asyncio.Lock()
         """Keeps a rebalance out of a batch in hand."""
@@ -396,7 +427,7 @@ class Runtime(ConsumerRebalanceListener, Generic[T]):
 
     async def _tick(self, producer: AIOKafkaProducer) -> None:
         async with self.lock:
-            emits = await self.handler.tick()
+            emits = await self.handler.tick(self.clocks)
             await self._produce(producer, emits)
 
     def _count(
@@ -412,9 +443,11 @@ class Runtime(ConsumerRebalanceListener, Generic[T]):
         for tp, records in batch.items():
             metrics.received.labels(service, tp.topic).inc(len(records))
             received += len(records)
-            if (highwater := consumer.highwater(tp)) is not None:
-                lag = highwater - records[-1].offset - 1
+            highwater = consumer.highwater(tp)
+            lag = None if highwater is None else highwater - records[-1].offset - 1
+            if lag is not None:
                 metrics.lag.labels(service, tp.topic, str(tp.partition)).set(lag)
+            self.clocks.note(tp, received_at_of(records[-1].headers), lag == 0)
         if dead:
             metrics.dead_lettered.labels(service, self.handler.stage).inc(len(dead))
         metrics.batch_seconds.labels(service).observe(seconds)
@@ -427,6 +460,8 @@ class Runtime(ConsumerRebalanceListener, Generic[T]):
     async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
         async with self.lock:  # after the batch in hand is committed, while still ours
             self.owned.difference_update(revoked)
+            for tp in revoked:
+                self.clocks.forget(tp)
             try:
                 await self.handler.revoked(revoked)
             except Exception as exc:

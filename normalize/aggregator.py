@@ -8,15 +8,18 @@ wins), and on revocation it is dropped. A batch's offsets are committed only aft
 it changed are acknowledged, so events replayed after a crash or a rebalance fold into the
 restored state as duplicates: a session is neither lost nor regressed.
 
-Memory is bounded by a sweep every `sweep_interval_s`: sessions final for `final_retention_s`
-are evicted (their keys remembered for a day, so that a late report of one is ignored rather
-than starting a partial session that would overwrite the complete one), and sessions open for
-`open_timeout_s` after their last report are closed as `unknown` (`sessions.close`).
+Time is received time (contract 1.1), per partition: sessions open for `open_timeout_s` after
+their last report was received are closed as `unknown` (`sessions.close`), and sessions final for
+`final_retention_s` are evicted (their keys remembered for a day, so that a late report of one is
+ignored rather than starting a partial session that would overwrite the complete one). Both
+happen as a partition's clock passes them (`Partition`): the received time of the records read,
+and the wall clock, at a sweep every `sweep_interval_s`, while the partition is caught up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
 from collections import OrderedDict
 from collections.abc import Collection, Iterable
@@ -30,7 +33,16 @@ from prometheus_client import Counter, Gauge
 from foundation import kafka as kafka_io
 from foundation.errors import CallstreamError
 from foundation.kafka import OutRecord
-from foundation.runtime import BaseHandler, Emit, Handled, Metrics, Record, Rejected, Runtime
+from foundation.runtime import (
+    BaseHandler,
+    Clocks,
+    Emit,
+    Handled,
+    Metrics,
+    Record,
+    Rejected,
+    Runtime,
+)
 from foundation.settings import AggregatorSettings, KafkaSettings
 from normalize.sessions import close, fold
 from schemas import CallEvent, SessionRecord, cloudevents, topics
@@ -56,38 +68,61 @@ class AggregatorError(CallstreamError):
 
 
 class Partition:
-    """The sessions of one partition: live records, and the keys evicted in the last day."""
+    """The sessions of one partition: live records, the keys evicted lately, and when each live
+    session is due, on the partition's received-time clock.
 
-    def __init__(self) -> None:
+    A session is due `open_timeout_s` after its last report was received while it is open (then
+    it is closed as `unknown`), and `final_retention_s` after that while it is final (then it is
+    evicted). Sessions come due as the clock passes their time: before a record received later is
+    folded (so a replay decides exactly what the live run did, whatever its batches), and on the
+    wall clock at a sweep while the partition is read to its end.
+    """
+
+    def __init__(self, settings: AggregatorSettings) -> None:
+        self.settings = settings
         self.live: dict[str, SessionRecord] = {}
         self.evicted: OrderedDict[str, float] = OrderedDict()
-        """session_key → when it was evicted (epoch s), oldest first."""
+        """session_key → the received time it was evicted at (epoch s), oldest first."""
+        self.due: list[tuple[float, str]] = []
+        """A heap of (when due, session_key); an entry whose session has moved on is skipped."""
+        self.reason = f"no final status within {settings.open_timeout_s:g} s"
 
-    def restore(self, session: SessionRecord, now: datetime, retention_s: float) -> None:
+    def put(self, session: SessionRecord) -> None:
+        self.live[session.session_key] = session
+        heapq.heappush(self.due, (self._due(session), session.session_key))
+
+    def _due(self, session: SessionRecord) -> float:
+        after = self.settings.final_retention_s if session.final else self.settings.open_timeout_s
+        return session.received.timestamp() + after
+
+    def restore(self, session: SessionRecord) -> None:
         """Apply one stored version; versions come in offset order, so the last one wins."""
-        key = session.session_key
-        if session.final and (now - session.updated_at).total_seconds() > retention_s:
-            self.live.pop(key, None)
-            self.evicted[key] = session.updated_at.timestamp() + retention_s
-        else:
-            self.live[key] = session
-            self.evicted.pop(key, None)
+        self.live[session.session_key] = session
+        self.evicted.pop(session.session_key, None)
 
-    def sweep(self, now: datetime, settings: AggregatorSettings) -> list[SessionRecord]:
-        """Evict sessions final for the retention, forget old evictions, and return the sessions
-        this closes for having had no final status within the open timeout."""
-        closed = []
-        reason = f"no final status within {settings.open_timeout_s:g} s"
-        stamp = now.timestamp()
-        for key, session in list(self.live.items()):
-            age = (now - session.updated_at).total_seconds()
-            if session.final and age > settings.final_retention_s:
-                del self.live[key]
-                self.evicted[key] = stamp
-            elif not session.final and age > settings.open_timeout_s:
-                self.live[key] = closed_session = close(session, now, reason)
+    def restored(self) -> None:
+        """Once every stored version is applied: each live session's due time."""
+        self.due = [(self._due(session), key) for key, session in self.live.items()]
+        heapq.heapify(self.due)
+
+    def expire(self, now: float) -> list[SessionRecord]:
+        """Evict the final sessions and close the open ones that are due by `now`; return the
+        closed ones. Forgets the evicted keys older than EVICTED_HORIZON_S."""
+        closed: list[SessionRecord] = []
+        due, live = self.due, self.live
+        while due and due[0][0] < now:
+            when, key = heapq.heappop(due)
+            session = live.get(key)
+            if session is None or self._due(session) != when:
+                continue  # evicted already, or moved on since
+            if session.final:
+                del live[key]
+                self.evicted[key] = when
+            else:
+                closed_session = close(session, datetime.fromtimestamp(when, UTC), self.reason)
+                self.put(closed_session)
                 closed.append(closed_session)
-        while self.evicted and next(iter(self.evicted.values())) < stamp - EVICTED_HORIZON_S:
+        while self.evicted and next(iter(self.evicted.values())) < now - EVICTED_HORIZON_S:
             self.evicted.popitem(last=False)
         return closed
 
@@ -163,6 +198,7 @@ class Aggregator(BaseHandler[None]):
         except msgspec.DecodeError as exc:
             raise Rejected(f"not a call event: {exc}") from exc
         partition = self.partitions[record.partition]
+        self._closed(partition.expire(event.received_at.timestamp()))
         key = event.session_key
         session = partition.live.get(key)
         if session is None and key in partition.evicted:
@@ -170,8 +206,14 @@ class Aggregator(BaseHandler[None]):
             return Handled()
         folded = fold(session, event)
         if folded is not None:
-            partition.live[key] = self.changed[key] = folded
+            partition.put(folded)
+            self.changed[key] = folded
         return Handled()
+
+    def _closed(self, closed: list[SessionRecord]) -> None:
+        for session in closed:
+            self.changed[session.session_key] = session
+        self.timed_out.inc(len(closed))
 
     def flush(self) -> list[Emit]:
         """Each session the batch changed, once, in its latest version."""
@@ -179,20 +221,16 @@ class Aggregator(BaseHandler[None]):
         self.changed.clear()
         return emits
 
-    async def tick(self) -> list[Emit]:
-        now = datetime.now(UTC)
+    async def tick(self, clocks: Clocks) -> list[Emit]:
+        """Sessions due on each partition's clock (the wall clock while it is caught up)."""
         before = self._count_in_memory()
-        closed = [
-            session
-            for partition in self.partitions.values()
-            for session in partition.sweep(now, self.settings)
-        ]
+        for number, partition in self.partitions.items():
+            self._closed(partition.expire(clocks.now(TopicPartition(topics.EVENTS, number))))
         after = self._count_in_memory()
-        self.timed_out.inc(len(closed))
-        (log.info if closed or after != before else log.debug)(
-            "aggregator_swept", in_memory=after, evicted=before - after, timed_out=len(closed)
+        (log.info if self.changed or after != before else log.debug)(
+            "aggregator_swept", in_memory=after, evicted=before - after, timed_out=len(self.changed)
         )
-        return [(topics.SESSIONS, session_record(session)) for session in closed]
+        return self.flush()
 
     def _count_in_memory(self) -> int:
         count = sum(len(partition.live) for partition in self.partitions.values())
@@ -211,10 +249,10 @@ class Aggregator(BaseHandler[None]):
 
     async def _restore(self, partitions: list[int]) -> dict[int, Partition]:
         """Each partition's sessions, read from calls.sessions up to its highwater."""
-        restored = {p: Partition() for p in partitions}
+        restored = {p: Partition(self.settings) for p in partitions}
         if not partitions:
             return restored
-        started, now = time.monotonic(), datetime.now(UTC)
+        started = time.monotonic()
         consumer = kafka_io.consumer(self.kafka, group_id=None, fetch_max_wait_ms=RESTORE_POLL_MS)
         await consumer.start()
         try:
@@ -224,10 +262,12 @@ class Aggregator(BaseHandler[None]):
             while pending:
                 fetched: Batch = await consumer.getmany(*pending, timeout_ms=RESTORE_POLL_MS)
                 for tp, records in fetched.items():
-                    _restore_all(restored[tp.partition], records, now, self.settings)
+                    _restore_all(restored[tp.partition], records)
                 pending = {tp for tp in pending if not await kafka_io.at_end(consumer, tp)}
         finally:
             await consumer.stop()
+        for partition in restored.values():
+            partition.restored()
         log.info(
             "sessions_restored",
             partitions=partitions,
@@ -237,9 +277,7 @@ class Aggregator(BaseHandler[None]):
         return restored
 
 
-def _restore_all(
-    partition: Partition, records: Iterable[Record], now: datetime, settings: AggregatorSettings
-) -> None:
+def _restore_all(partition: Partition, records: Iterable[Record]) -> None:
     for record in records:
         try:
             session = _session.decode(record.value or b"")
@@ -251,7 +289,7 @@ def _restore_all(
                 error=str(exc),
             )
             continue
-        partition.restore(session, now, settings.final_retention_s)
+        partition.restore(session)
 
 
 def session_record(session: SessionRecord) -> OutRecord:
@@ -260,10 +298,13 @@ def session_record(session: SessionRecord) -> OutRecord:
     return OutRecord(
         key.encode(),
         _encoder.encode(session),
-        cloudevents.headers(
-            f"{key}:{session.event_count}",
-            session.provider,
-            cloudevents.SESSION_TYPE,
-            session.updated_at,
-        ),
+        [
+            *cloudevents.headers(
+                f"{key}:{session.event_count}",
+                session.provider,
+                cloudevents.SESSION_TYPE,
+                session.updated_at,
+            ),
+            (topics.RECEIVED_AT, _encoder.encode(session.received)[1:-1]),
+        ],
     )

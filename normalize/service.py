@@ -56,6 +56,7 @@ def events_of(record: Record) -> list[OutRecord]:
     record that cannot be normalized."""
     try:
         meta = read_raw_headers(record.headers)
+        received = (topics.RECEIVED_AT, _header(record, topics.RECEIVED_AT))
         events = normalize(
             meta.provider,
             record.value or b"",
@@ -69,9 +70,12 @@ def events_of(record: Record) -> list[OutRecord]:
         OutRecord(
             event.session_key.encode(),
             _encoder.encode(event),
-            cloudevents.headers(
-                event.event_id, event.provider, cloudevents.EVENT_TYPE, event.occurred_at
-            ),
+            [
+                *cloudevents.headers(
+                    event.event_id, event.provider, cloudevents.EVENT_TYPE, event.occurred_at
+                ),
+                received,
+            ],
         )
         for event in events
     ]
@@ -97,3 +101,7 @@ def route(
                 kafka_io.dead_letter(record, stage, f"unexpected {type(exc).__name__}: {exc}")
             )
     return events, dead
+
+
+def _header(record: Record, name: str) -> bytes:
+    return next(value for key, value in record.headers if key == name)

@@ -45,18 +45,20 @@ def fold(session: SessionRecord | None, event: CallEvent) -> SessionRecord | Non
         return None
     legs = dict(session.legs) if session else {}
     legs[key] = _leg(event)
-    folded = _record(event, legs, (session.event_count if session else 0) + 1)
+    received = event.received_at if session is None else max(session.received, event.received_at)
+    folded = _record(event, legs, (session.event_count if session else 0) + 1, received)
     if session is not None and session.final and not folded.final:
         return None  # a final session status is never replaced by a non-final one
     return folded
 
 
-def close(session: SessionRecord, now: datetime, reason: str) -> SessionRecord:
+def close(session: SessionRecord, at: datetime, reason: str) -> SessionRecord:
     """`session` closed by the aggregator itself as final `unknown`, because of `reason`.
 
     Only session-level fields change and the legs stay as reported, so a real final report that
-    comes later still moves its leg forward and `fold` replaces this guess with it. updated_at
-    becomes `now`: the close is itself an update, kept in memory for the retention from then.
+    comes later still moves its leg forward and `fold` replaces this guess with it. The close is
+    stamped in received time (`received_at` = `at`, when it timed out); the provider's times,
+    `updated_at` included, stay as reported.
     """
     return msgspec.structs.replace(
         session,
@@ -64,7 +66,7 @@ def close(session: SessionRecord, now: datetime, reason: str) -> SessionRecord:
         final=True,
         close_reason=reason,
         event_count=session.event_count + 1,
-        updated_at=now,
+        received_at=at,
     )
 
 
@@ -88,7 +90,9 @@ def _leg(event: CallEvent) -> SessionLeg:
     )
 
 
-def _record(event: CallEvent, legs: dict[str, SessionLeg], event_count: int) -> SessionRecord:
+def _record(
+    event: CallEvent, legs: dict[str, SessionLeg], event_count: int, received_at: datetime
+) -> SessionRecord:
     deciding = legs[deciding_leg(legs)]
     starts = [
         t for leg in legs.values() if (t := leg.initiated_at or leg.ringing_at or leg.answered_at)
@@ -111,4 +115,5 @@ def _record(event: CallEvent, legs: dict[str, SessionLeg], event_count: int) -> 
         cause=deciding.cause,
         event_count=event_count,
         updated_at=max(leg.occurred_at for leg in legs.values()),
+        received_at=received_at,
     )

@@ -151,6 +151,16 @@ class SessionRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     updated_at: UtcTime
     close_reason: str | None = None
     """Why the aggregator closed the session itself (e.g. no final status within the timeout)."""
+    received_at: UtcTime | None = None
+    """When the newest report folded into it was received (its raw record's `cs-received-at`),
+    or, for a session the aggregator closed, the received time at which it timed out: the clock
+    of every timeout and window downstream (contract 1.1). Null only in records written before
+    1.1, whose `updated_at` stands in for it."""
+
+    @property
+    def received(self) -> datetime:
+        """`received_at`, or `updated_at` for a record written before contract 1.1."""
+        return self.received_at or self.updated_at
 
 
 CALL_LEG = "call"

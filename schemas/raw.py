@@ -84,6 +84,18 @@ def read_raw_headers(headers: Headers | tuple[tuple[str, bytes | None], ...]) ->
         raise HeadersError("raw record headers: a header is not UTF-8") from None
 
 
+def received_at_of(headers: Headers | tuple[tuple[str, bytes | None], ...]) -> datetime | None:
+    """The `cs-received-at` of a record (raw records, events and sessions carry it), or None
+    when it has none or it cannot be read."""
+    for name, value in headers:
+        if name == topics.RECEIVED_AT and value is not None:
+            try:
+                return _read_received_at(value)
+            except HeadersError:
+                return None
+    return None
+
+
 def _read_received_at(value: bytes) -> datetime:
     try:
         return _utc(_received_at.decode(b'"' + value + b'"'))

@@ -2,7 +2,7 @@
 
 A handler on the consumer runtime (`foundation.runtime`) around `sinks.rules.Evaluator`. Each
 batch is handled events first (so their countries are known when their sessions come) and its
-sessions in the order of their updates; each alert transition is produced to calls.alerts keyed
+sessions in the order they were received; each alert transition is produced to calls.alerts keyed
 `rule:scope` with CloudEvents headers, before the batch is committed. A session record that
 cannot be decoded is dead-lettered (stage `alerts`); an undecodable event is only skipped, the
 aggregator dead-letters it already.
@@ -16,6 +16,7 @@ empty and refill from the committed offsets.
 from __future__ import annotations
 
 import asyncio
+import math
 
 import msgspec
 import structlog
@@ -26,6 +27,7 @@ from foundation.kafka import OutRecord
 from foundation.runtime import BaseHandler, Handled, Metrics, Record, Rejected, Runtime
 from foundation.settings import AlertSettings, KafkaSettings
 from schemas import SessionRecord, cloudevents, topics
+from schemas.raw import received_at_of
 from schemas.records import Alert
 from schemas.topics import Stage
 from sinks.rules import Countries, Evaluator, load_rules
@@ -36,19 +38,9 @@ _alert = msgspec.json.Decoder(Alert)
 _encoder = msgspec.json.Encoder()
 
 
-class _Updated(msgspec.Struct):
-    updated_at: str
-    """RFC 3339 UTC with Z, fixed width: its text sorts as its time."""
-
-
-_updated = msgspec.json.Decoder(_Updated)
-
-
-def _updated_at(record: Record) -> str:
-    try:
-        return _updated.decode(record.value or b"").updated_at
-    except msgspec.DecodeError:
-        return ""  # handled first, and rejected then
+def _received_at(record: Record) -> float:
+    received = received_at_of(record.headers)
+    return received.timestamp() if received is not None else -math.inf
 
 
 class _EventView(msgspec.Struct, frozen=True):
@@ -84,10 +76,10 @@ class Alerts(BaseHandler[None]):
 
     def arrange(self, records: list[Record]) -> list[Record]:
         """Events first, so their countries are known when their sessions come; sessions in
-        the order of their updates."""
+        the order they were received."""
         events = [r for r in records if r.topic == topics.EVENTS]
         sessions = [r for r in records if r.topic != topics.EVENTS]
-        return events + sorted(sessions, key=_updated_at)
+        return events + sorted(sessions, key=_received_at)
 
     def handle(self, record: Record) -> Handled[None]:
         if record.topic == topics.EVENTS:

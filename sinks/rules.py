@@ -3,9 +3,11 @@ only I/O is reading the rules file.
 
 Each final session is counted once (the first final version of its key; later versions and
 duplicates are ignored) into the windows of every rule that takes a sample from it, once per
-scope: its provider, its provider+account, its provider+destination country. Time is event
-time, the session's `updated_at`, so a replay evaluates as the live run did; the clock is the
-latest `updated_at` seen (the watermark), and a window holds the samples of its last `window_s`.
+scope: its provider, its provider+account, its provider+destination country. Time is received
+time (contract 1.1), the session's `received_at`, so a replay evaluates as the live run did and
+nothing a provider writes moves the clock; the clock is the latest `received_at` seen (the
+watermark), and a window holds the samples of its last `window_s`. A provider that reports late
+is counted when its reports are received.
 
 Hysteresis: a (rule, scope) fires once when its window holds at least `min_attempts` samples and
 the value is past `fire`, and resolves once, when the value is back past `clear` (with at least
@@ -287,7 +289,7 @@ class Evaluator:
 
     def feed(self, session: SessionRecord, country: str | None = None) -> list[Alert]:
         """Count `session` if it is final for the first time; return the alert transitions."""
-        at = session.updated_at.timestamp()
+        at = session.received.timestamp()
         self.watermark = max(self.watermark, at)
         transitions: list[Alert] = []
         if session.final and session.session_key not in self.counted:

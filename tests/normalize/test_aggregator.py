@@ -147,8 +147,9 @@ async def test_legs_out_of_order_and_duplicated_make_one_correct_session(
     for record in await kafka_io.read_all(kafka, topics.SESSIONS):
         session = _session.decode(record.value)
         ce_id = f"{session.session_key}:{session.event_count}"
-        assert record.headers == tuple(
-            cloudevents.headers(ce_id, "wavecell", cloudevents.SESSION_TYPE, session.updated_at)
+        assert record.headers == (
+            *cloudevents.headers(ce_id, "wavecell", cloudevents.SESSION_TYPE, session.updated_at),
+            (topics.RECEIVED_AT, b"2026-11-01T12:00:00Z"),  # when its newest report was received
         )
 
 
@@ -293,6 +294,7 @@ async def test_an_open_session_is_closed_as_unknown_and_a_real_outcome_still_rep
 
 async def test_evicted_sessions_ignore_late_reports(kafka: KafkaSettings) -> None:
     (leg_a,) = _golden("table_completed_null_leg_missing")
+    leg_a = msgspec.structs.replace(leg_a, received_at=datetime.now(UTC))  # the clock: caught up
     late_b = msgspec.structs.replace(
         leg_a, leg="b", call_id="b-1", event_id="b-busy", status=Status.BUSY
     )

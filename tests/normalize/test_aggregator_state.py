@@ -1,4 +1,5 @@
-"""The aggregator's per-partition state without a broker: restore, eviction, timeouts."""
+"""The aggregator's per-partition state without a broker: restore, eviction and timeouts, each
+on the partition's received-time clock."""
 
 from __future__ import annotations
 
@@ -29,36 +30,69 @@ def _session(state: int, serial: str, reason: int | None = None) -> SessionRecor
     return session
 
 
-def test_restore_keeps_the_last_version_and_evicts_old_final_sessions() -> None:
-    partition = Partition()
+def _at(seconds: float) -> float:
+    return (T0 + timedelta(seconds=seconds)).timestamp()
+
+
+def test_restore_keeps_the_last_version_and_evicts_final_sessions_once_due() -> None:
+    partition = Partition(SETTINGS)
     ringing, ended = _session(1, "1"), _session(3, "1", 0)
-    partition.restore(ringing, T0, SETTINGS.final_retention_s)
-    partition.restore(ended, T0 + timedelta(seconds=60), SETTINGS.final_retention_s)
+    partition.restore(ringing)
+    partition.restore(ended)
+    partition.restored()
     assert partition.live == {ended.session_key: ended}
-    partition.restore(ended, T0 + timedelta(hours=1), SETTINGS.final_retention_s)
+    assert partition.expire(_at(900)) == []
+    assert partition.live == {ended.session_key: ended}
+    assert partition.expire(_at(901)) == []
     assert partition.live == {}
     assert list(partition.evicted) == [ended.session_key]
 
 
-def test_sweep_evicts_closes_and_forgets_on_their_own_clocks() -> None:
-    partition = Partition()
+def test_sessions_come_due_on_the_clock_and_evicted_keys_are_forgotten() -> None:
+    partition = Partition(SETTINGS)
     open_, final = _session(1, "open"), _session(3, "final", 0)
-    partition.live = {open_.session_key: open_, final.session_key: final}
+    partition.put(open_)
+    partition.put(final)
 
-    assert partition.sweep(T0 + timedelta(seconds=900), SETTINGS) == []
+    assert partition.expire(_at(900)) == []
     assert partition.live.keys() == {open_.session_key, final.session_key}
 
-    later = T0 + timedelta(seconds=901)
-    assert partition.sweep(later, SETTINGS) == []
+    assert partition.expire(_at(901)) == []
     assert partition.live.keys() == {open_.session_key}
-    assert partition.evicted == {final.session_key: later.timestamp()}
+    assert partition.evicted == {final.session_key: _at(900)}  # evicted when it was due
 
-    closing = T0 + timedelta(seconds=7_201)
-    (closed,) = partition.sweep(closing, SETTINGS)
-    assert (closed.status, closed.final, closed.updated_at) == (Status.UNKNOWN, True, closing)
+    (closed,) = partition.expire(_at(7_201))
+    assert (closed.status, closed.final) == (Status.UNKNOWN, True)
+    assert (closed.received_at, closed.updated_at) == (T0 + timedelta(seconds=7_200), T0)
     assert closed.close_reason == "no final status within 7200 s"
     assert partition.live == {open_.session_key: closed}
 
-    assert partition.sweep(later + timedelta(seconds=EVICTED_HORIZON_S + 1), SETTINGS) == []
+    assert partition.expire(_at(900 + EVICTED_HORIZON_S + 1)) == []
     assert partition.live == {}  # the closed session, final for longer than the retention
     assert list(partition.evicted) == [open_.session_key]  # the first eviction is forgotten
+
+
+def test_a_report_received_later_moves_the_session_on_and_its_old_due_time_is_skipped() -> None:
+    partition = Partition(SETTINGS)
+    ringing = _session(1, "x")
+    partition.put(ringing)
+    answered = fold(ringing, _poll(2, T0 + timedelta(seconds=7_000), "x"))
+    assert answered is not None
+    partition.put(answered)
+    assert partition.expire(_at(7_201)) == []  # due again 7,200 s after the newer report
+    assert partition.live == {answered.session_key: answered}
+    (closed,) = partition.expire(_at(14_201))
+    assert closed.received_at == T0 + timedelta(seconds=14_200)
+
+
+def test_a_provider_timestamp_moves_no_clock() -> None:
+    """A report dated 1970 or 9999 is due by when it was received, not by what it says."""
+    partition = Partition(SETTINGS)
+    event = msgspec.structs.replace(
+        _poll(1, T0, "dated"), occurred_at=datetime(9999, 12, 31, tzinfo=UTC)
+    )
+    session = fold(None, event)
+    assert session is not None
+    partition.put(session)
+    assert partition.expire(_at(7_199)) == []
+    assert len(partition.expire(_at(7_201))) == 1

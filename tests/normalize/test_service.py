@@ -80,10 +80,11 @@ def _expected(raw: Read) -> list[tuple[bytes, bytes, tuple[tuple[str, bytes], ..
         (
             event.session_key.encode(),
             msgspec.json.encode(event),
-            tuple(
-                cloudevents.headers(
+            (
+                *cloudevents.headers(
                     event.event_id, event.provider, cloudevents.EVENT_TYPE, event.occurred_at
-                )
+                ),
+                (topics.RECEIVED_AT, headers[topics.RECEIVED_AT]),  # the raw record's, unchanged
             ),
         )
         for event in events

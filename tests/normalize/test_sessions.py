@@ -112,7 +112,8 @@ def test_a_timeout_close_is_final_unknown_and_keeps_the_legs() -> None:
     later = T0 + timedelta(hours=2)
     closed = close(session, later, "no final status within 7200 s")
     assert (closed.status, closed.final, closed.event_count) == (Status.UNKNOWN, True, 2)
-    assert (closed.close_reason, closed.updated_at) == ("no final status within 7200 s", later)
+    assert closed.close_reason == "no final status within 7200 s"
+    assert (closed.received_at, closed.updated_at) == (later, session.updated_at)  # ours, theirs
     assert closed.legs == session.legs
     assert fold(closed, ringing) is None  # a duplicate
     assert fold(closed, _poll(2, T0 + timedelta(seconds=5))) is None  # no reopening
