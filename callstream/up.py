@@ -19,11 +19,15 @@ DEMO_SIMULATION = ("--rate", "0.5", "--time-scale", "0.05", "--webhook-rate", "2
 """`up --demo`: a call of each polled provider every 2 s, lasting seconds; 2 callbacks a second."""
 DEMO_POLLING = {
     "CALLSTREAM_POLL__VPBX__WINDOW_S": "5",
-    "CALLSTREAM_POLL__VPBX__OVERLAP_S": "60",
+    "CALLSTREAM_POLL__VPBX__REREADS_S": "3,30,180",
+    "CALLSTREAM_POLL__VPBX__MAX_CALL_S": "720",
     "CALLSTREAM_POLL__VPBX__BACKFILL_S": "30",
     "CALLSTREAM_POLL__MOBILE_AGENT__INTERVAL_S": "1",
+    "CALLSTREAM_POLL__MOBILE_AGENT__MAX_CALL_S": "720",
+    "CALLSTREAM_POLL__MOBILE_AGENT__SETUP_ALLOWANCE_S": "45",
 }
-"""`up --demo`: polling quick enough to show the simulated calls at once."""
+"""`up --demo`: polling quick enough to show the simulated calls at once, on the simulation's
+time scale (0.05: the schedule's 1 min, 10 min, 1 h and 4 h, and the 15-minute allowance)."""
 
 
 def store_url(data_dir: Path) -> str:

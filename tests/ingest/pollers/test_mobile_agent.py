@@ -76,7 +76,11 @@ async def test_a_call_not_ended_by_its_deadline_is_no_longer_polled(kafka: Kafka
     settings = mobile_agent_settings
     async with simulated(scenario) as (simulation, url), ingress(kafka) as sender:
         await traffic.register_calls(sender, simulation.mobile_agent)
-        async with serving(poller(kafka, metrics, mobile_agent=settings(url, deadline_s=0.5))):
+        async with serving(
+            poller(
+                kafka, metrics, mobile_agent=settings(url, max_call_s=0.3, setup_allowance_s=0.2)
+            )
+        ):
             await eventually(sync(lambda: metric(metrics, "poller_expired_calls_total") == 3), "")
             asked = metric(metrics, "poller_requests_total", provider="mobile_agent", outcome="ok")
             await asyncio.sleep(0.3)
