@@ -97,8 +97,9 @@ _MOBILE_AGENT_OUTCOMES = (
 _MOBILE_AGENT_WEIGHTS = [outcome[0] for outcome in _MOBILE_AGENT_OUTCOMES]
 
 
-def mobile_agent_call(rng: random.Random) -> MobileAgentCall:
-    """A call with a realistic outcome: its states 0 → (1 → (2 →)) 3 and when each comes."""
+def mobile_agent_call(rng: random.Random, talk_s: float | None = None) -> MobileAgentCall:
+    """A call with a realistic outcome: its states 0 → (1 → (2 →)) 3 and when each comes;
+    `talk_s`, if the call is answered, replaces its drawn talk time (a long-tail call)."""
     _, after, reasons, ringing, talking = rng.choices(
         _MOBILE_AGENT_OUTCOMES, _MOBILE_AGENT_WEIGHTS
     )[0]
@@ -106,7 +107,8 @@ def mobile_agent_call(rng: random.Random) -> MobileAgentCall:
     states = [(0, 0.0)]
     for state in after:
         states.append((state, at))
-        at += rng.uniform(*(ringing if state == 1 else talking or (0, 0)))
+        drawn = rng.uniform(*(ringing if state == 1 else talking or (0, 0)))
+        at += talk_s if state == 2 and talk_s is not None else drawn
     return MobileAgentCall(
         caller=str(rng.randrange(10**7, 10**8)),
         called=str(rng.randrange(10**7, 10**8)),
@@ -153,12 +155,20 @@ VPBX_TIME = "%Y-%m-%d %H:%M:%S"
 
 
 def vpbx_call(
-    rng: random.Random, init: datetime, client_owner_id: int | str, time_scale: float = 1.0
+    rng: random.Random,
+    init: datetime,
+    client_owner_id: int | str,
+    time_scale: float = 1.0,
+    talk_s: float | None = None,
 ) -> tuple[dict[str, object], datetime]:
     """One call record that started at `init`, and when it ended; `time_scale` shrinks its
-    durations (a simulation that runs faster than life)."""
+    durations (a simulation that runs faster than life); `talk_s`, if the call is answered,
+    replaces its drawn talk time (a long-tail call)."""
     result = rng.choice(_VPBX_RESULTS)
-    talk = rng.randrange(5, 900) * time_scale if result in ("bridged", "answered") else 0
+    talk = 0.0
+    if result in ("bridged", "answered"):
+        drawn = rng.randrange(5, 900)
+        talk = (drawn if talk_s is None else talk_s) * time_scale
     answered = init + timedelta(seconds=8 * time_scale)
     ended = answered + timedelta(seconds=talk)
     record = {
@@ -237,6 +247,27 @@ def voice_messaging(rng: random.Random, at: datetime | None = None) -> bytes:
     return msgspec.json.encode(
         {"api_job_id": str(uuid.UUID(int=rng.getrandbits(128))), "data": [call]}
     )
+
+
+def voice_messaging_reports(rng: random.Random, at: datetime) -> list[bytes]:
+    """The callbacks of one call of a TTS job, in the order they are made: ACCEPTD once it
+    rings, then its outcome at `at` (only the ACCEPTD if that is all it reached)."""
+    outcome = voice_messaging(rng, at)
+    callback = msgspec.json.decode(outcome)
+    (call,) = callback["data"]
+    if call["status"] == "ACCEPTD" or call["ring_date"] is False:
+        return [outcome]
+    call = {
+        **{key: value for key, value in call.items() if key != "error_code"},
+        "status": "ACCEPTD",
+        "timestamp": call["ring_date"],
+        "micro_timestamp": call["ring_date"] * 1000,
+        "answer_date": False,
+        "hang_date": False,
+        "actual_duration": 0,
+        "billed_duration": 0,
+    }
+    return [msgspec.json.encode({**callback, "data": [call]}), outcome]
 
 
 CALLBACKS = {"wavecell": wavecell, "voice_messaging": voice_messaging}
