@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 
+from foundation.settings import PollSettings, load
 from ingest.pollers.schedule import MAX_READ_WINDOWS, Read, Schedule, offsets_of
+from schemas.records import Checkpoint, Reread
 
 T0 = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
@@ -114,3 +117,20 @@ def test_a_checkpoint_without_rereads_takes_each_to_be_on_time() -> None:
 def test_a_window_lasts(window_s: float) -> None:
     with pytest.raises(ValueError, match="a window lasts"):
         Schedule.starting(timedelta(seconds=window_s), OFFSETS, T0)
+
+
+def test_a_checkpoint_written_before_the_schedule_still_decodes() -> None:
+    old = b'{"provider":"vpbx","account":"1001","until":"2026-11-01T08:00:00Z"}'
+    assert msgspec.json.decode(old, type=Checkpoint) == Checkpoint("vpbx", "1001", T0)
+    new = Checkpoint("vpbx", "1001", T0, (Reread(600.0, T0 - 11 * MINUTE),))
+    assert msgspec.json.decode(msgspec.json.encode(new), type=Checkpoint) == new
+
+
+def test_the_rereads_are_a_comma_separated_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CALLSTREAM_POLL__VPBX__REREADS_S", "30,300")
+    monkeypatch.setenv("CALLSTREAM_POLL__VPBX__MAX_CALL_S", "7200")
+    vpbx = load(PollSettings, "poll").vpbx
+    assert (vpbx.rereads_s, vpbx.max_call_s) == ((30.0, 300.0), 7_200.0)
+    assert offsets_of(vpbx.rereads_s, vpbx.max_call_s) == tuple(
+        timedelta(seconds=s) for s in (30, 300, 7_200)
+    )

@@ -13,7 +13,13 @@ from poll_helpers import all_reach_events, metric, of, poller, simulated, sync, 
 from callstream.simulate.faults import Faults
 from callstream.simulate.simulation import Scenario
 from foundation import kafka as kafka_io
-from foundation.settings import KafkaSettings, PollSettings, SettingsError, VpbxPollSettings
+from foundation.settings import (
+    KafkaSettings,
+    PollSettings,
+    Secret,
+    SettingsError,
+    VpbxPollSettings,
+)
 from ingest.pollers import service
 from ingest.pollers.metrics import Metrics
 from schemas import topics
@@ -135,6 +141,16 @@ async def test_a_revoked_token_is_replaced_and_the_request_retried(kafka: KafkaS
         (
             VpbxPollSettings(base_url="http://x", client_ids=("1",), oauth_client_id="a"),
             "CALLSTREAM_POLL__VPBX__OAUTH_CLIENT_SECRET: required",
+        ),
+        (
+            VpbxPollSettings(
+                base_url="http://x",
+                client_ids=("1",),
+                oauth_client_id="a",
+                oauth_client_secret=Secret("s"),
+                rereads_s=(60.0, 0.0),
+            ),
+            "CALLSTREAM_POLL__VPBX__REREADS_S: expected seconds > 0",
         ),
     ],
 )
