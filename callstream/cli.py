@@ -313,6 +313,26 @@ def _add_simulate_command(commands: Any) -> None:
     )  # fmt: skip
     cmd.add_argument("--slow-s", type=_positive, default=2.0, help="how late a slow answer is")
     cmd.add_argument(
+        "--long-calls", type=_share, default=0.05, metavar="SHARE",
+        help="share of answered polled calls that talk 15 min to 3 h (a long tail)",
+    )  # fmt: skip
+    cmd.add_argument(
+        "--listing-lag", type=_seconds, default=120.0, metavar="S",
+        help="vpbx lists a call up to this long after it ended",
+    )  # fmt: skip
+    cmd.add_argument(
+        "--late", type=_seconds, default=300.0, metavar="S",
+        help="callbacks are of calls that ended up to this long ago (late, out of order)",
+    )  # fmt: skip
+    cmd.add_argument(
+        "--backfill", type=_share, default=0.01, metavar="SHARE",
+        help="share of callbacks of calls that ended 1 to 5 days ago",
+    )  # fmt: skip
+    cmd.add_argument(
+        "--history", type=_seconds, default=0.0, metavar="S",
+        help="the polled calls begin this long ago (dated then, read now)",
+    )  # fmt: skip
+    cmd.add_argument(
         "--ingress", metavar="URL", default=None,
         help="send webhooks and mobile_agent call registrations to this ingress",
     )  # fmt: skip
@@ -420,6 +440,26 @@ def _count(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
     return int(text)
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share from 0 to 1, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected seconds (0 or more), got {text!r}")
+    return value
 
 
 def _fault(text: str) -> str:
@@ -609,6 +649,11 @@ def _simulate(args: argparse.Namespace) -> int:
         clients=tuple(filter(None, args.clients.split(","))),
         token_ttl_s=args.token_ttl,
         faults=Faults.parse(args.fault, slow_s=args.slow_s),
+        long_calls=args.long_calls,
+        listing_lag_s=args.listing_lag,
+        late_s=args.late,
+        backfill=args.backfill,
+        history_s=args.history,
     )
     run_until_signalled(
         lambda stop: simulation.run(

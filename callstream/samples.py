@@ -139,8 +139,9 @@ _MOBILE_AGENT_OUTCOMES = (
 _MOBILE_AGENT_WEIGHTS = [outcome[0] for outcome in _MOBILE_AGENT_OUTCOMES]
 
 
-def mobile_agent_call(rng: random.Random) -> MobileAgentCall:
-    """A call with a realistic outcome: its states 0 → (1 → (2 →)) 3 and when each comes.
+def mobile_agent_call(rng: random.Random, long_talk_s: float | None = None) -> MobileAgentCall:
+    """A call with a realistic outcome: its states 0 → (1 → (2 →)) 3 and when each comes;
+    `long_talk_s`, if the call is answered, replaces its drawn talk time (a long-tail call).
 
     (queryCallState reports when a call started and ended, not when it was answered: its
     calls have no talk time, so no ACD, whatever their durations.)
@@ -155,7 +156,8 @@ def mobile_agent_call(rng: random.Random) -> MobileAgentCall:
         if state == 1:
             at += _spread(rng, *ringing, 1.0, 60.0)
         elif state == 2 and talks:
-            at += talk_s(rng)
+            drawn = talk_s(rng)  # drawn either way: the rest of the call stays the same
+            at += drawn if long_talk_s is None else long_talk_s
         else:
             at += _spread(rng, 1.0, 0.5, 0.2, 5.0)
     return MobileAgentCall(
@@ -220,18 +222,23 @@ VPBX_TIME = "%Y-%m-%d %H:%M:%S"
 
 
 def vpbx_call(
-    rng: random.Random, init: datetime, client_owner_id: int | str, time_scale: float = 1.0
+    rng: random.Random,
+    init: datetime,
+    client_owner_id: int | str,
+    time_scale: float = 1.0,
+    long_talk_s: float | None = None,
 ) -> tuple[dict[str, object], datetime]:
-    """One call record that started at `init`, and when it ended. `time_scale` shrinks its
-    talk time (a simulation that runs faster than life); the wait for an answer stays as it
-    is, seconds, so that the post-dial delay stays true."""
+    """One call record that started at `init`, and when it ended. `time_scale` shrinks all its
+    times alike (a simulation that runs faster than life: the post-dial delay shrinks too).
+    `long_talk_s`, if the call is answered, replaces its drawn talk time (a long-tail call)."""
     _, result, endings, unanswered = rng.choices(_VPBX_OUTCOMES, _VPBX_WEIGHTS)[0]
     _, disposition, cause = rng.choices(endings, [weight for weight, *_ in endings])[0]
     if unanswered is None:
-        ringing = timedelta(seconds=round(answer_s(rng)))
-        talk = round(talk_s(rng) * time_scale) or 1
+        ringing = timedelta(seconds=round(answer_s(rng) * time_scale))
+        drawn = talk_s(rng)  # drawn either way: the rest of the call stays the same
+        talk = round((drawn if long_talk_s is None else long_talk_s) * time_scale) or 1
     else:
-        ringing = timedelta(seconds=round(_spread(rng, *unanswered, 1.0, 60.0)))
+        ringing = timedelta(seconds=round(_spread(rng, *unanswered, 1.0, 60.0) * time_scale))
         talk = 0
     answered = init + ringing
     ended = answered + timedelta(seconds=talk)
@@ -314,6 +321,27 @@ def voice_messaging(rng: random.Random, at: datetime | None = None) -> bytes:
     return msgspec.json.encode(
         {"api_job_id": str(uuid.UUID(int=rng.getrandbits(128))), "data": [call]}
     )
+
+
+def voice_messaging_reports(rng: random.Random, at: datetime) -> list[bytes]:
+    """The callbacks of one call of a TTS job, in the order they are made: ACCEPTD once it
+    rings, then its outcome at `at` (only the ACCEPTD if that is all it reached)."""
+    outcome = voice_messaging(rng, at)
+    callback = msgspec.json.decode(outcome)
+    (call,) = callback["data"]
+    if call["status"] == "ACCEPTD" or call["ring_date"] is False:
+        return [outcome]
+    call = {
+        **{key: value for key, value in call.items() if key != "error_code"},
+        "status": "ACCEPTD",
+        "timestamp": call["ring_date"],
+        "micro_timestamp": call["ring_date"] * 1000,
+        "answer_date": False,
+        "hang_date": False,
+        "actual_duration": 0,
+        "billed_duration": 0,
+    }
+    return [msgspec.json.encode({**callback, "data": [call]}), outcome]
 
 
 CALLBACKS = {"wavecell": wavecell, "voice_messaging": voice_messaging}

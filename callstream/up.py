@@ -22,17 +22,20 @@ from foundation.settings import KafkaSettings, PollSettings, load
 
 log = structlog.get_logger("callstream.up")
 
-DEMO_SIMULATION = ("--rate", "0.5", "--time-scale", "0.25", "--webhook-rate", "2")
-"""`up --demo`: a call of each polled provider every 2 s, its talk time a quarter of life's
-(a call that would last 2 minutes lasts 30 s; an unanswered one ends after its real ringing);
-2 callbacks a second."""
+DEMO_SIMULATION = ("--rate", "0.5", "--time-scale", "0.05", "--webhook-rate", "2")
+"""`up --demo`: a call of each polled provider every 2 s, its times a twentieth of life's (a call
+that would last 2 minutes lasts 6 s, one of 3 hours 9 minutes); 2 callbacks a second."""
 DEMO_POLLING = {
     "CALLSTREAM_POLL__VPBX__WINDOW_S": "5",
-    "CALLSTREAM_POLL__VPBX__OVERLAP_S": "600",  # the longest demo call: 30 min / 4 + ringing
+    "CALLSTREAM_POLL__VPBX__REREADS_S": "3,30,180",
+    "CALLSTREAM_POLL__VPBX__MAX_CALL_S": "720",
     "CALLSTREAM_POLL__VPBX__BACKFILL_S": "30",
     "CALLSTREAM_POLL__MOBILE_AGENT__INTERVAL_S": "1",
+    "CALLSTREAM_POLL__MOBILE_AGENT__MAX_CALL_S": "720",
+    "CALLSTREAM_POLL__MOBILE_AGENT__SETUP_ALLOWANCE_S": "45",
 }
-"""`up --demo`: polling quick enough to show the simulated calls at once."""
+"""`up --demo`: polling quick enough to show the simulated calls at once, on the simulation's
+time scale (0.05: the schedule's 1 min, 10 min, 1 h and 4 h, and the 15-minute allowance)."""
 
 
 DEFAULT_DATA_DIR = Path(".callstream")

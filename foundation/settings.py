@@ -88,7 +88,7 @@ def load(cls: type[S], section: str, flags: Mapping[str, Any] | None = None) -> 
         raise SettingsError(f"{setting.rstrip('_')}: {reason}") from None
 
 
-_LISTS = frozenset({"allow_ips", "client_ids"})
+_LISTS = frozenset({"allow_ips", "client_ids", "rereads_s"})
 """Settings given as comma-separated lists."""
 
 
@@ -207,9 +207,13 @@ class VpbxPollSettings(PollerSettings, frozen=True, forbid_unknown_fields=True):
     """OAuth2 client-credentials grant: the application's id and secret."""
     window_s: float = 60.0
     """Calls are read in consecutive windows of start time this long, each once it is over."""
-    overlap_s: float = 300.0
-    """Each window is read from this long before its start too: calls that show up late (the
-    API lists a call once it has ended) are read with a later window."""
+    max_call_s: float = 14_400.0
+    """The longest call (start to hang-up) that is sure to be read: the API lists a call only
+    once it has ended, so each window is read for the last time this long after its end."""
+    rereads_s: tuple[float, ...] = (60.0, 600.0, 3_600.0)
+    """Besides when it is over and max_call_s after its end, each window is read again this long
+    after its end (comma-separated), so that a call is published soon after it ends; values
+    not below max_call_s are left out. Each window is read at most len(rereads_s) + 2 times."""
     backfill_s: float = 3_600.0
     """A client without a checkpoint is read from this long ago."""
     retry_interval_s: float = 10.0
@@ -233,14 +237,26 @@ class MobileAgentPollSettings(PollerSettings, frozen=True, forbid_unknown_fields
     """How often each tracked call is asked for its state."""
     jitter: float = 0.2
     """Each interval is drawn from interval_s * (1 ± jitter), so calls spread out."""
-    deadline_s: float = 7_200.0
-    """A call not ended this long after it was registered is no longer polled."""
+    max_call_s: float = 14_400.0
+    """The longest call followed to its end, as for vpbx (default 4 hours); see deadline_s."""
+    setup_allowance_s: float = 900.0
+    """How long a call may wait to be made and ring before it is answered (state 0 queued, then
+    state 1 ringing its two parties, each until a no-answer timeout); see deadline_s."""
     account: str = ""
     """Context `account` of every report (empty: none)."""
     reason_table: Literal["default", "q850"] = "default"
     """Context `reason_table`: q850 reads every reasonCode as a Q.850 cause (ITA accounts)."""
     group_id: str = "callstream-poll-mobile-agent"
     """Consumer group on calls.track; instances share the tracked calls by partition."""
+
+    @property
+    def deadline_s(self) -> float:
+        """A call not ended this long after it was registered is asked once more, then no
+        longer polled: max_call_s + setup_allowance_s. A call is registered when it is
+        placed, so it may queue and ring before its talk, up to max_call_s, begins; the
+        deadline reasons like the vpbx poller's last re-read (a call longer than max_call_s is
+        given up), plus the time before the answer that vpbx counts in its call length."""
+        return self.max_call_s + self.setup_allowance_s
 
 
 class PollSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -30,9 +30,12 @@ class RawMeta(msgspec.Struct, frozen=True, gc=False):
         source: str,
         content_type: str,
         context: Mapping[str, str] | None = None,
+        *,
+        at: datetime | None = None,
     ) -> RawMeta:
-        """The metadata of a body received just now, under a new request id."""
-        now = datetime.now(UTC)
+        """The metadata of a body received just now (`at`, by default the wall clock's now),
+        under a new request id."""
+        now = at or datetime.now(UTC)
         return cls(provider, source, now, uuid.uuid4().hex, content_type, dict(context or {}))
 
 

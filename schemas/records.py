@@ -63,9 +63,23 @@ class Track(msgspec.Struct, frozen=True):
     """The last state the poller published (None: none yet)."""
 
 
+class Reread(msgspec.Struct, frozen=True):
+    """How far one re-read of a poller's schedule has come: the windows are read again
+    `after_s` after their end, and those ending by `until` have been."""
+
+    after_s: float
+    until: datetime
+    """The windows after this one, up to the checkpoint's `until`, are pending this re-read."""
+
+
 class Checkpoint(msgspec.Struct, frozen=True):
-    """A record of calls.checkpoints: an account's calls are read up to `until`."""
+    """A record of calls.checkpoints: an account's calls are read up to `until`, and re-read as
+    far as `rereads` say."""
 
     provider: str
     account: str
     until: datetime
+    """Every window ending by then has had its first read."""
+    rereads: tuple[Reread, ...] = ()
+    """The progress of each re-read of the schedule (none in a checkpoint written before
+    re-reads existed: the poller then takes each to be on time, `after_s` behind `until`)."""

@@ -3,13 +3,14 @@
 Call i is placed `i / rate` seconds after the simulation starts, with serial number
 `serial(i)`, and lives the life `callstream.samples.mobile_agent_call` draws for (seed, i):
 state 0, then 1 (ringing), 2 (talking) as its outcome has them, then 3 with a reasonCode of
-the document's tables, its durations multiplied by `time_scale`. A state is answered at least
+the document's tables, its durations multiplied by `time_scale`; a share `long_calls` of the
+answered ones talk for 15 minutes to 3 hours, as vpbx's long tail. A state is answered at least
 once before the next one is (an answer spoiled by a fault does not count): however slowly a
 poller asks, it can see every state, so the ground truth does not depend on timing.
 
 Answers follow the document: retCode "0" with `result`; "3" for a serial number that is not
 one (not digits, or longer than 50); "1" ("Failed to query the status.") for one that was not
-placed; HTTP 401 for a missing, unknown or expired token.
+placed; HTTP 401 for a missing, unknown or expired token. Time is the clock's.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from callstream.simulate import faults
 from callstream.simulate.faults import Injector
 from callstream.simulate.tokens import Tokens
 from callstream.simulate.truth import Expected, expected
+from callstream.simulate.vpbx import long_talk_s
+from foundation.clock import SYSTEM, Clock
 
 PROVIDER = "mobile_agent"
 QUERY_PATH = "/apiaccess/CC-Management/v1/mobileAgent/queryCallState"
@@ -60,9 +63,12 @@ class MobileAgentApi:
         time_scale: float,
         credentials: tuple[str, str],
         token_ttl_s: float,
+        long_calls: float = 0.0,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.start, self.seed, self.rate, self.count = start, seed, rate, calls
         self.time_scale, self.credentials = time_scale, credentials
+        self.long_calls, self.clock = long_calls, clock
         self.tokens = Tokens(token_ttl_s)
         self.life = lru_cache(maxsize=100_000)(self._life)
         self.answered: dict[int, int] = {}
@@ -72,7 +78,9 @@ class MobileAgentApi:
         return str(SERIAL_BASE + self.seed * 1_000_000_000 + index)
 
     def _life(self, index: int) -> MobileAgentCall:
-        return samples.mobile_agent_call(random.Random(f"{PROVIDER}:{self.seed}:{index}"))
+        hard = random.Random(f"{PROVIDER}:{self.seed}:{index}:hard")  # apart: the same calls
+        talk_s = long_talk_s(hard) if hard.random() < self.long_calls else None
+        return samples.mobile_agent_call(random.Random(f"{PROVIDER}:{self.seed}:{index}"), talk_s)
 
     def placed(self, now: datetime) -> range:
         """The calls placed by `now`."""
@@ -124,7 +132,7 @@ class MobileAgentApi:
             return web.json_response(
                 {"retCode": "3", "retMsg": "The format of the call SN is incorrect."}
             )
-        now = datetime.now(self.start.tzinfo)
+        now = self.clock.now()
         index = self._index(serial, now)
         if index is None:
             return web.json_response(_FAILED)

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import msgspec
@@ -18,6 +18,7 @@ from callstream.simulate.faults import Faults, Injector
 from callstream.simulate.mobile_agent import MobileAgentApi
 from callstream.simulate.truth import Expected
 from callstream.simulate.vpbx import VpbxApi
+from foundation.clock import SYSTEM, Clock
 from foundation.settings import IngressSettings, load
 
 log = structlog.get_logger("callstream.simulate")
@@ -38,17 +39,34 @@ class Scenario(msgspec.Struct, frozen=True, kw_only=True):
     calls: int | None = None
     """Calls of each polled provider; None: for ever."""
     time_scale: float = 1.0
-    """Call durations are multiplied by this (0.01: a 10-minute call lasts 6 s)."""
+    """Call durations (and the delays below) are multiplied by this (0.01: a 10-minute call
+    lasts 6 s)."""
     clients: tuple[str, ...] = ("1001", "1002")
     """vpbx client ids; call i belongs to clients[i % len(clients)]."""
     token_ttl_s: float = 600.0
     faults: Faults = Faults()
+    long_calls: float = 0.0
+    """The share of answered polled calls that talk for 15 minutes to 3 hours (a long tail)."""
+    listing_lag_s: float = 0.0
+    """vpbx lists a call up to this long after it ended."""
+    late_s: float = 0.0
+    """Webhook callbacks are of calls that ended up to this long ago: late, out of order, and
+    voice_messaging's ACCEPTD and outcome in either order."""
+    backfill: float = 0.0
+    """The share of webhook callbacks that are of calls that ended one to five days ago."""
+    history_s: float = 0.0
+    """The polled providers' calls begin this long before the simulation does: reports dated
+    that long ago, which a poller reads now (vpbx: when BACKFILL_S reaches back to them)."""
 
 
 class Simulation:
-    def __init__(self, scenario: Scenario, start: datetime | None = None) -> None:
-        self.scenario = scenario
-        start = start or datetime.now(UTC)
+    def __init__(
+        self, scenario: Scenario, start: datetime | None = None, clock: Clock = SYSTEM
+    ) -> None:
+        """The calls of `scenario` from `start` (by default now, less its history_s), with
+        time on `clock`."""
+        self.scenario, self.clock = scenario, clock
+        start = start or clock.now() - timedelta(seconds=scenario.history_s)
         self.vpbx = VpbxApi(
             start=start,
             seed=scenario.seed,
@@ -58,6 +76,9 @@ class Simulation:
             time_scale=scenario.time_scale,
             credentials=VPBX_CREDENTIALS,
             token_ttl_s=scenario.token_ttl_s,
+            long_calls=scenario.long_calls,
+            listing_lag_s=scenario.listing_lag_s,
+            clock=clock,
         )
         self.mobile_agent = MobileAgentApi(
             start=start,
@@ -67,6 +88,8 @@ class Simulation:
             time_scale=scenario.time_scale,
             credentials=MOBILE_AGENT_CREDENTIALS,
             token_ttl_s=scenario.token_ttl_s,
+            long_calls=scenario.long_calls,
+            clock=clock,
         )
         self.injectors = {
             "vpbx": Injector(scenario.faults, self.vpbx.tokens, scenario.seed),
@@ -94,14 +117,28 @@ class Simulation:
     def expected(self, mobile_agent_context: dict[str, str] | None = None) -> set[Expected]:
         """The states of every polled call placed so far (all of them, if their number is
         fixed) and of every callback accepted so far."""
-        until = datetime.now(UTC) if self.scenario.calls is None else _FOREVER
+        until = self.clock.now() if self.scenario.calls is None else _FOREVER
         truth = self.vpbx.expected(until) | self.mobile_agent.expected(
             until, mobile_agent_context or {}
         )
         return truth | (self.webhooks.truth if self.webhooks is not None else set())
 
+    def webhooks_to(self, ingress: traffic.Ingress, duplicates: float = 0.0) -> traffic.Webhooks:
+        """The scenario's webhook traffic at `ingress`, its truth part of this simulation's."""
+        scenario = self.scenario
+        self.webhooks = traffic.Webhooks(
+            ingress,
+            seed=scenario.seed,
+            duplicates=duplicates,
+            late_s=scenario.late_s,
+            backfill=scenario.backfill,
+            time_scale=scenario.time_scale,
+            clock=self.clock,
+        )
+        return self.webhooks
+
     async def truth(self, _request: web.Request) -> web.Response:
-        """GET /truth: the expected states, as [provider, call_id, leg, status] lists."""
+        """GET /truth: the expected states, as [provider, call_id, leg, status, final] lists."""
         return web.json_response({"expected": sorted(self.expected())})
 
 
@@ -154,11 +191,9 @@ async def run(
         senders = []
         if ingress_url is not None:
             ingress = traffic.Ingress(ingress_url, session, load(IngressSettings, "ingress").auth)
-            simulation.webhooks = traffic.Webhooks(
-                ingress, seed=scenario.seed, duplicates=duplicates
-            )
+            webhooks = simulation.webhooks_to(ingress, duplicates)
             senders = [
-                asyncio.create_task(simulation.webhooks.fire(webhook_rate)),
+                asyncio.create_task(webhooks.fire(webhook_rate)),
                 asyncio.create_task(traffic.register_calls(ingress, simulation.mobile_agent)),
             ]
         await stop.wait()

@@ -6,6 +6,12 @@ is sent again after a backoff, as a provider does; and a share (`duplicates`) of
 ones are sent once more, as a provider does that missed the answer. Authentication follows
 the ingress's own settings (CALLSTREAM_INGRESS__AUTH__*), so the traffic passes a configured
 ingress. What was accepted is the ground truth of the webhooks.
+
+The hard cases: with `late_s`, a callback is of a call that ended up to that long ago (times
+`time_scale`), so callbacks arrive late and out of the order of their calls, and a
+voice_messaging call reports twice (ACCEPTD when it rings, then its outcome), in either order;
+with `backfill`, that share of the callbacks are of calls that ended one to five days ago, as
+a provider sends when it catches up on a backlog. Reports are dated by the clock.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 
 import aiohttp
 import msgspec
@@ -30,12 +36,15 @@ from aiolimiter import AsyncLimiter
 from callstream import samples
 from callstream.simulate.mobile_agent import MobileAgentApi
 from callstream.simulate.truth import Expected, expected
+from foundation.clock import SYSTEM, Clock
 from foundation.settings import ProviderAuth
 
 WEBHOOK_PROVIDERS = tuple(samples.CALLBACKS)
 ATTEMPTS = 10
 BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
 REGISTER_TICK_S = 0.05
+BACKFILL_S = (86_400.0, 5 * 86_400.0)
+"""How long ago the calls of backfilled callbacks ended: one to five days."""
 
 log = structlog.get_logger("callstream.simulate")
 
@@ -101,16 +110,39 @@ class Webhooks:
         seed: int = 0,
         duplicates: float = 0.0,
         on_accepted: Accepted | None = None,
+        late_s: float = 0.0,
+        backfill: float = 0.0,
+        time_scale: float = 1.0,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.ingress, self.duplicates, self.on_accepted = ingress, duplicates, on_accepted
+        self.late_s, self.backfill = late_s * time_scale, backfill
+        self.clock = clock
         self.rng = random.Random(f"webhooks:{seed}")
+        self.hard = random.Random(f"webhooks:{seed}:hard")  # apart: the same bodies
         self.truth: set[Expected] = set()
         self.sent = self.accepted = 0
+
+    def _ended(self) -> datetime:
+        """When the call of the next callback ended."""
+        ago = 0.0
+        if self.backfill and self.hard.random() < self.backfill:
+            ago = self.hard.uniform(*BACKFILL_S)
+        elif self.late_s:
+            ago = self.hard.uniform(0, self.late_s)
+        return self.clock.now() - timedelta(seconds=ago)
 
     def _bodies(self) -> Iterator[tuple[str, bytes]]:
         while True:
             provider = self.rng.choice(WEBHOOK_PROVIDERS)
-            yield provider, samples.CALLBACKS[provider](self.rng, datetime.now(UTC))
+            if provider == "voice_messaging" and self.late_s:
+                reports = samples.voice_messaging_reports(self.rng, self._ended())
+                if self.hard.random() < 0.5:
+                    reports.reverse()  # the outcome first, then the ACCEPTD it supersedes
+                for body in reports:
+                    yield provider, body
+            else:
+                yield provider, samples.CALLBACKS[provider](self.rng, self._ended())
 
     async def fire(self, rate: float, *, count: int | None = None, connections: int = 64) -> None:
         """Send `count` callbacks (for ever if None) at `rate` a second."""
@@ -144,7 +176,7 @@ async def register_calls(ingress: Ingress, api: MobileAgentApi) -> int:
     ever if their number is not bounded); how many were registered."""
     registered = done = 0
     while api.count is None or done < api.count:
-        placed = api.placed(datetime.now(UTC))
+        placed = api.placed(api.clock.now())
         for index in range(done, placed.stop):
             body = msgspec.json.encode({"callSerialNo": api.serial(index)})
             registered += await ingress.post("/v1/track/mobile_agent", "mobile_agent", body)

@@ -17,6 +17,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from foundation.clock import SYSTEM, Clock
 from foundation.kafka import OutRecord
 from foundation.settings import KafkaSettings
 from ingest.pollers.metrics import Metrics
@@ -41,16 +42,22 @@ class Plumbing(NamedTuple):
     producer: AIOKafkaProducer
     session: aiohttp.ClientSession
     metrics: Metrics
+    clock: Clock = SYSTEM
+    """What now is (received times, the vpbx schedule, the mobile_agent deadline)."""
 
 
 class Publisher:
     """Writes one provider's answers to calls.raw (source `poll`) or calls.dlq, awaiting acks."""
 
-    def __init__(self, provider: str, producer: AIOKafkaProducer, metrics: Metrics) -> None:
-        self.provider, self.producer, self.metrics = provider, producer, metrics
+    def __init__(
+        self, provider: str, producer: AIOKafkaProducer, metrics: Metrics, clock: Clock = SYSTEM
+    ) -> None:
+        self.provider, self.producer, self.metrics, self.clock = provider, producer, metrics, clock
 
     def _meta(self, context: Mapping[str, str]) -> RawMeta:
-        return RawMeta.received_now(self.provider, SOURCE, "application/json", context)
+        return RawMeta.received_now(
+            self.provider, SOURCE, "application/json", context, at=self.clock.now()
+        )
 
     async def raw(self, body: bytes, context: Mapping[str, str]) -> None:
         """`body` on calls.raw with its context, once acknowledged."""

@@ -51,8 +51,16 @@ class Metrics:
         )
         self.windows = Counter(
             "poller_windows",
-            "vpbx windows whose pages were all published, then checkpointed, by client.",
+            "vpbx windows first read (every page published, then checkpointed), by client.",
             ["client_id"],
+            registry=self.registry,
+        )
+        self.window_reads = Counter(
+            "poller_window_reads",
+            "Windows read, by provider and read (first: when the window is over; reread: on "
+            "the schedule after it). At most len(schedule) rereads a window; a request can "
+            "read several windows (poller_requests_total counts requests).",
+            ["provider", "read"],
             registry=self.registry,
         )
         self.checkpoint = Gauge(

@@ -5,7 +5,9 @@ key callSerialNo; the instance that owns a partition polls its calls, each every
 (± `jitter`). A state higher than the last one published goes to calls.raw as the answer's
 body, context `callSerialNo` (and `account`, `reason_table` when set); then the call's record
 on calls.track notes that state, or, at state 3, a tombstone ends its tracking. A call still
-not ended `deadline_s` after its registration is dropped the same way. A restart re-reads
+not ended `deadline_s` (max_call_s + setup_allowance_s: the longest call, as vpbx reads it, and
+the time it may queue and ring before) after its registration, on the injected clock, is asked
+once more, then dropped the same way. Polling intervals are loop time. A restart re-reads
 calls.track, so tracked calls survive it; a state published just before a crash may be
 published again, a duplicate that event_id makes harmless.
 
@@ -22,7 +24,7 @@ import random
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from typing import NoReturn
 
@@ -30,6 +32,7 @@ import msgspec
 import structlog
 from aiokafka.errors import KafkaError
 
+from foundation.clock import SYSTEM, Clock
 from foundation.settings import MobileAgentPollSettings, Secret, SettingsError
 from ingest.pollers import state
 from ingest.pollers.common import Plumbing, Publisher
@@ -85,9 +88,8 @@ async def run(settings: MobileAgentPollSettings, plumbing: Plumbing, stop: async
     api = Api(PROVIDER, settings, plumbing.session, plumbing.metrics)
     api.token = _token_source(settings, api)
     partitions = sorted(await plumbing.producer.partitions_for(topics.TRACK))
-    poller = MobileAgentPoller(
-        settings, api, Publisher(PROVIDER, plumbing.producer, plumbing.metrics)
-    )
+    publisher = Publisher(PROVIDER, plumbing.producer, plumbing.metrics, plumbing.clock)
+    poller = MobileAgentPoller(settings, api, publisher, plumbing.clock)
     log.info("mobile_agent_poller_started", url=settings.base_url, partitions=len(partitions))
     scheduler = poller.background.start(poller.run(), "mobile_agent-scheduler")
     try:
@@ -139,8 +141,14 @@ class _Call:
 class MobileAgentPoller:
     """The tracked calls of the owned partitions, and the scheduler that polls them when due."""
 
-    def __init__(self, settings: MobileAgentPollSettings, api: Api, publisher: Publisher) -> None:
-        self.settings, self.api, self.publisher = settings, api, publisher
+    def __init__(
+        self,
+        settings: MobileAgentPollSettings,
+        api: Api,
+        publisher: Publisher,
+        clock: Clock = SYSTEM,
+    ) -> None:
+        self.settings, self.api, self.publisher, self.clock = settings, api, publisher, clock
         self.url = settings.base_url.rstrip("/") + QUERY_PATH
         self.headers = {"X-APP-Key": settings.app_key} if settings.app_key else {}
         self.context = {"account": settings.account} if settings.account else {}
@@ -255,7 +263,7 @@ class MobileAgentPoller:
         except (PollError, KafkaError) as exc:
             log.warning("mobile_agent_poll_failed", call_serial_no=call.serial, error=str(exc))
         try:
-            if (datetime.now(UTC) - call.registered_at).total_seconds() > self.settings.deadline_s:
+            if (self.clock.now() - call.registered_at).total_seconds() > self.settings.deadline_s:
                 await self._end(call, expired=True)
                 return
         except KafkaError as exc:

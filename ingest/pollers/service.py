@@ -14,6 +14,7 @@ import aiohttp
 import structlog
 
 from foundation import kafka as kafka_io
+from foundation.clock import SYSTEM, Clock
 from foundation.service import serve_metrics
 from foundation.settings import KafkaSettings, PollSettings, SettingsError
 from ingest.pollers import POLLERS
@@ -28,8 +29,9 @@ async def serve(
     kafka: KafkaSettings,
     stop: asyncio.Event,
     metrics: Metrics | None = None,
+    clock: Clock = SYSTEM,
 ) -> None:
-    """Run the configured pollers until `stop` is set.
+    """Run the configured pollers until `stop` is set, on `clock` (tests: a ManualClock).
 
     Raises SettingsError when none is configured or one's settings are incomplete, and
     PollerCrashedError when a poller fails in a way it does not handle (the supervisor or the
@@ -47,7 +49,7 @@ async def serve(
     await kafka_io.ensure_topics(kafka)
     serve_metrics(settings.metrics_port, metrics.registry)
     async with kafka_io.producer(kafka) as producer, aiohttp.ClientSession() as session:
-        plumbing = Plumbing(kafka, producer, session, metrics)
+        plumbing = Plumbing(kafka, producer, session, metrics, clock)
         log.info("pollers_started", providers=providers, kafka=kafka.bootstrap)
         running = [
             asyncio.create_task(POLLERS[provider].run(getattr(settings, provider), plumbing, stop))

@@ -1,17 +1,22 @@
 """vpbx poller: each client's calls, read window after window from GET /client/{id}/calls/.
 
 Seed 002. A window is a range of call start times (`start_datetime`, `end_datetime`, GMT),
-`window_s` long, read once it is over, from `overlap_s` before its start: the API lists a call
-once it has ended, so a call that ends after its window was read is read with a later one.
+`window_s` long. The API lists a call only once it has ended, so a window is read when it is
+over and again on a schedule (`schedule.py`): `rereads_s` after its end (1 min, 10 min, 1 h by
+default), and last `max_call_s` after it (4 h), which reads every call up to that long. Ranges
+due together that touch are read in one request; each window is read at most
+len(schedule) + 1 times, counted by poller_window_reads_total{provider, read=first|reread}.
 Every page (`page`, `per_page`; the last is the first one not full) is one raw record on
-calls.raw, context `client_id`, `window_start`, `window_end`, `page`. Once every page of a
-window is acknowledged, its end becomes the client's checkpoint on calls.checkpoints
-(compacted, key `vpbx:<client_id>`): a restart resumes there, so no window is skipped, and the
-pages it reads again are duplicates that event_id makes harmless.
+calls.raw, context `client_id`, `window_start`, `window_end` (the range read), `page`. Once
+every page of a range is acknowledged, the schedule's progress (the first read's frontier, and
+each re-read's) becomes the client's checkpoint on calls.checkpoints (compacted, key
+`vpbx:<client_id>`): a restart resumes there, mid-schedule, so no read is skipped and none that
+was checkpointed is done again; the pages a read done twice publishes again are duplicates that
+event_id makes harmless. Time is the injected clock's (foundation.clock).
 
 A page that is not a JSON object with a `calls` list is dead-lettered (stage `poll`) and asked
 for again; if it stays malformed it is skipped (it is in calls.dlq) and paging goes on, unless
-the next page is malformed too. A window whose pages cannot be fetched (the API keeps failing,
+the next page is malformed too. A range whose pages cannot be fetched (the API keeps failing,
 or answers nothing readable) is read again after `retry_interval_s`, from the same checkpoint,
 so nothing is skipped for an API that is down. Tokens: OAuth2 client credentials.
 """
@@ -22,7 +27,7 @@ import asyncio
 import base64
 from collections import defaultdict
 from collections.abc import Collection
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from urllib.parse import quote_plus
 
 import msgspec
@@ -31,14 +36,16 @@ from aiohttp import hdrs
 from aiokafka.errors import KafkaError
 
 from foundation import kafka as kafka_io
+from foundation.clock import Clock
 from foundation.kafka import OutRecord
 from foundation.settings import Secret, SettingsError, VpbxPollSettings
 from ingest.pollers import state
 from ingest.pollers.common import Plumbing, Publisher
 from ingest.pollers.http import Api, MalformedError, PollError, decoded
+from ingest.pollers.schedule import Read, Schedule, offsets_of
 from ingest.pollers.tokens import ExchangedToken
 from schemas import topics
-from schemas.records import Checkpoint
+from schemas.records import Checkpoint, Reread
 
 PROVIDER = "vpbx"
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -78,8 +85,8 @@ async def run(settings: VpbxPollSettings, plumbing: Plumbing, stop: asyncio.Even
     api = Api(PROVIDER, settings, plumbing.session, plumbing.metrics)
     api.token = ExchangedToken(lambda: _exchange(api, settings))
     partitions = sorted(await plumbing.producer.partitions_for(topics.CHECKPOINTS))
-    publisher = Publisher(PROVIDER, plumbing.producer, plumbing.metrics)
-    poller = VpbxPoller(settings, api, publisher, partitions)
+    publisher = Publisher(PROVIDER, plumbing.producer, plumbing.metrics, plumbing.clock)
+    poller = VpbxPoller(settings, api, publisher, partitions, plumbing.clock)
     log.info("vpbx_poller_started", clients=len(settings.client_ids), url=settings.base_url)
     await state.follow(plumbing.kafka, topics.CHECKPOINTS, settings.group_id, poller, stop)
 
@@ -93,6 +100,13 @@ def check(settings: VpbxPollSettings) -> None:
     ):
         if not value:
             raise SettingsError(f"{SETTING}{name}: required when {SETTING}BASE_URL is set")
+    for name, ok in (
+        ("WINDOW_S", settings.window_s > 0),
+        ("MAX_CALL_S", settings.max_call_s >= 0),
+        ("REREADS_S", all(s > 0 for s in settings.rereads_s)),
+    ):
+        if not ok:
+            raise SettingsError(f"{SETTING}{name}: expected seconds > 0")
 
 
 async def _exchange(api: Api, settings: VpbxPollSettings) -> tuple[Secret, float]:
@@ -119,12 +133,15 @@ class VpbxPoller:
         api: Api,
         publisher: Publisher,
         partitions: list[int],
+        clock: Clock,
     ) -> None:
-        self.settings, self.api, self.publisher = settings, api, publisher
+        self.settings, self.api, self.publisher, self.clock = settings, api, publisher, clock
         self.clients: dict[int, list[str]] = defaultdict(list)
         for client in settings.client_ids:
             self.clients[kafka_io.partition_for(checkpoint_key(client), partitions)].append(client)
-        self.checkpoints: dict[str, datetime] = {}
+        self.window = timedelta(seconds=settings.window_s)
+        self.offsets = offsets_of(settings.rereads_s, settings.max_call_s)
+        self.checkpoints: dict[str, Checkpoint] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.background = state.Background()
 
@@ -136,7 +153,7 @@ class VpbxPoller:
             self.checkpoints.pop(client, None)
             return
         try:
-            self.checkpoints[client] = _checkpoint.decode(record.value).until
+            self.checkpoints[client] = _checkpoint.decode(record.value)
         except msgspec.DecodeError as exc:
             log.error("checkpoint_unreadable", client_id=client, error=str(exc))
 
@@ -159,23 +176,33 @@ class VpbxPoller:
             for client in self.clients.get(partition, ()):
                 self.checkpoints.pop(client, None)
 
+    def _schedule(self, client: str) -> Schedule:
+        """The client's schedule from its checkpoint, or from `backfill_s` ago."""
+        checkpoint = self.checkpoints.get(client)
+        if checkpoint is None:
+            origin = self.clock.now() - timedelta(seconds=self.settings.backfill_s)
+            return Schedule.starting(self.window, self.offsets, _whole_second(origin))
+        rereads = {timedelta(seconds=r.after_s): r.until for r in checkpoint.rereads}
+        return Schedule(self.window, self.offsets, checkpoint.until, rereads)
+
     async def _follow(self, client: str) -> None:
-        """Read window after window for ever, each once it is over, checkpointing each."""
-        until = self.checkpoints.get(client) or _whole_second(
-            datetime.now(UTC) - timedelta(seconds=self.settings.backfill_s)
-        )
-        log.info("vpbx_client_resumed", client_id=client, until=until.isoformat())
-        window, overlap = (
-            timedelta(seconds=s) for s in (self.settings.window_s, self.settings.overlap_s)
+        """Read what the schedule says is due, for ever, checkpointing each read."""
+        schedule = self._schedule(client)
+        log.info(
+            "vpbx_client_resumed",
+            client_id=client,
+            until=schedule.until.isoformat(),
+            rereads={str(o.total_seconds()): t.isoformat() for o, t in schedule.rereads.items()},
         )
         while True:
-            end = until + window
-            await asyncio.sleep(max(0.0, (end - datetime.now(UTC)).total_seconds()))
-            if await self._read_window(client, until - overlap, end):
-                await self._checkpoint(client, end)
-                until = end
+            read = schedule.plan(self.clock.now())
+            if read is None:
+                await self.clock.sleep_until(schedule.next_due(self.clock.now()))
+            elif await self._read_window(client, read.start, read.end):
+                schedule.done(read)
+                await self._checkpoint(client, schedule, read)
             else:
-                await asyncio.sleep(self.settings.retry_interval_s)
+                await self.clock.sleep(self.settings.retry_interval_s)
 
     async def _read_window(self, client: str, start: datetime, end: datetime) -> bool:
         """Publish every page of the window; False if a page could not be fetched or published."""
@@ -240,19 +267,28 @@ class VpbxPoller:
             await self.publisher.dead_letter(body, context, error)
             raise MalformedError(error) from None
 
-    async def _checkpoint(self, client: str, until: datetime) -> None:
-        """Record that every page before `until` is published; retried until the broker takes it."""
-        record = OutRecord(checkpoint_key(client), _encode(Checkpoint(PROVIDER, client, until)), [])
+    async def _checkpoint(self, client: str, schedule: Schedule, read: Read) -> None:
+        """Record the schedule's progress once `read` is published; retried until the broker
+        takes it."""
+        checkpoint = Checkpoint(
+            PROVIDER,
+            client,
+            schedule.until,
+            tuple(Reread(o.total_seconds(), t) for o, t in schedule.rereads.items()),
+        )
+        record = OutRecord(checkpoint_key(client), _encode(checkpoint), [])
         while True:
             try:
                 await self.publisher.send(topics.CHECKPOINTS, record)
                 break
             except KafkaError as exc:
                 log.warning("checkpoint_failed", client_id=client, error=repr(exc))
-                await asyncio.sleep(self.settings.retry_interval_s)
+                await self.clock.sleep(self.settings.retry_interval_s)
         metrics = self.publisher.metrics
-        metrics.windows.labels(client).inc()
-        metrics.checkpoint.labels(client).set(until.timestamp())
+        metrics.window_reads.labels(PROVIDER, "first").inc(read.first)
+        metrics.window_reads.labels(PROVIDER, "reread").inc(read.again)
+        metrics.windows.labels(client).inc(read.first)
+        metrics.checkpoint.labels(client).set(schedule.until.timestamp())
 
 
 def _basic(client_id: str, secret: str | None) -> str:

@@ -11,6 +11,7 @@ import msgspec
 import pytest
 
 from callstream.broker import free_port
+from callstream.simulate import traffic, truth
 from callstream.simulate.faults import Faults
 from callstream.simulate.mobile_agent import AK_SK_PATH, QUERY_PATH
 from callstream.simulate.simulation import (
@@ -20,6 +21,7 @@ from callstream.simulate.simulation import (
     Simulation,
     serving,
 )
+from foundation.clock import ManualClock
 from normalize import normalize
 
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
@@ -86,7 +88,7 @@ async def test_vpbx_lists_a_window_of_ended_calls_page_by_page() -> None:
 
 async def test_vpbx_lists_a_call_only_once_it_has_ended() -> None:
     simulation = Simulation(Scenario(rate=1.0, calls=1, clients=("7",), time_scale=1.0))
-    record, ended = simulation.vpbx.call(0)
+    record, _, ended, _ = simulation.vpbx.call(0)
     async with (
         aiohttp.ClientSession() as http,
         serving(simulation, "127.0.0.1", free_port()) as base,
@@ -188,12 +190,122 @@ async def test_a_fault_at_rate_one_hits_every_request_it_applies_to(
     assert simulation.injected[fault] == (1 if fault == "malformed" else 2)
 
 
+HARD = Scenario(seed=6, rate=0.1, calls=400, time_scale=1.0, long_calls=0.2, listing_lag_s=600.0)
+
+
+def test_polled_calls_have_a_long_tail_and_vpbx_lists_some_late() -> None:
+    simulation = Simulation(HARD, START)
+    calls = [simulation.vpbx.call(index) for index in range(400)]
+    lengths = [(call.ended - call.started).total_seconds() for call in calls]
+    assert sum(length > 3_600 for length in lengths) >= 5  # some past an hour
+    assert max(lengths) < 3 * 3_600 + 60  # within the pollers' MAX_CALL_S with the lag
+    lags = [(call.listed - call.ended).total_seconds() for call in calls]
+    assert max(lags) <= 600
+    assert sum(lag > 300 for lag in lags) > 100
+    talks = [life.states[-1][1] for life in map(simulation.mobile_agent.life, range(400))]
+    assert sum(talk > 3_600 for talk in talks) >= 5
+    easy = Simulation(msgspec.structs.replace(HARD, long_calls=0.0, listing_lag_s=0.0), START)
+    assert [easy.vpbx.call(i).record["call_uuid"] for i in range(400)] == [
+        call.record["call_uuid"] for call in calls
+    ]  # the same calls, only longer and later
+
+
+async def test_vpbx_lists_a_call_once_the_clock_passes_its_end_and_listing_lag() -> None:
+    clock = ManualClock(START)
+    simulation = Simulation(HARD, START, clock)
+    call = next(
+        c
+        for c in map(simulation.vpbx.call, range(400))
+        if c.listed - c.ended > timedelta(minutes=5)
+    )
+    window = {
+        "start_datetime": call.started.strftime(TIME),
+        "end_datetime": (call.started + timedelta(seconds=1)).strftime(TIME),
+    }
+    client = str(call.record["client_owner_id"])
+    async with (
+        aiohttp.ClientSession() as http,
+        serving(simulation, "127.0.0.1", free_port()) as base,
+    ):
+        token = await _vpbx_token(http, base)
+        listed = []
+        for moment in (call.ended, call.listed - timedelta(seconds=1), call.listed):
+            clock.advance(moment)
+            _, body = await _calls(http, base, token, client, **window)
+            listed.append([c["call_uuid"] for c in body["calls"]])
+    assert listed == [[], [], [call.record["call_uuid"]]]
+    assert [served.at for served in simulation.vpbx.served] == [
+        call.ended,
+        call.listed - timedelta(seconds=1),
+        call.listed,
+    ]
+
+
+async def test_callbacks_come_late_out_of_order_and_from_days_ago() -> None:
+    clock = ManualClock(START)
+    async with aiohttp.ClientSession() as http:
+        ingress = traffic.Ingress("http://127.0.0.1:1", http, {})
+        webhooks = traffic.Webhooks(ingress, seed=3, late_s=900.0, backfill=0.1, clock=clock)
+        bodies = [body for _, (_, body) in zip(range(600), webhooks._bodies(), strict=False)]
+    events = [
+        event
+        for body in bodies
+        for provider in ("wavecell", "voice_messaging")
+        if (b'"sessionId"' in body) == (provider == "wavecell")
+        for event in normalize(provider, body, received_at=START)
+    ]
+    ago = [(START - event.occurred_at).total_seconds() for event in events if event.final]
+    assert min(ago) >= 0
+    assert sum(60 < a <= 900 for a in ago) > 100  # late by minutes
+    assert sum(a > 86_400 for a in ago) > 20  # backfilled: days ago
+    order: list[bool] = []  # per voice_messaging call reported twice: the outcome first?
+    seen: dict[str, bool] = {}
+    for event in (e for e in events if e.provider == "voice_messaging"):
+        if event.call_id in seen:
+            order.append(seen[event.call_id])
+        seen[event.call_id] = event.final
+    assert True in order
+    assert False in order  # both orders
+    finals = truth.reconcile(
+        {s for b in bodies for s in truth.expected(_provider(b), b)},
+        {s for b in reversed(bodies) for s in truth.expected(_provider(b), b)},
+    )
+    assert finals.ok
+
+
+def _provider(body: bytes) -> str:
+    return "wavecell" if b'"sessionId"' in body else "voice_messaging"
+
+
+def test_reconcile_names_calls_missed_and_calls_ending_wrong() -> None:
+    expected = {
+        truth.Expected("vpbx", "a", None, "completed", final=True),
+        truth.Expected("mobile_agent", "b", None, "ringing", final=False),
+        truth.Expected("mobile_agent", "b", None, "busy", final=True),
+        truth.Expected("mobile_agent", "c", None, "queued", final=False),
+        truth.Expected("mobile_agent", "c", None, "no_answer", final=True),
+    }
+    delivered = {
+        truth.Expected("mobile_agent", "b", None, "ringing", final=False),
+        truth.Expected("mobile_agent", "b", None, "busy", final=True),
+        truth.Expected("mobile_agent", "c", None, "queued", final=False),
+        truth.Expected("mobile_agent", "c", None, "unknown", final=True),
+    }
+    found = truth.reconcile(expected, delivered)
+    assert not found.ok
+    assert found.missed == {truth.Leg("vpbx", "a", None)}
+    assert found.wrong_end == {truth.Leg("mobile_agent", "c", None): ("no_answer", {"unknown"})}
+    assert truth.reconcile(expected, expected).ok
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--fault", "boom=0.1"], "unknown fault 'boom'"),
         (["--fault", "429=2"], "the rate of a fault is 0 to 1"),
         (["--rate", "0"], "expected a positive number"),
+        (["--long-calls", "2"], "expected a share from 0 to 1"),
+        (["--late", "-1"], "expected seconds (0 or more)"),
     ],
 )
 def test_simulate_refuses_bad_options_in_one_line(argv: list[str], message: str) -> None:

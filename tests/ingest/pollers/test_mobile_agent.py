@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from helpers import eventually, normalizer, serving
@@ -22,6 +23,7 @@ from callstream.simulate import traffic
 from callstream.simulate.faults import Faults
 from callstream.simulate.simulation import Scenario
 from foundation import kafka as kafka_io
+from foundation.clock import ManualClock
 from foundation.settings import (
     KafkaSettings,
     MobileAgentPollSettings,
@@ -76,7 +78,11 @@ async def test_a_call_not_ended_by_its_deadline_is_no_longer_polled(kafka: Kafka
     settings = mobile_agent_settings
     async with simulated(scenario) as (simulation, url), ingress(kafka) as sender:
         await traffic.register_calls(sender, simulation.mobile_agent)
-        async with serving(poller(kafka, metrics, mobile_agent=settings(url, deadline_s=0.5))):
+        async with serving(
+            poller(
+                kafka, metrics, mobile_agent=settings(url, max_call_s=0.3, setup_allowance_s=0.2)
+            )
+        ):
             await eventually(sync(lambda: metric(metrics, "poller_expired_calls_total") == 3), "")
             asked = metric(metrics, "poller_requests_total", provider="mobile_agent", outcome="ok")
             await asyncio.sleep(0.3)
@@ -88,6 +94,40 @@ async def test_a_call_not_ended_by_its_deadline_is_no_longer_polled(kafka: Kafka
         simulation.mobile_agent.serial(i) for i in range(3)
     }  # each asked once at least: its state then is published
     assert all(b'"state":3' not in r.value for r in raw)
+
+
+async def test_a_call_longer_than_the_old_two_hour_deadline_is_followed_to_its_end(
+    kafka: KafkaSettings,
+) -> None:
+    """Calls of up to 2.5 hours, on a manual clock moved 15 minutes at a time: the deadline,
+    MAX_CALL_S + SETUP_ALLOWANCE_S (4 h 15 min), lets every one be polled to state 3, where
+    the old 2 hours dropped the longest."""
+    clock = ManualClock(datetime.now(UTC).replace(microsecond=0))
+    scenario = Scenario(seed=4, rate=10.0, calls=6, time_scale=1.0, long_calls=1.0)
+    metrics = Metrics()
+    assert MobileAgentPollSettings().deadline_s == 4 * 3_600 + 15 * 60
+    async with (
+        simulated(scenario, clock.now(), clock) as (simulation, url),
+        ingress(kafka) as sender,
+        serving(normalizer(kafka)),
+        serving(poller(kafka, metrics, clock, mobile_agent=mobile_agent_settings(url))),
+    ):
+        ends = [simulation.mobile_agent.life(index).states[-1][1] for index in range(6)]
+        assert max(ends) > 2.5 * 3_600
+        clock.advance(timedelta(seconds=1))  # all 6 placed
+        assert await traffic.register_calls(sender, simulation.mobile_agent) == 6
+        for _ in range(12):  # 3 hours
+            asked = metric(metrics, "poller_requests_total", provider="mobile_agent", outcome="ok")
+
+            async def asked_again(before: float = asked) -> bool:
+                ok = metric(metrics, "poller_requests_total", provider="mobile_agent", outcome="ok")
+                return ok >= before + metric(metrics, "poller_tracked_calls")
+
+            await eventually(asked_again, "every call still tracked asked again")
+            clock.advance(timedelta(minutes=15))
+        await all_reach_events(kafka, of("mobile_agent", simulation.expected()))
+        await eventually(sync(lambda: metric(metrics, "poller_tracked_calls") == 0), "ended")
+    assert metric(metrics, "poller_expired_calls_total") == 0
 
 
 async def test_a_failed_query_is_counted_and_asked_again_never_published(

@@ -13,7 +13,13 @@ from poll_helpers import all_reach_events, metric, of, poller, simulated, sync, 
 from callstream.simulate.faults import Faults
 from callstream.simulate.simulation import Scenario
 from foundation import kafka as kafka_io
-from foundation.settings import KafkaSettings, PollSettings, SettingsError, VpbxPollSettings
+from foundation.settings import (
+    KafkaSettings,
+    PollSettings,
+    Secret,
+    SettingsError,
+    VpbxPollSettings,
+)
 from ingest.pollers import service
 from ingest.pollers.metrics import Metrics
 from schemas import topics
@@ -30,21 +36,22 @@ async def _checkpoints(kafka: KafkaSettings) -> dict[bytes, Checkpoint]:
     return {r.key: msgspec.json.decode(r.value, type=Checkpoint) for r in records if r.key}
 
 
-async def test_a_poller_restarted_mid_window_resumes_at_its_checkpoint_with_no_gap(
+async def test_a_poller_restarted_mid_read_resumes_at_its_checkpoint_with_no_gap(
     kafka: KafkaSettings,
 ) -> None:
-    """The first run is stopped while a window is being read: once it has published a page past
-    its checkpoint, the API fails every request. The calls all started 20 s ago, and the second
-    run reads nothing before now by itself (backfill 0, overlap 1 s): it finds them only by
-    resuming where the first one stopped."""
-    scenario = Scenario(seed=3, rate=10.0, calls=60, time_scale=0.001)
+    """The first run is stopped while a range is being read: once it has checkpointed and
+    published a page past its checkpoint, the API fails every request. The calls all started
+    over 80 s ago, and the second run reads nothing before now by itself (backfill 0, last
+    re-read 1 s after a window): it finds them only by resuming where the first one stopped."""
+    scenario = Scenario(seed=3, rate=1.0, calls=120, time_scale=0.001)
     first, second = Metrics(), Metrics()
-    slow = {"rate_per_s": 25.0, "per_page": 2, "overlap_s": 1.0}
+    slow = {"rate_per_s": 25.0, "per_page": 2, "max_call_s": 1.0, "rereads_s": ()}
     async with (
-        simulated(scenario, datetime.now(UTC) - timedelta(seconds=20)) as (simulation, url),
+        simulated(scenario, datetime.now(UTC) - timedelta(seconds=200)) as (simulation, url),
         serving(normalizer(kafka)),
     ):
-        async with serving(poller(kafka, first, vpbx=vpbx_settings(url, backfill_s=25.0, **slow))):
+        backfill = vpbx_settings(url, backfill_s=210.0, **slow)
+        async with serving(poller(kafka, first, vpbx=backfill)):
             await eventually(lambda: _past_checkpoint(kafka), "a page past the checkpoint")
             simulation.injectors["vpbx"].faults = Faults(rate_500=1.0)
             await asyncio.sleep(0.5)
@@ -52,18 +59,20 @@ async def test_a_poller_restarted_mid_window_resumes_at_its_checkpoint_with_no_g
         simulation.injectors["vpbx"].faults = Faults()
         async with serving(poller(kafka, second, vpbx=vpbx_settings(url, backfill_s=0.0, **slow))):
             await all_reach_events(kafka, of("vpbx", simulation.expected()))
-    assert all(c.until < datetime.now(UTC) - timedelta(seconds=5) for c in stopped_at.values())
-    assert 0 < _windows(second) < 45  # resumed: not from the 25 s backfill again
+    assert stopped_at
+    assert all(c.until < datetime.now(UTC) - timedelta(seconds=80) for c in stopped_at.values())
+    assert _windows(first) > 0
+    assert _windows(second) > 0
 
 
 async def _past_checkpoint(kafka: KafkaSettings) -> bool:
-    """Whether a page of a window not yet checkpointed (one being read) is on calls.raw."""
+    """Whether a page of a range beyond a checkpoint (one being read) is on calls.raw."""
     checkpoints = await _checkpoints(kafka)
     for record in await kafka_io.read_all(kafka, topics.RAW):
         context = read_raw_headers(record.headers).context
         checkpoint = checkpoints.get(f"vpbx:{context['client_id']}".encode())
         window_end = datetime.fromisoformat(context["window_end"])
-        if int(context["page"]) > 1 and (checkpoint is None or window_end > checkpoint.until):
+        if int(context["page"]) > 1 and checkpoint is not None and window_end > checkpoint.until:
             return True
     return False
 
@@ -132,6 +141,16 @@ async def test_a_revoked_token_is_replaced_and_the_request_retried(kafka: KafkaS
         (
             VpbxPollSettings(base_url="http://x", client_ids=("1",), oauth_client_id="a"),
             "CALLSTREAM_POLL__VPBX__OAUTH_CLIENT_SECRET: required",
+        ),
+        (
+            VpbxPollSettings(
+                base_url="http://x",
+                client_ids=("1",),
+                oauth_client_id="a",
+                oauth_client_secret=Secret("s"),
+                rereads_s=(60.0, 0.0),
+            ),
+            "CALLSTREAM_POLL__VPBX__REREADS_S: expected seconds > 0",
         ),
     ],
 )
