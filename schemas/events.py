@@ -166,5 +166,16 @@ def deciding_leg(legs: Mapping[str, object]) -> str:
 
 
 def session_key(provider: str, account: str | None, session_id: str) -> str:
-    """`provider:account:session_id`, the Kafka key of events and sessions (empty account → '')."""
-    return f"{provider}:{account or ''}:{session_id}"
+    """`provider:account:session_id`, the Kafka key of events and sessions (empty account → '').
+
+    Each segment has `%` written `%25` and `:` written `%3A`, so that no two (account,
+    session_id) pairs share a key (`acc` + `coll:x` is not `acc:coll` + `x`); a segment without
+    either character is as it was, and so are the keys (and event ids) of ordinary ids.
+    """
+    return f"{_segment(provider)}:{_segment(account or '')}:{_segment(session_id)}"
+
+
+def _segment(text: str) -> str:
+    if "%" in text or ":" in text:  # rare: spare ordinary ids the two replaces
+        return text.replace("%", "%25").replace(":", "%3A")
+    return text
