@@ -172,10 +172,14 @@ def session_key(provider: str, account: str | None, session_id: str) -> str:
     session_id) pairs share a key (`acc` + `coll:x` is not `acc:coll` + `x`); a segment without
     either character is as it was, and so are the keys (and event ids) of ordinary ids.
     """
-    return f"{_segment(provider)}:{_segment(account or '')}:{_segment(session_id)}"
+    account = account or ""
+    if (
+        ":" in session_id or "%" in session_id or ":" in account or "%" in account
+        or ":" in provider or "%" in provider
+    ):  # fmt: skip
+        provider, account, session_id = _escaped(provider), _escaped(account), _escaped(session_id)
+    return f"{provider}:{account}:{session_id}"
 
 
-def _segment(text: str) -> str:
-    if "%" in text or ":" in text:  # rare: spare ordinary ids the two replaces
-        return text.replace("%", "%25").replace(":", "%3A")
-    return text
+def _escaped(segment: str) -> str:
+    return segment.replace("%", "%25").replace(":", "%3A")
