@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -376,6 +377,8 @@ def from_epoch_s(report: Report, path: str, value: float | str | None) -> dateti
         seconds = float(value)
     except ValueError:
         return _iso_time(report, path, value)
+    except OverflowError:  # an integer past float's range, some 309 digits
+        seconds = math.inf
     try:
         return _EPOCH + timedelta(seconds=seconds)
     except (ValueError, OverflowError):
