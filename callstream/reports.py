@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from sinks.backend import Backend
+from sinks.backend import Backend, time_text
 from sinks.stores import backend_for
 
 _AGO = re.compile(r"^(\d+)([smhd])$")
@@ -75,7 +75,7 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        return time_text(value)
     return str(value)
 
 
