@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 
 from foundation.text import printable
-from sinks.backend import Backend
+from sinks.backend import Backend, time_text
 from sinks.stores import open_existing
 
 _AGO = re.compile(r"^(\d+)([smhd])$")
@@ -76,7 +76,7 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        return time_text(value)
     return printable(str(value))
 
 

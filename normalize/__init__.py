@@ -7,7 +7,7 @@ from datetime import datetime
 
 from foundation.errors import NormalizeError
 from normalize.providers import ADAPTERS
-from normalize.report import Report
+from normalize.report import Report, plain_text
 from schemas import CallEvent, RawRef
 
 __all__ = ["ADAPTERS", "NormalizeError", "normalize"]
@@ -30,5 +30,7 @@ def normalize(
     adapter = ADAPTERS.get(provider)
     if adapter is None:
         raise NormalizeError(provider, "provider", "unknown provider")
-    report = Report(provider, adapter.source, received_at, context or {}, raw)
+    context = context or {}
+    plain = plain_text(body, context)
+    report = Report(provider, adapter.source, received_at, context, raw, plain)
     return adapter.decode(body, report)

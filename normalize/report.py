@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from hashlib import sha256
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -29,6 +30,26 @@ from schemas import (
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 T = TypeVar("T")
+
+MAX_SECONDS = 604_800
+"""The longest duration a real call reports, in seconds: seven days (contract 1.1)."""
+MAX_ID_CHARS = 256
+"""The longest session_id, call_id, account or job_id a real call has."""
+EARLIEST = _EPOCH
+"""No call happened before 1970: an earlier time is a zero, a sign or a unit gone wrong."""
+AHEAD = timedelta(hours=24)
+"""How far past its receipt a report's times may be: a provider's clock may be off, not by days."""
+_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+"""What ids and numbers may not hold: C0 and C1 control characters (with DEL), which rewrite a
+terminal or a log line, and bidirectional overrides, which make text read as something else."""
+_BIDI_OVERRIDES = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_IDS = frozenset({"session_id", "call_id", "account", "job_id"})
+
+FieldPaths = Mapping[str, str]
+"""Where an adapter reads the fields that `call_event` checks: canonical field name → the
+provider's path to it, as an error names it. A path starting with `.` is relative to the event's
+own (`at`): `.duration` under `$.details.callB`; any other is whole: `$.sessionId`,
+`context.account`. A field missing from the mapping is named by its canonical name."""
 
 _MISSING_FIELD = re.compile(r"missing required field `([^`]*)`", re.IGNORECASE)
 _SHAPE_REASONS = [  # msgspec's wording → ours; the first that matches wins
@@ -52,6 +73,10 @@ class Report(msgspec.Struct, frozen=True, gc=False):
     received_at: datetime
     context: Mapping[str, str]
     raw: RawRef | None = None
+    plain: bool = False
+    """True when no string of the body or the context can hold a character that `call_event`
+    refuses in an id or a number (`plain_text`), so that it need not read their characters.
+    Adapters take every id and number from the body or the context (or from a JSON number)."""
 
     def invalid(self, path: str, reason: str, detail: str = "") -> NormalizeError:
         return NormalizeError(self.provider, path, reason, detail)
@@ -102,6 +127,24 @@ class Report(msgspec.Struct, frozen=True, gc=False):
         return value
 
 
+def plain_text(body: bytes, context: Mapping[str, str]) -> bool:
+    """Whether no string of a report's JSON `body` and `context` can hold a character that ids
+    and numbers may not (`_FORBIDDEN`), as four memchr()s over the body can tell.
+
+    JSON allows no raw C0 control in a string; any other such character is either escaped (a
+    backslash: `\\u202e`, `\\n`) or in UTF-8, where DEL is 0x7F, a C1 control 0xC2 0x80-0x9F
+    and a bidirectional override 0xE2 0x80 0xAA-0xAE or 0xE2 0x81 0xA6-0xA9. A body without the
+    bytes `\\`, 0x7F, 0xC2 and 0xE2 (most: ASCII, unescaped) has none in any string. The bytes
+    are given as ints: `in` is then a plain memchr(), ~8x quicker than for a one-byte bytes.
+    """
+    if 0x5C in body or 0x7F in body or 0xC2 in body or 0xE2 in body:
+        return False
+    for value in context.values():  # noqa: SIM110 - all() of a generator costs ~0.2 µs more
+        if not value.isprintable():
+            return False
+    return True
+
+
 def event_id(provider: str, key: str, call_id: str, leg: str | None, status: Status) -> str:
     """Deterministic id of one reported state of one call leg.
 
@@ -115,6 +158,9 @@ def event_id(provider: str, key: str, call_id: str, leg: str | None, status: Sta
 
 def call_event(
     report: Report,
+    at: str,
+    paths: FieldPaths,
+    /,
     *,
     account: str | None,
     session_id: str,
@@ -145,7 +191,61 @@ def call_event(
     `final` defaults to whether `status` always ends a call (pass True for an `unknown` outcome);
     `reported_at` is when the provider says it produced the report, used for `occurred_at` when
     the reported state has no time of its own.
+
+    Raises NormalizeError for a value no real call has (contract 1.1, plausible values): seconds
+    outside 0 to MAX_SECONDS, a time (received_at included) before EARLIEST or more than AHEAD
+    after the report was received, an id longer than MAX_ID_CHARS, an id or number holding a
+    control character or a bidirectional override. The error names the provider's path to the
+    value: `at` is where the event's own fields are in the report, `paths` where each checked
+    field is (FieldPaths).
     """
+    # The rule is `_implausible`'s; this is a quick test that lets through only what it accepts
+    # (a `plain` report holds no character of _FORBIDDEN, and isprintable() is false for each of
+    # them and a few more), so that a plausible event, nearly every one, costs no call.
+    received_at = report.received_at
+    latest = received_at + AHEAD
+    if not (
+        received_at >= EARLIEST
+        and (initiated_at is None or EARLIEST <= initiated_at <= latest)
+        and (ringing_at is None or EARLIEST <= ringing_at <= latest)
+        and (answered_at is None or EARLIEST <= answered_at <= latest)
+        and (ended_at is None or EARLIEST <= ended_at <= latest)
+        and (reported_at is None or EARLIEST <= reported_at <= latest)
+        and (duration_s is None or 0 <= duration_s <= MAX_SECONDS)
+        and (billed_s is None or 0 <= billed_s <= MAX_SECONDS)
+        and (bridged_s is None or 0 <= bridged_s <= MAX_SECONDS)
+        and len(session_id) <= MAX_ID_CHARS
+        and len(call_id) <= MAX_ID_CHARS
+        and (account is None or len(account) <= MAX_ID_CHARS)
+        and (job_id is None or len(job_id) <= MAX_ID_CHARS)
+        and (
+            report.plain
+            or (
+                session_id.isprintable()
+                and call_id.isprintable()
+                and (account is None or account.isprintable())
+                and (job_id is None or job_id.isprintable())
+                and (from_number is None or from_number.isprintable())
+                and (to_number is None or to_number.isprintable())
+            )
+        )
+    ):
+        error = _implausible(
+            report,
+            at,
+            paths,
+            latest,
+            {
+                "received_at": received_at,
+                "session_id": session_id, "call_id": call_id, "account": account,
+                "job_id": job_id, "from_number": from_number, "to_number": to_number,
+                "initiated_at": initiated_at, "ringing_at": ringing_at,
+                "answered_at": answered_at, "ended_at": ended_at, "reported_at": reported_at,
+                "duration_s": duration_s, "billed_s": billed_s, "bridged_s": bridged_s,
+            },
+        )  # fmt: skip
+        if error is not None:
+            raise error
     provider = report.provider
     key = session_key(provider, account, session_id)
     if final is None:
@@ -183,13 +283,59 @@ def call_event(
         ended_at,
         duration_s,
         billed_s,
-        state_time or reported_at or report.received_at,
-        report.received_at,
+        state_time or reported_at or received_at,
+        received_at,
         report.source,
         report.raw,
         bridged_s,
         job_id,
     )
+
+
+def _implausible(
+    report: Report, at: str, paths: FieldPaths, latest: datetime, values: dict[str, Any]
+) -> NormalizeError | None:
+    """The rule of plausible values (see `call_event`): the error for the first of `values`
+    (canonical field → value) that no real call has, or None when every one is plausible."""
+    for field, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, datetime):
+            reason = _time_reason(value, latest)
+        elif isinstance(value, int):
+            reason = (
+                None
+                if 0 <= value <= MAX_SECONDS
+                else f"{value} is outside 0 to {MAX_SECONDS} seconds"
+            )
+        else:
+            reason = _text_reason(value, field in _IDS)
+        if reason is not None:
+            path = paths.get(field, field)
+            return report.invalid(at + path if path.startswith(".") else path, reason)
+    return None
+
+
+def _time_reason(moment: datetime, latest: datetime) -> str | None:
+    if moment < EARLIEST:
+        return f"{_rfc3339(moment)} is before {_rfc3339(EARLIEST)}"
+    if moment > latest:
+        ahead = f"{AHEAD // timedelta(hours=1)} h after the report was received"
+        return f"{_rfc3339(moment)} is after {_rfc3339(latest)}, {ahead}"
+    return None
+
+
+def _text_reason(value: str, is_id: bool) -> str | None:
+    if is_id and len(value) > MAX_ID_CHARS:
+        return f"longer than {MAX_ID_CHARS} characters ({len(value)})"
+    if found := _FORBIDDEN.search(value):
+        what = "bidirectional override" if found[0] in _BIDI_OVERRIDES else "control character"
+        return f"holds {what} U+{ord(found[0]):04X}"
+    return None
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def utc(report: Report, path: str, field: str, moment: datetime | None) -> datetime | None:
@@ -231,6 +377,8 @@ def from_epoch_s(report: Report, path: str, value: float | str | None) -> dateti
         seconds = float(value)
     except ValueError:
         return _iso_time(report, path, value)
+    except OverflowError:  # an integer past float's range, some 309 digits
+        seconds = math.inf
     try:
         return _EPOCH + timedelta(seconds=seconds)
     except (ValueError, OverflowError):

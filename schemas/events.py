@@ -176,5 +176,20 @@ def deciding_leg(legs: Mapping[str, object]) -> str:
 
 
 def session_key(provider: str, account: str | None, session_id: str) -> str:
-    """`provider:account:session_id`, the Kafka key of events and sessions (empty account → '')."""
-    return f"{provider}:{account or ''}:{session_id}"
+    """`provider:account:session_id`, the Kafka key of events and sessions (empty account → '').
+
+    Each segment has `%` written `%25` and `:` written `%3A`, so that no two (account,
+    session_id) pairs share a key (`acc` + `coll:x` is not `acc:coll` + `x`); a segment without
+    either character is as it was, and so are the keys (and event ids) of ordinary ids.
+    """
+    account = account or ""
+    if (
+        ":" in session_id or "%" in session_id or ":" in account or "%" in account
+        or ":" in provider or "%" in provider
+    ):  # fmt: skip
+        provider, account, session_id = _escaped(provider), _escaped(account), _escaped(session_id)
+    return f"{provider}:{account}:{session_id}"
+
+
+def _escaped(segment: str) -> str:
+    return segment.replace("%", "%25").replace(":", "%3A")

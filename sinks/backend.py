@@ -11,9 +11,9 @@ from __future__ import annotations
 import abc
 import re
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple, overload
 
 import msgspec
 
@@ -152,7 +152,31 @@ def latest(sessions: Iterable[SessionRecord]) -> list[SessionRecord]:
 
 
 Time = Callable[[datetime | None], Any]
-"""How a backend stores a time: the datetime itself (PostgreSQL) or ISO text (SQLite)."""
+"""How a backend stores a time: the datetime itself (PostgreSQL) or `time_text` (SQLite)."""
+
+
+@overload
+def time_text(moment: datetime) -> str: ...
+@overload
+def time_text(moment: None) -> None: ...
+def time_text(moment: datetime | None) -> str | None:
+    """A time as the text a store holds and a listing shows: `YYYY-MM-DDTHH:MM:SS.ffffffZ` in UTC,
+    of one width whatever the year (0001 to 9999, zero-padded), so that text order is time
+    order. (strftime's `%Y` does not pad: year 1 was `1-01-01…`, which sorted after 2026.)"""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")[:26] + "Z"
+
+
+def stored_time(value: str | None) -> datetime | str | None:
+    """A time read back from its text; text that is not one (written by hand, or by another
+    version) is returned as it is, for a listing to show rather than fail on."""
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return value
 
 
 def event_row(event: CallEvent, time: Time) -> tuple[Any, ...]:

@@ -11,6 +11,7 @@ FROM unnest($1::text[], …)` of column arrays. The staging tables are session o
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC
 from typing import Any, NamedTuple
 
 import asyncpg
@@ -20,8 +21,10 @@ from sinks import backend
 from sinks.backend import (
     EVENT_COLUMNS,
     SESSION_COLUMNS,
+    TIME_COLUMNS,
     Backend,
     Dialect,
+    Row,
     Written,
 )
 
@@ -125,6 +128,15 @@ class PostgresBackend(Backend):
     async def fetch(self, sql: str, args: list[Any]) -> list[asyncpg.Record]:
         async with self.pool.acquire() as db:
             return await db.fetch(sql, *args)
+
+    def typed(self, row: Row) -> Row:
+        """asyncpg writes the first and the last datetime (year 1, year 9999) as -infinity and
+        infinity, and reads those back naive: they get their UTC back, as every other time has."""
+        for name in TIME_COLUMNS.intersection(row):
+            moment = row[name]
+            if moment is not None and moment.tzinfo is None:
+                row[name] = moment.replace(tzinfo=UTC)
+        return row
 
     async def close(self) -> None:
         if self._pool is not None:

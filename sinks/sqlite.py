@@ -27,6 +27,8 @@ from sinks.backend import (
     Dialect,
     Row,
     Written,
+    stored_time,
+    time_text,
 )
 
 T = TypeVar("T")
@@ -34,15 +36,10 @@ BUSY_TIMEOUT_S = 30.0
 """How long a statement waits for another connection's lock (a reader's checkpoint, a CLI)."""
 
 
-def iso(moment: datetime | None) -> str | None:
-    """A time as fixed-width ISO-8601 UTC text, so that text order is time order."""
-    return None if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 _DIALECT = Dialect(
     param=lambda _: "?",
     seconds=lambda start, end: f"(julianday({end}) - julianday({start})) * 86400.0",
-    time=iso,
+    time=time_text,
 )
 _INSERT_EVENTS = (
     f"INSERT INTO call_events ({', '.join(EVENT_COLUMNS)})"  # noqa: S608 - identifiers are ours; values are bound
@@ -104,7 +101,7 @@ class SqliteBackend(Backend):
                     db.execute(statement)
                 db.execute(
                     "INSERT INTO schema_migrations VALUES (?, ?, ?)",
-                    (migration.version, migration.name, iso(datetime.now(UTC))),
+                    (migration.version, migration.name, time_text(datetime.now(UTC))),
                 )
         return [migration.version for migration in missing]
 
@@ -124,8 +121,10 @@ class SqliteBackend(Backend):
     async def write(
         self, events: Sequence[CallEvent], sessions: Sequence[SessionRecord]
     ) -> Written:
-        event_rows = [backend.event_row(event, iso) for event in events]
-        session_rows = [backend.session_row(session, iso) for session in backend.latest(sessions)]
+        event_rows = [backend.event_row(event, time_text) for event in events]
+        session_rows = [
+            backend.session_row(session, time_text) for session in backend.latest(sessions)
+        ]
         return await self._run(self._write, event_rows, session_rows)
 
     def _write(self, events: list[tuple[Any, ...]], sessions: list[tuple[Any, ...]]) -> Written:
@@ -140,10 +139,9 @@ class SqliteBackend(Backend):
         return await self._run(lambda: self.db.execute(sql, args).fetchall())
 
     def typed(self, row: Row) -> Row:
-        """Times are stored as ISO 8601 text and booleans as integers: read them back."""
+        """Times are stored as text (`time_text`) and booleans as integers: read them back."""
         for name in TIME_COLUMNS.intersection(row):
-            if row[name] is not None:
-                row[name] = datetime.fromisoformat(row[name])
+            row[name] = stored_time(row[name])
         row["final"] = bool(row["final"])
         return row
 

@@ -55,7 +55,6 @@ DRAIN_S = 180.0
 """How long the run waits, once the traffic is sent, for the store to catch up."""
 DRAIN_POLL_S = 2.0
 CHILD_ENV = {"CALLSTREAM_LOG__LEVEL": "warning"}
-_RECEIVED_AT = datetime(2026, 1, 1, tzinfo=UTC)
 
 log = structlog.get_logger("callstream.bench")
 
@@ -75,7 +74,8 @@ class _Ledger:
     sessions: dict[str, SessionRecord] = field(default_factory=dict)
 
     def accepted(self, provider: str, body: bytes, first_attempt: float) -> None:
-        events = normalize(provider, body, received_at=_RECEIVED_AT)
+        # Received now, as the ingress received it: a report is plausible up to 24 h after.
+        events = normalize(provider, body, received_at=datetime.now(UTC))
         self.callbacks.append((first_attempt, tuple(event.event_id for event in events)))
         for event in events:
             self.events.add(event.event_id)

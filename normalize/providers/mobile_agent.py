@@ -10,7 +10,7 @@ from typing import Annotated
 
 import msgspec
 
-from normalize.report import Adapter, Report, call_event, from_epoch_ms, text
+from normalize.report import Adapter, FieldPaths, Report, call_event, from_epoch_ms, text
 from schemas import CallEvent, Cause, HangupBy, Status, q850_cause
 
 PROVIDER = "mobile_agent"
@@ -56,6 +56,12 @@ _Q850_STATUS = {
     21: Status.REJECTED,
 }
 _REASON_TABLES = frozenset({"default", "q850"})
+_FIELDS: FieldPaths = {
+    "session_id": "context.callSerialNo", "call_id": "context.callSerialNo",
+    "account": "context.account", "from_number": ".caller", "to_number": ".called",
+    "initiated_at": ".startTime", "ended_at": ".endTime",
+}  # fmt: skip
+"""Where the checked fields are; `.` paths are under `$.result`."""
 
 
 def _decode(body: bytes, report: Report) -> list[CallEvent]:
@@ -73,6 +79,8 @@ def _decode(body: bytes, report: Report) -> list[CallEvent]:
     return [
         call_event(
             report,
+            "$.result",
+            _FIELDS,
             account=text(report.context.get("account")),
             session_id=serial_no,
             call_id=serial_no,

@@ -11,7 +11,7 @@ from functools import lru_cache
 
 import msgspec
 
-from normalize.report import Adapter, Report, call_event, from_epoch_s, text, word
+from normalize.report import Adapter, FieldPaths, Report, call_event, from_epoch_s, text, word
 from schemas import CallEvent, Cause, Status, q850_cause
 from schemas.q850 import Q850_MAX
 
@@ -74,6 +74,13 @@ _PLATFORM_LABELS = {
 }
 """Codes that are not Q.850 causes; 4602 is beyond Q.850's range despite its 4000+N form."""
 _Q850_BASE = 4000
+_FIELDS: FieldPaths = {
+    "session_id": ".message_id", "call_id": ".message_id", "job_id": "$.api_job_id",
+    "account": "context.account", "from_number": ".from", "to_number": ".to",
+    "ringing_at": ".ring_date", "answered_at": ".answer_date", "ended_at": ".hang_date",
+    "reported_at": ".timestamp", "duration_s": ".actual_duration", "billed_s": ".billed_duration",
+}  # fmt: skip
+"""Where the checked fields are; `.` paths are under the call's own (`$.data[i]`)."""
 
 
 def _decode(body: bytes, report: Report) -> list[CallEvent]:
@@ -92,6 +99,8 @@ def _call_event(
     status, final = _status(report, path, call, ringing_at is not None)
     return call_event(
         report,
+        path,
+        _FIELDS,
         account=account,
         session_id=call.message_id,
         call_id=call.message_id,

@@ -10,7 +10,7 @@ from datetime import datetime
 
 import msgspec
 
-from normalize.report import Adapter, Report, call_event, text, utc, word
+from normalize.report import Adapter, FieldPaths, Report, call_event, text, utc, word
 from schemas import CallEvent, Cause, Direction, HangupBy, Status, q850_cause
 from schemas.q850 import Q850_CODES
 
@@ -56,6 +56,15 @@ _HANGUP_BY: dict[str, HangupBy | None] = {
     "": None,
 }
 _FLOW: dict[str, Direction] = {"in": "inbound", "out": "outbound"}
+_FIELDS: FieldPaths = {
+    "session_id": ".call_uuid", "call_id": ".call_uuid", "account": ".client_owner_id",
+    "from_number": ".from_username", "to_number": ".to_username",
+    "initiated_at": ".init_time_gmt", "answered_at": ".start_time_gmt",
+    "ended_at": ".hangup_time_gmt", "duration_s": ".duration", "bridged_s": ".bridged_duration",
+}  # fmt: skip
+"""Where the checked fields are, under the record's own path (`$.calls[i]`)."""
+_FIELDS_CLIENT_ID: FieldPaths = {**_FIELDS, "account": "context.client_id"}
+"""The same for a record without client_owner_id, whose account is the poller's client_id."""
 
 
 def _decode(body: bytes, report: Report) -> list[CallEvent]:
@@ -65,7 +74,10 @@ def _decode(body: bytes, report: Report) -> list[CallEvent]:
 
 def _call_event(report: Report, path: str, call: _Call) -> CallEvent:
     owner = call.client_owner_id
-    account = str(owner) if owner not in (None, "") else text(report.context.get("client_id"))
+    if owner not in (None, ""):
+        account, fields = str(owner), _FIELDS
+    else:
+        account, fields = text(report.context.get("client_id")), _FIELDS_CLIENT_ID
     disposition = word(call.hangup_disposition or "")
     if disposition not in _HANGUP_BY:
         raise report.invalid(
@@ -73,6 +85,8 @@ def _call_event(report: Report, path: str, call: _Call) -> CallEvent:
         )
     return call_event(
         report,
+        path,
+        fields,
         account=account,
         session_id=call.call_uuid,
         call_id=call.call_uuid,

@@ -9,7 +9,7 @@ from datetime import datetime
 
 import msgspec
 
-from normalize.report import Adapter, Report, call_event, folded, lookup, text, utc
+from normalize.report import Adapter, FieldPaths, Report, call_event, folded, lookup, text, utc
 from schemas import CallEvent, Direction, Leg, Network, Status
 
 PROVIDER = "wavecell"
@@ -65,6 +65,13 @@ _DIRECTION: dict[int | str, Direction] = {
     **folded({"INBOUND": "inbound", "OUTBOUND": "outbound"}),
 }  # fmt: skip
 _PATH: dict[str, str] = {"a": "$.details.callA", "b": "$.details.callB"}
+_FIELDS: FieldPaths = {
+    "session_id": "$.sessionId", "account": "$.subAccountId", "reported_at": "$.endTime",
+    "call_id": ".id", "from_number": ".source", "to_number": ".target",
+    "initiated_at": ".initiatedTimestamp", "answered_at": ".connectedTimestamp",
+    "ended_at": ".disconnectedTimestamp", "duration_s": ".duration",
+}  # fmt: skip
+"""Where the checked fields are; `.` paths are under the leg's `_PATH`."""
 _NETWORK: dict[str, Network] = folded({"PSTN": "pstn", "VOIP": "voip", "VoIP": "voip"})
 
 
@@ -89,6 +96,8 @@ def _leg_event(
     answered_at = utc(report, path, "connectedTimestamp", data.connected_timestamp)
     return call_event(
         report,
+        path,
+        _FIELDS,
         account=text(session.sub_account_id),
         session_id=session.session_id,
         call_id=data.id,

@@ -1,5 +1,6 @@
-"""Hostile input never crashes the normalizer: every report is normalized or raises NormalizeError,
-and every raw record becomes events or one dead letter with a reason.
+"""Hostile input never crashes the normalizer: every report is normalized, into plausible events
+(contract 1.1, plausible.py), or raises NormalizeError, and every raw record becomes events or
+one dead letter with a reason.
 
 The inputs are golden payloads mutated in their JSON and in their bytes (mutations.py), random
 JSON and bytes, and raw records with mutated headers. CI runs each test with 300 examples;
@@ -22,6 +23,7 @@ from helpers import raw
 from hypothesis import given
 from hypothesis import strategies as st
 from mutations import EDGE_VALUES, mutate, mutate_context, mutate_headers, seeds
+from plausible import violations
 
 from normalize import ADAPTERS, NormalizeError, normalize
 from normalize.service import route
@@ -62,6 +64,7 @@ def _normalizes_or_rejects(provider: str, body: bytes, context: dict[str, str]) 
         rejection = str(exc)
     else:
         assert _events.decode(msgspec.json.encode(events)) == events
+        assert [violations(event) for event in events] == [[]] * len(events)
         return
     assert rejection.startswith(f"{provider}: ")
 
@@ -99,8 +102,10 @@ def test_raw_records_with_hostile_headers_give_events_or_one_dead_letter(
         error = dict(letter.headers)[topics.ERROR].decode()
         assert error
         assert not error.startswith("unexpected"), error  # what route() calls a bug
-    for event in events:  # readable by every consumer of calls.events
-        assert _event.decode(event.value).received_at.tzinfo is UTC
+    for event in events:  # readable by every consumer of calls.events, and plausible
+        decoded = _event.decode(event.value)
+        assert decoded.received_at.tzinfo is UTC
+        assert violations(decoded) == []
 
 
 def test_a_short_atheris_round_finds_nothing(tmp_path: Path) -> None:

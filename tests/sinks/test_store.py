@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import msgspec
-from helpers import committed, eventually, serving
+from helpers import committed, drained, eventually, normalizer, raw, serving, store_sink
 from sink_helpers import Query, events_of, sessions_of
 
 from callstream import samples
@@ -21,9 +21,11 @@ from foundation.kafka import OutRecord
 from foundation.runtime import Metrics
 from foundation.settings import KafkaSettings, StoreSettings
 from schemas import CallEvent, SessionRecord, topics
+from schemas.raw import read_raw_headers
 from sinks import store
 
 _encoder = msgspec.json.Encoder()
+GOLDEN = Path(__file__).parent.parent / "golden"
 
 
 def _records(items: list[CallEvent] | list[SessionRecord]) -> list[OutRecord]:
@@ -242,3 +244,34 @@ async def test_a_database_that_goes_away_is_waited_for_with_nothing_lost_or_dead
     finally:
         await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         await admin.close()
+
+
+async def test_a_duration_past_2_63_is_dead_lettered_at_normalize_and_the_calls_after_it_are_stored(
+    kafka: KafkaSettings, store_url: str, query: Query
+) -> None:
+    """Issue 15, finding 1: a Wavecell callback with `"duration": 9223372036854775808` reached
+    the store, which cannot hold the integer. Now the normalizer refuses it (contract 1.1,
+    plausible values) and the 100 good callbacks sent after it are stored."""
+    bad = (GOLDEN / "wavecell" / "error_duration_past_2_63.json").read_bytes()
+    assert b'"duration": 9223372036854775808' in bad
+    good = samples.payloads("wavecell", 100)
+    await kafka_io.publish(kafka, topics.RAW, [raw("wavecell", body) for body in [bad, *good]])
+    expected = len(events_of(good))  # two legs each
+
+    async with serving(normalizer(kafka)) as normalizing, serving(store_sink(kafka, store_url)):
+        await drained(kafka, "test-normalizer", topics.RAW, normalizing)
+
+        async def stored() -> bool:
+            return (await _counts(query))[0] == expected
+
+        await eventually(stored, f"{expected} events in the store")
+
+    (letter,) = await kafka_io.read_all(kafka, topics.DLQ)
+    headers = dict(letter.headers)
+    assert letter.value == bad
+    assert headers[topics.ERROR_STAGE] == b"normalize"
+    assert headers[topics.ERROR].decode() == (
+        "wavecell: $.details.callB.duration: 9223372036854775808 is outside 0 to 604800 seconds"
+    )
+    assert read_raw_headers(letter.headers).provider == "wavecell"
+    assert await query("SELECT count(*) FROM call_events WHERE duration_s > 604800") == [(0,)]
