@@ -16,9 +16,8 @@ def tune_gc() -> None:
     """Look for reference cycles every 200,000 new objects rather than CPython's default 700.
 
     A batch keeps some 20 small containers alive per record until it is done, so the default
-    thresholds run collections, full ones included, every few thousand records: 15-20 % of the
-    normalizer's CPU (bench normalizer: 33,000 → 40,000 records/s with 50,000; 49,500 → 52,500
-    with 200,000 and batches of 20,000). Records are freed by reference counting anyway; cycles
+    thresholds run collections, full ones included, every few thousand records (the measured
+    effect is in docs/performance.md). Records are freed by reference counting anyway; cycles
     are rare, and they are still collected.
     """
     gc.set_threshold(*GC_THRESHOLDS)

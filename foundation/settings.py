@@ -134,8 +134,7 @@ class NormalizerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     group_id: str = "callstream-normalizer"
     max_batch: int = 20_000
     """Raw records normalized, produced and committed together (at most; fewer when fewer wait).
-    Large batches amortize each batch's produce round trip and commit: 47,000 records/s with
-    5,000, 50,000+ with 20,000, in bench normalizer."""
+    Large batches amortize each batch's produce round trip and commit (docs/performance.md)."""
     metrics_port: int = 0
     """Serve Prometheus /metrics on this port (0: off)."""
 

@@ -1,4 +1,4 @@
-"""CloudEvents 1.0 Kafka binary-mode headers for records on the canonical topics (contract.md)."""
+"""CloudEvents 1.0 Kafka binary-mode headers on the canonical topics (docs/contract.md)."""
 
 from __future__ import annotations
 

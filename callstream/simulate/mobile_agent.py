@@ -1,4 +1,4 @@
-"""A fake mobile_agent API (seed 001): queryCallState behind the tokenByAkSk exchange.
+"""A fake mobile_agent API (docs/providers.md): queryCallState behind the tokenByAkSk exchange.
 
 Call i is placed `i / rate` seconds after the simulation starts, with serial number
 `serial(i)`, and lives the life `callstream.samples.mobile_agent_call` draws for (seed, i):

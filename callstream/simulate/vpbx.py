@@ -1,5 +1,5 @@
-"""A fake vpbx API (seed 002): GET /client/{client_id}/calls/, paged and filtered by time window,
-behind an OAuth2 client-credentials token endpoint (POST /oauth/token).
+"""A fake vpbx API (docs/providers.md): GET /client/{client_id}/calls/, paged and filtered by
+time window, behind an OAuth2 client-credentials token endpoint (POST /oauth/token).
 
 Call i starts `i / rate` seconds after the simulation starts (whole seconds, as the API writes
 times), belongs to client `clients[i % len(clients)]`, and is listed once it has ended, like

@@ -1,4 +1,4 @@
-"""The Structs say what ../shared/contract.md says."""
+"""The Structs say what docs/contract.md says."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def test_event_fields_are_the_contract_fields_in_order_then_additions() -> None:
 def test_session_fields_are_the_contract_fields_then_additions() -> None:
     fields = list(SessionRecord.__struct_fields__)
     assert fields[: len(CONTRACT_SESSION_FIELDS)] == CONTRACT_SESSION_FIELDS
-    assert fields[len(CONTRACT_SESSION_FIELDS) :] == ["close_reason"]
+    assert fields[len(CONTRACT_SESSION_FIELDS) :] == ["close_reason", "received_at"]  # 1.1
 
 
 def test_status_vocabulary_and_finality() -> None:
