@@ -198,22 +198,25 @@ class Aggregator(BaseHandler[None]):
         except msgspec.DecodeError as exc:
             raise Rejected(f"not a call event: {exc}") from exc
         partition = self.partitions[record.partition]
-        self._closed(partition.expire(event.received_at.timestamp()))
+        closed = self._closed(partition.expire(event.received_at.timestamp()))
         key = event.session_key
         session = partition.live.get(key)
         if session is None and key in partition.evicted:
             self.late.inc()
-            return Handled()
+            return Handled(closed)
         folded = fold(session, event)
         if folded is not None:
             partition.put(folded)
             self.changed[key] = folded
-        return Handled()
+        return Handled(closed)
 
-    def _closed(self, closed: list[SessionRecord]) -> None:
+    def _closed(self, closed: list[SessionRecord]) -> list[Emit]:
+        """Closes are produced at once, each its own version (never merged with a report that
+        follows it in the batch): live and replayed runs then show the same versions."""
         for session in closed:
-            self.changed[session.session_key] = session
+            self.changed.pop(session.session_key, None)  # the close carries what it folded
         self.timed_out.inc(len(closed))
+        return [(topics.SESSIONS, session_record(session)) for session in closed]
 
     def flush(self) -> list[Emit]:
         """Each session the batch changed, once, in its latest version."""
@@ -224,13 +227,18 @@ class Aggregator(BaseHandler[None]):
     async def tick(self, clocks: Clocks) -> list[Emit]:
         """Sessions due on each partition's clock (the wall clock while it is caught up)."""
         before = self._count_in_memory()
-        for number, partition in self.partitions.items():
-            self._closed(partition.expire(clocks.now(TopicPartition(topics.EVENTS, number))))
+        closed = [
+            emit
+            for number, partition in self.partitions.items()
+            for emit in self._closed(
+                partition.expire(clocks.now(TopicPartition(topics.EVENTS, number)))
+            )
+        ]
         after = self._count_in_memory()
-        (log.info if self.changed or after != before else log.debug)(
-            "aggregator_swept", in_memory=after, evicted=before - after, timed_out=len(self.changed)
+        (log.info if closed or after != before else log.debug)(
+            "aggregator_swept", in_memory=after, evicted=before - after, timed_out=len(closed)
         )
-        return self.flush()
+        return closed
 
     def _count_in_memory(self) -> int:
         count = sum(len(partition.live) for partition in self.partitions.values())
