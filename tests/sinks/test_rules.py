@@ -204,3 +204,21 @@ def test_a_bad_rules_file_names_the_file_and_the_key(tmp_path: Path, body: str, 
 def test_a_missing_rules_file_is_a_settings_error(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match=r"missing\.toml"):
         load_rules(str(tmp_path / "missing.toml"))
+
+
+def test_a_provider_timestamp_moves_no_alert_clock() -> None:
+    """Issue 15, finding 2: a session its provider dated 9999 (received now, as the store or an
+    older writer may still hold) neither resolves a firing alert nor keeps later failures of a
+    new account from firing: windows run on received time."""
+    rule = Asr(name="asr", scopes=("account",), min_attempts=5, fire=0.3, clear=0.4)
+    evaluator = Evaluator([rule])
+    fired = _feed(evaluator, [make_session(i, Status.FAILED) for i in range(5)])
+    assert _states(fired) == [("asr:provider=wavecell,account=acc1", "firing")]
+    dated = msgspec.structs.replace(
+        make_session(6, Status.FAILED),
+        updated_at=T0.replace(year=9999),
+        received_at=T0 + timedelta(seconds=6),
+    )
+    assert evaluator.feed(dated) == []  # still firing: nothing was resolved by the year 9999
+    others = [make_session(7 + i, Status.FAILED, account="acc2") for i in range(5)]
+    assert _states(_feed(evaluator, others)) == [("asr:provider=wavecell,account=acc2", "firing")]
