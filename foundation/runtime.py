@@ -355,7 +355,7 @@ class Runtime(ConsumerRebalanceListener, Generic[T]):
         """Write the sink's items; bisect what fails for good, down to the records that fail."""
         try:
             await self._retrying("write", sink.transient, sink.write, [i for _, i in items])
-        except (_Stopping, Flood):
+        except _Stopping:
             raise
         except Exception as exc:
             if len(items) == 1:
