@@ -19,14 +19,14 @@ from typing import NamedTuple
 
 import msgspec
 import structlog
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer
 
 from callstream.progress import Progress
 from callstream.replay import provider_of
 from callstream.reports import table
 from foundation import kafka as kafka_io
 from foundation.errors import CallstreamError
-from foundation.kafka import OutRecord
+from foundation.kafka import OutRecord, Record
 from foundation.settings import KafkaSettings
 from foundation.text import printable
 from normalize.service import route
@@ -38,8 +38,6 @@ BATCH = 1_000
 LIST_HEADER = ("id", "time", "stage", "provider", "size", "reason")
 
 log = structlog.get_logger("callstream.dlq")
-
-Record = ConsumerRecord[bytes, bytes]
 
 
 class DlqError(CallstreamError):

@@ -14,22 +14,20 @@ from datetime import datetime
 from typing import NamedTuple
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from callstream.progress import Progress
 from foundation import kafka as kafka_io
 from foundation.errors import CallstreamError
+from foundation.kafka import POLL_MS, Record
 from foundation.settings import KafkaSettings
 from normalize.service import route
 from schemas import topics
 from schemas.topics import Stage
 
-POLL_MS = 200
 MAX_BATCH = 5_000
 
 log = structlog.get_logger("callstream.replay")
-
-Raw = ConsumerRecord[bytes, bytes]
 
 
 class ReplayError(CallstreamError):
@@ -49,7 +47,7 @@ class ReplayResult(NamedTuple):
     """False when `stop` ended the replay before the end present at its start."""
 
 
-def provider_of(record: Raw) -> str | None:
+def provider_of(record: Record) -> str | None:
     """The record's cs-provider header, None if it has none (or it is not text)."""
     for name, value in record.headers:
         if name == topics.PROVIDER:

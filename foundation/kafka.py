@@ -33,6 +33,12 @@ from schemas.raw import dead_letter_headers
 
 log = structlog.get_logger("callstream.kafka")
 
+Record = ConsumerRecord[bytes, bytes]
+"""A record as callstream's consumers read it: bytes key and value."""
+Batch = dict[TopicPartition, list[Record]]
+"""What one fetch (`getmany`) gives: each partition's records, in offset order."""
+POLL_MS = 200
+"""How long one fetch waits for records, so also how soon an idle consumer notices a stop."""
 MAX_BATCH_BYTES = 1 << 20
 
 
@@ -260,7 +266,7 @@ async def commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int])
         log.warning("commit_failed_rebalance", error=str(exc), partitions=len(offsets))
 
 
-def dead_letter(record: ConsumerRecord[bytes, bytes], stage: str, error: str) -> OutRecord:
+def dead_letter(record: Record, stage: str, error: str) -> OutRecord:
     """`record` for calls.dlq: same key and value, its headers plus where and why it failed."""
     log.warning(
         "record_dead_lettered",
@@ -299,14 +305,12 @@ async def at_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
     return highwater is not None and await consumer.position(tp) >= highwater
 
 
-async def read_all(
-    kafka: KafkaSettings, topic: str, *, within_s: float = 30.0
-) -> list[ConsumerRecord[bytes, bytes]]:
+async def read_all(kafka: KafkaSettings, topic: str, *, within_s: float = 30.0) -> list[Record]:
     """Every record of `topic` written so far, in offset order per partition (no group).
 
     Raises TimeoutError if the topic cannot be read to its end within `within_s`.
     """
-    records: list[ConsumerRecord[bytes, bytes]] = []
+    records: list[Record] = []
     async with consumer(kafka, group_id=None, fetch_max_wait_ms=50) as client:
         partitions = await partitions_of(client, topic)
         client.assign(partitions)

@@ -41,7 +41,6 @@ from aiokafka import (
     AIOKafkaConsumer,
     AIOKafkaProducer,
     ConsumerRebalanceListener,
-    ConsumerRecord,
     TopicPartition,
 )
 from aiokafka.errors import KafkaError, KafkaTimeoutError
@@ -49,15 +48,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from foundation import kafka as kafka_io
 from foundation.errors import CallstreamError
-from foundation.kafka import OutRecord
+from foundation.kafka import POLL_MS, Batch, OutRecord, Record
 from foundation.service import serve_metrics
 from foundation.settings import KafkaSettings
 from schemas import topics
 from schemas.raw import received_at_of
 from schemas.topics import Stage
 
-POLL_MS = 200
-"""How long one fetch waits for records, so also how soon an idle service notices `stop`."""
 PROGRESS_EVERY_S = 10.0
 """How often a service logs its progress at info (every batch is logged at debug)."""
 FLOOD_RATIO = 0.5
@@ -69,8 +66,6 @@ BACKOFF_S = (0.1, 5.0)
 
 log = structlog.get_logger("callstream.runtime")
 
-Record = ConsumerRecord[bytes, bytes]
-Batch = dict[TopicPartition, list[Record]]
 Emit = tuple[str, OutRecord]
 """A record to produce, and its topic."""
 T = TypeVar("T")

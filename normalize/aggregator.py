@@ -32,7 +32,7 @@ from prometheus_client import Counter, Gauge
 
 from foundation import kafka as kafka_io
 from foundation.errors import CallstreamError
-from foundation.kafka import OutRecord
+from foundation.kafka import Batch, OutRecord
 from foundation.runtime import (
     BaseHandler,
     Clocks,
@@ -59,8 +59,6 @@ log = structlog.get_logger("callstream.aggregator")
 _event = msgspec.json.Decoder(CallEvent)
 _session = msgspec.json.Decoder(SessionRecord)
 _encoder = msgspec.json.Encoder()
-
-Batch = dict[TopicPartition, list[Record]]
 
 
 class AggregatorError(CallstreamError):

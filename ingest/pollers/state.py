@@ -16,19 +16,16 @@ from collections.abc import Collection, Coroutine
 from typing import Any, Protocol
 
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from foundation import kafka as kafka_io
 from foundation.errors import CallstreamError
+from foundation.kafka import POLL_MS, Record
 from foundation.settings import KafkaSettings
 
 log = structlog.get_logger("callstream.poll")
 
-POLL_MS = 200
-"""How long one fetch waits for records, so also how soon an idle poller notices `stop`."""
 FETCH_WAIT_MS = 50
-
-Record = ConsumerRecord[bytes, bytes]
 
 
 class PollerCrashedError(CallstreamError):
