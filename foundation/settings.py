@@ -49,6 +49,17 @@ class KafkaSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     session_timeout_ms: int = 10_000
     """Consumer group session timeout: how long a dead member holds its partitions."""
     heartbeat_interval_ms: int = 3_000
+    topic_prefix: str = ""
+    """Put before every topic and consumer group name (`staging.` → `staging.calls.raw`), so that
+    environments, or tests, share one cluster without seeing each other's records."""
+
+    def topic(self, name: str) -> str:
+        """Topic `name` (a `schemas.topics` name) as it is called on this cluster."""
+        return self.topic_prefix + name
+
+    def group(self, group_id: str) -> str:
+        """Consumer group `group_id` as it is called on this cluster."""
+        return self.topic_prefix + group_id
 
 
 class ProviderAuth(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
