@@ -10,7 +10,7 @@ import asyncio
 import logging
 import random
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -39,6 +39,9 @@ Batch = dict[TopicPartition, list[Record]]
 """What one fetch (`getmany`) gives: each partition's records, in offset order."""
 POLL_MS = 200
 """How long one fetch waits for records, so also how soon an idle consumer notices a stop."""
+RESTORE_POLL_MS = 20
+"""How long a fetch of `read_ranges` waits: once a partition is read to its end, fetches return
+nothing after this long, so it bounds how long reaching the end takes to notice."""
 MAX_BATCH_BYTES = 1 << 20
 
 
@@ -145,6 +148,8 @@ class OutRecord(msgspec.Struct, frozen=True, gc=False):
     value: bytes | None
     """None: a tombstone (on a compacted topic, it deletes the key)."""
     headers: topics.Headers
+    partition: int | None = None
+    """Where it goes; None: its key's partition (`partition_for`), or any for no key."""
 
 
 def partition_for(key: bytes, partitions: Sequence[int]) -> int:
@@ -226,7 +231,8 @@ async def ensure_topics(kafka: KafkaSettings, names: Iterable[str] = topics.ALL)
 
 
 async def send_all(client: AIOKafkaProducer, topic: str, records: Iterable[OutRecord]) -> None:
-    """Produce `records` with the batch API, each to its key's partition; return when all are acked.
+    """Produce `records` with the batch API, each to its partition (its key's unless it names one);
+    return when all are acked.
 
     One `send` per record costs aiokafka ~25 µs; appending to a per-partition batch ~1 µs. A full
     batch is sent at once and a new one opened. Raises what the producer raises if any batch is
@@ -236,8 +242,11 @@ async def send_all(client: AIOKafkaProducer, topic: str, records: Iterable[OutRe
     open_batches: dict[int, BatchBuilder] = {}
     acks = []
     for record in records:
-        key, value, headers = record.key, record.value, record.headers
-        partition = partition_for(key, partitions) if key is not None else random.choice(partitions)
+        key, value, headers, partition = record.key, record.value, record.headers, record.partition
+        if partition is None:
+            partition = (
+                partition_for(key, partitions) if key is not None else random.choice(partitions)
+            )
         batch = open_batches.get(partition)
         if batch is None:
             batch = open_batches[partition] = client.create_batch()
@@ -303,6 +312,51 @@ async def at_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
     """
     highwater = consumer.highwater(tp)
     return highwater is not None and await consumer.position(tp) >= highwater
+
+
+async def read_ranges(
+    kafka: KafkaSettings, ranges: Mapping[TopicPartition, tuple[int | None, int | None]]
+) -> AsyncIterator[tuple[TopicPartition, list[Record]]]:
+    """The records of each partition from its start offset (None: its first) to before its end
+    offset (None: the highwater once it is reached), batch by batch, in offset order per
+    partition; no group. What a service restores its state from."""
+    if not ranges:
+        return  # (a consumer stopped before it ever waited fails in aiokafka 0.14)
+    client = consumer(kafka, group_id=None, fetch_max_wait_ms=RESTORE_POLL_MS)
+    await client.start()
+    try:
+        client.assign(list(ranges))
+        for tp, (start, _) in ranges.items():
+            if start is None:
+                await client.seek_to_beginning(tp)
+            else:
+                client.seek(tp, start)
+        pending = set(ranges)
+        while pending:
+            fetched: Batch = await client.getmany(*pending, timeout_ms=RESTORE_POLL_MS)
+            for tp, records in fetched.items():
+                end = ranges[tp][1]
+                wanted = records if end is None else [r for r in records if r.offset < end]
+                if wanted:
+                    yield tp, wanted
+            pending = {tp for tp in pending if not await _read_to(client, tp, ranges[tp][1])}
+    finally:
+        await client.stop()
+
+
+async def _read_to(client: AIOKafkaConsumer, tp: TopicPartition, end: int | None) -> bool:
+    if end is not None and await client.position(tp) >= end:
+        return True
+    return await at_end(client, tp)
+
+
+async def committed(
+    kafka: KafkaSettings, group_id: str, partitions: Iterable[TopicPartition]
+) -> dict[TopicPartition, int | None]:
+    """Group `group_id`'s committed offset of each partition (None where it has none), without
+    joining the group."""
+    async with consumer(kafka, group_id=group_id) as client:
+        return {tp: await client.committed(tp) for tp in partitions}
 
 
 async def read_all(kafka: KafkaSettings, topic: str, *, within_s: float = 30.0) -> list[Record]:
