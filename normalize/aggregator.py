@@ -217,6 +217,7 @@ class Aggregator(BaseHandler[None]):
         """Each session the batch changed, once, in its latest version."""
         emits = [(topics.SESSIONS, session_record(session)) for session in self.changed.values()]
         self.changed.clear()
+        self._count_in_memory()
         return emits
 
     async def tick(self, clocks: Clocks) -> list[Emit]:
