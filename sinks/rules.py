@@ -17,7 +17,8 @@ one episode, not a flood.
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+from bisect import bisect_right
+from collections import deque
 from importlib import resources
 from pathlib import Path
 from typing import ClassVar
@@ -33,12 +34,13 @@ FAILED = frozenset({Status.FAILED, Status.REJECTED})
 
 
 class Window:
-    """The samples of one (rule, scope): (received time in µs, value), sorted, with their sum."""
+    """The samples of one (rule, scope): (received time in µs, value), sorted, with their sum.
+    Samples mostly come in order: they are appended, and pruned from the front."""
 
     __slots__ = ("samples", "total")
 
     def __init__(self) -> None:
-        self.samples: list[tuple[int, int]] = []
+        self.samples: deque[tuple[int, int]] = deque()
         self.total = 0
 
     @property
@@ -46,15 +48,18 @@ class Window:
         return len(self.samples)
 
     def add(self, at: int, value: int) -> None:
-        insort(self.samples, (at, value))
+        samples, sample = self.samples, (at, value)
+        if samples and sample < samples[-1]:
+            samples.insert(bisect_right(samples, sample), sample)
+        else:
+            samples.append(sample)
         self.total += value
 
     def prune(self, since: int) -> None:
         """Drop the samples older than `since`."""
-        cut = bisect_left(self.samples, (since,))
-        if cut:
-            self.total -= sum(value for _, value in self.samples[:cut])
-            del self.samples[:cut]
+        samples = self.samples
+        while samples and samples[0][0] < since:
+            self.total -= samples.popleft()[1]
 
     def clear(self) -> None:
         self.samples.clear()

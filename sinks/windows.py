@@ -91,7 +91,7 @@ class Windows:
         self.rules = {rule.name: rule for rule in rules}
         self.spans = {rule.name: round(rule.window_s * 1_000_000) for rule in rules}
         self.by_kind = {
-            kind: [rule for rule in rules if kind in rule.scopes]
+            kind: [(rule, self.spans[rule.name]) for rule in rules if kind in rule.scopes]
             for kind in ("provider", "account", "country")
         }
         self.longest = max(self.spans.values(), default=0)
@@ -103,8 +103,8 @@ class Windows:
         self.marks: dict[int, int] = {}
         """calls.sessions partition → its latest watermark."""
         self.pending: list[tuple[int, str, str, AlertSample]] = []
-        """A heap of samples not yet decided: (at, scope, session key, sample)."""
-        self.scopes: dict[str, _Scope] = {}
+        """A heap of samples not yet decided: (at, scope name, session key, sample)."""
+        self.scopes: dict[Scope, _Scope] = {}
         self.firing: dict[str, _Track] = {}
         self.quiet: list[tuple[int, str]] = []
         """A heap of (when a firing track goes quiet, its key); an entry whose track has had a
@@ -135,7 +135,7 @@ class Windows:
     def _take(self, sample: AlertSample, at: int, offset: int) -> _Scope | None:
         """Note a sample; pending if its time is not decided yet. None for a duplicate, or a
         sample older than every window."""
-        scope = self.scopes.get(str(sample.scope)) or self._scope(sample.scope)
+        scope = self.scopes.get(sample.scope) or self._scope(sample.scope)
         if sample.session_key in scope.seen or at < self.decided - self.longest:
             return None
         scope.seen[sample.session_key] = at
@@ -145,7 +145,7 @@ class Windows:
         return scope
 
     def _scope(self, scope: Scope) -> _Scope:
-        return self.scopes.setdefault(str(scope), _Scope(scope))
+        return self.scopes.setdefault(scope, _Scope(scope))
 
     def _track(self, scope: _Scope, rule: AnyRule) -> _Track:
         track = scope.tracks.get(rule.name)
@@ -166,9 +166,9 @@ class Windows:
         alerts: list[Alert] = []
         pending = self.pending
         while pending and pending[0][0] <= until:
-            at, name, _, sample = heapq.heappop(pending)
+            at, _, _, sample = heapq.heappop(pending)
             alerts += self._resolve_quiet(before=at)
-            alerts += self._count(self.scopes[name], sample, at, at)
+            alerts += self._count(self.scopes[sample.scope], sample, at, at)
         alerts += self._resolve_quiet(before=until)
         self.decided = until
         if until >= self.next_sweep:
@@ -178,12 +178,12 @@ class Windows:
     def _count(self, scope: _Scope, sample: AlertSample, at: int, now: int) -> list[Alert]:
         """Count `sample` (received at `at`) into its scope's windows at time `now`."""
         alerts: list[Alert] = []
-        for rule in self.by_kind[sample.scope.kind]:
+        for rule, span in self.by_kind[sample.scope.kind]:
             value = rule.sample(sample)
-            if value is None or at < now - self.spans[rule.name]:
+            if value is None or at < now - span:
                 continue
-            track = self._track(scope, rule)
-            track.window.prune(now - track.span)
+            track = scope.tracks.get(rule.name) or self._track(scope, rule)
+            track.window.prune(now - span)
             track.window.add(at, value)
             track.last = max(track.last, at)
             if track.since is None:
@@ -239,7 +239,7 @@ class Windows:
         samples older than every window, and the scopes left with nothing."""
         self.next_sweep = self.decided + self.longest
         cut = self.decided - self.longest
-        for name, scope in list(self.scopes.items()):
+        for key, scope in list(self.scopes.items()):
             scope.seen = {key: at for key, at in scope.seen.items() if at >= cut}
             for track in scope.tracks.values():
                 track.window.prune(self.decided - track.span)
@@ -249,7 +249,7 @@ class Windows:
                 if track.window.count or track.since is not None
             }
             if not scope.seen and not scope.tracks:
-                del self.scopes[name]
+                del self.scopes[key]
 
     def state(self) -> AlertState:
         """What `restored` needs to go on from here."""
@@ -303,9 +303,9 @@ class Windows:
         scope = self._take(record, at, offset)
         if scope is None or at > self.decided:
             return
-        for rule in self.by_kind[record.scope.kind]:
+        for rule, span in self.by_kind[record.scope.kind]:
             value = rule.sample(record)
-            if value is not None and at >= self.decided - self.spans[rule.name]:
+            if value is not None and at >= self.decided - span:
                 track = self._track(scope, rule)
                 track.window.add(at, value)
                 track.last = max(track.last, at)

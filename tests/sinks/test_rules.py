@@ -150,7 +150,7 @@ def test_a_session_is_counted_once() -> None:
         make_session(2, Status.REJECTED, key="x", cause="NO_FUNDS"),
     ]
     assert _feed(evaluator, versions) == []
-    scope = evaluator.windows.scopes["provider=wavecell,account=acc1"]
+    scope = evaluator.windows.scopes[Scope("wavecell", account="acc1")]
     assert scope.tracks["account"].window.count == 1
     assert evaluator.feed(make_session(3, Status.FAILED, key="y", cause="NO_FUNDS")) != []
 
