@@ -71,20 +71,21 @@ def _run(records: list[SamplesRecord], windows: Windows | None = None) -> list[A
     return [alert for offset, record in enumerate(records) for alert in windows.add(record, offset)]
 
 
-@settings(max_examples=40, deadline=None)
+@settings(deadline=None)
 @given(traffic=st.integers(0, 2**32), order=st.integers(0, 2**32))
 def test_any_interleaving_of_the_sources_gives_the_same_alerts(traffic: int, order: int) -> None:
     sources = _traffic(traffic)
     by_source = _run([record for source in sources for record in source])  # one after the other
     assert _run(_interleaved(sources, order)) == by_source
-    states = [(alert.key, alert.state) for alert in by_source]
-    assert ("asr:provider=p1", "firing") in states  # the spells make episodes
-    assert states.count(("asr:provider=p1", "firing")) == states.count(
-        ("asr:provider=p1", "resolved")
-    )
+    by_key: dict[str, list[str]] = {}
+    for alert in by_source:
+        by_key.setdefault(alert.key, []).append(alert.state)
+    assert any(key.startswith("asr:") for key in by_key)  # the spells make episodes
+    for states in by_key.values():  # each fires once an episode, and resolves by the end
+        assert states == ["firing", "resolved"] * (len(states) // 2)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(deadline=None)
 @given(
     traffic=st.integers(0, 2**32),
     order=st.integers(0, 2**32),
