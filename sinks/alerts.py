@@ -59,8 +59,15 @@ class Alerts(BaseHandler[None]):
     stage = Stage.ALERTS
     subscribe = (topics.SESSIONS, topics.EVENTS)
 
-    def __init__(self, settings: AlertSettings, evaluator: Evaluator, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: AlertSettings,
+        kafka: KafkaSettings,
+        evaluator: Evaluator,
+        metrics: Metrics,
+    ) -> None:
         self.group_id, self.max_batch = settings.group_id, settings.max_batch
+        self.events_topic = kafka.topic(topics.EVENTS)
         self.evaluator, self.countries = evaluator, Countries()
         transitions = Counter(
             "callstream_alerts_transitions", "Alerts produced, by state (firing, resolved).",
@@ -77,12 +84,12 @@ class Alerts(BaseHandler[None]):
     def arrange(self, records: list[Record]) -> list[Record]:
         """Events first, so their countries are known when their sessions come; sessions in
         the order they were received."""
-        events = [r for r in records if r.topic == topics.EVENTS]
-        sessions = [r for r in records if r.topic != topics.EVENTS]
+        events = [r for r in records if r.topic == self.events_topic]
+        sessions = [r for r in records if r.topic != self.events_topic]
         return events + sorted(sessions, key=_received_at)
 
     def handle(self, record: Record) -> Handled[None]:
-        if record.topic == topics.EVENTS:
+        if record.topic == self.events_topic:
             _note_country(self.countries, record)
             return Handled()
         try:
@@ -116,7 +123,7 @@ async def serve(
     await kafka_io.ensure_topics(kafka)
     evaluator = Evaluator(rules, await _latest_alerts(kafka))
     log.info("alerts_rules", rules=[rule.name for rule in rules])
-    handler = Alerts(settings, evaluator, metrics)
+    handler = Alerts(settings, kafka, evaluator, metrics)
     await Runtime(handler, kafka, metrics_port=settings.metrics_port, metrics=metrics).run(stop)
 
 
