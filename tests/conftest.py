@@ -37,9 +37,18 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"servers: {config.stash[SERVERS]}"
 
 
+@pytest.fixture(scope="session")
+async def shared_broker(pytestconfig: pytest.Config) -> AsyncIterator[servers.SharedBroker]:
+    """The session's broker, never paused: each test's `kafka` is a topic prefix on it."""
+    async with pytestconfig.stash[SERVERS].broker() as broker:
+        shared = servers.SharedBroker(broker.bootstrap)
+        yield shared
+        await shared.clean()
+
+
 @pytest.fixture
-async def broker(pytestconfig: pytest.Config) -> AsyncIterator[servers.Broker]:
-    """A fresh broker for one test: topic names are fixed, so a broker of its own keeps it apart."""
+async def own_broker(pytestconfig: pytest.Config) -> AsyncIterator[servers.Broker]:
+    """A fresh broker of the test's own, for a test that pauses it (see `own_kafka`)."""
     async with pytestconfig.stash[SERVERS].broker() as fresh:
         yield fresh
 
@@ -51,14 +60,31 @@ def postgres_url(pytestconfig: pytest.Config) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-async def kafka(broker: servers.Broker) -> KafkaSettings:
-    """Settings for the test's broker, with group timings short enough for rebalance tests."""
-    settings = KafkaSettings(
-        bootstrap=broker.bootstrap,
+def settings_for(bootstrap: str, topic_prefix: str = "") -> KafkaSettings:
+    """Settings for a test's broker, with group timings short enough for rebalance tests."""
+    return KafkaSettings(
+        bootstrap=bootstrap,
+        topic_prefix=topic_prefix,
         session_timeout_ms=2_000,
         heartbeat_interval_ms=200,
         request_timeout_ms=5_000,
     )
+
+
+@pytest.fixture
+async def kafka(shared_broker: servers.SharedBroker) -> AsyncIterator[KafkaSettings]:
+    """Settings for the shared broker under a topic prefix of the test's own, its topics made.
+    Afterwards its topics are deleted, and the test fails if it left a topic or a group outside
+    its prefix. A test that runs commands as processes gives them `helpers.env_for(kafka)`."""
+    settings = settings_for(shared_broker.bootstrap, shared_broker.prefix())
+    await ensure_topics(settings)
+    yield settings
+    await shared_broker.clean()
+
+
+@pytest.fixture
+async def own_kafka(own_broker: servers.Broker) -> KafkaSettings:
+    """Settings for the test's own broker (no topic prefix), its topics made."""
+    settings = settings_for(own_broker.bootstrap)
     await ensure_topics(settings)
     return settings

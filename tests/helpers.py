@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +22,12 @@ from sinks import store
 RECEIVED_AT = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
 DEADLINE_S = 60.0
+
+
+def env_for(kafka: KafkaSettings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a `callstream` process that is to use `kafka`'s topics (its prefix;
+    the bootstrap goes in `--kafka`), with `extra` variables."""
+    return {**os.environ, "CALLSTREAM_KAFKA__TOPIC_PREFIX": kafka.topic_prefix, **(extra or {})}
 
 
 async def eventually(
@@ -39,7 +46,9 @@ async def committed(
     """`group`'s committed offset of every partition of `topic_names` (0 where none)."""
     async with kafka_io.consumer(kafka, group_id=group) as consumer:
         partitions = [
-            tp for topic in topic_names for tp in await kafka_io.partitions_of(consumer, topic)
+            tp
+            for topic in topic_names
+            for tp in await kafka_io.partitions_of(consumer, kafka.topic(topic))
         ]
         return {tp: (await consumer.committed(tp)) or 0 for tp in partitions}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+import msgspec
 import pytest
 from aiokafka.errors import KafkaConnectionError
 from helpers import committed, eventually
@@ -160,11 +161,12 @@ async def test_transient_sink_failures_are_retried_and_never_dead_lettered(
 
 
 async def test_a_paused_broker_is_waited_for_and_nothing_is_lost_or_dead_lettered(
-    broker: Broker, kafka: KafkaSettings
+    own_broker: Broker, own_kafka: KafkaSettings
 ) -> None:
+    broker, kafka = own_broker, own_kafka
     await _publish(kafka, _values())
-    short = KafkaSettings(  # a produce times out within the pause (and the group session too)
-        bootstrap=kafka.bootstrap,
+    short = msgspec.structs.replace(  # a produce times out within the pause (and the group too)
+        kafka,
         request_timeout_ms=4_000,
         session_timeout_ms=3_000,
         heartbeat_interval_ms=500,
