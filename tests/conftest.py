@@ -5,9 +5,11 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import servers
+from helpers import settings_for
 from hypothesis import HealthCheck, settings
 
 from foundation.kafka import ensure_topics
+from foundation.log import configure_logging
 from foundation.settings import KafkaSettings
 
 settings.register_profile("default", max_examples=300, suppress_health_check=[HealthCheck.too_slow])
@@ -27,7 +29,11 @@ SERVERS = pytest.StashKey[servers.Servers]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """The one place where the servers of the session are chosen (see tests/servers.py)."""
+    """The one place where the servers of the session are chosen (see tests/servers.py), and
+    where logging is configured: services running in this process log as in a container (JSON
+    lines on stderr, info and up), whichever test runs first. (Unconfigured, structlog renders
+    each exception with its locals, a quarter of a second a dead letter.)"""
+    configure_logging(json=True, level="info")
     config.stash[SERVERS] = servers.choose(
         os.environ.get(servers.CHOICE, "auto"), servers.docker_answers
     )
@@ -58,17 +64,6 @@ def postgres_url(pytestconfig: pytest.Config) -> Iterator[str]:
     """The session's PostgreSQL; tests keep apart in schemas of their own."""
     with pytestconfig.stash[SERVERS].postgres() as url:
         yield url
-
-
-def settings_for(bootstrap: str, topic_prefix: str = "") -> KafkaSettings:
-    """Settings for a test's broker, with group timings short enough for rebalance tests."""
-    return KafkaSettings(
-        bootstrap=bootstrap,
-        topic_prefix=topic_prefix,
-        session_timeout_ms=2_000,
-        heartbeat_interval_ms=200,
-        request_timeout_ms=5_000,
-    )
 
 
 @pytest.fixture

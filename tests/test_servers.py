@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import servers
 from aiokafka.admin import AIOKafkaAdminClient
+from helpers import settings_for
 
 from foundation.kafka import OutRecord, consumer, ensure_topics, publish
-from foundation.settings import KafkaSettings
 from schemas import topics
 
 
@@ -66,16 +66,16 @@ async def test_the_shared_broker_names_a_topic_or_group_outside_every_prefix_and
     topic or a group given to Kafka without the prefix is named (and the topic deleted), once;
     a test's own topics are deleted silently."""
     shared = servers.SharedBroker(own_broker.bootstrap)
-    prefixed = KafkaSettings(bootstrap=own_broker.bootstrap, topic_prefix=shared.prefix())
+    prefixed = settings_for(own_broker.bootstrap, shared.prefix())
     await ensure_topics(prefixed)
     await shared.clean()
-    bare = KafkaSettings(bootstrap=own_broker.bootstrap)
+    bare = settings_for(own_broker.bootstrap)
     await publish(bare, topics.RAW, [OutRecord(None, b"{}", [])])
     async with consumer(bare, topics.RAW, group_id="forgotten") as client:
         async with asyncio.timeout(30):
             while not client.assignment():  # joined
                 await client.getmany(timeout_ms=100)
-        await client.commit()
+        await client.commit(dict.fromkeys(client.assignment(), 0))  # a group the broker lists
     with pytest.raises(AssertionError, match=r"topics \['calls\.raw'\].*groups \['forgotten'\]"):
         await shared.clean()
     await shared.clean()  # each named once

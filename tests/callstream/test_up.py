@@ -15,7 +15,7 @@ import aiohttp
 import msgspec
 import pytest
 from aiokafka import ConsumerRecord
-from helpers import env_for, eventually
+from helpers import env_for, eventually, settings_for
 
 from callstream.broker import free_port
 from foundation import kafka as kafka_io
@@ -42,7 +42,7 @@ async def _up(tmp_path: Path, *flags: str, kafka: KafkaSettings | None = None) -
     embedded broker of its own, or with `kafka`, on that broker under its topic prefix."""
     http_port, metrics_port = free_port(), free_port()
     if kafka is None:
-        kafka = KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}")
+        kafka = settings_for(f"127.0.0.1:{free_port()}")
         where = ("--broker-port", kafka.bootstrap.rpartition(":")[2])
     else:
         where = ("--kafka", kafka.bootstrap)

@@ -99,6 +99,7 @@ async def _check_written(live: LiveIngress) -> None:
     assert {dict(m.headers)[topics.ERROR_STAGE] for m in dead} <= {b"ingress", b"track"}
 
 
+@pytest.mark.slow
 @SCHEMA.parametrize()
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_every_answer_is_as_documented(case: schemathesis.Case, live_ingress: LiveIngress) -> None:

@@ -187,8 +187,6 @@ async def _start_aggregator(kafka: KafkaSettings, log: Path) -> asyncio.subproce
     env = env_for(
         kafka,
         {
-            "CALLSTREAM_KAFKA__SESSION_TIMEOUT_MS": "2000",
-            "CALLSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "200",
             "CALLSTREAM_AGGREGATOR__MAX_BATCH": "50",
             "CALLSTREAM_AGGREGATOR__FINAL_RETENTION_S": str(FOREVER_S),
         },

@@ -29,6 +29,8 @@ from normalize import ADAPTERS, NormalizeError, normalize
 from normalize.service import route
 from schemas import CallEvent, topics
 
+pytestmark = pytest.mark.slow
+
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 ATHERIS_HARNESS = Path(__file__).with_name("fuzz_atheris.py")
 CONTEXTS = st.sampled_from(

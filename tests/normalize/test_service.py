@@ -238,14 +238,7 @@ async def test_stop_finishes_commits_and_hands_the_partitions_over(kafka: KafkaS
 
 
 async def _start_normalizer(kafka: KafkaSettings, log: Path) -> asyncio.subprocess.Process:
-    env = env_for(
-        kafka,
-        {
-            "CALLSTREAM_KAFKA__SESSION_TIMEOUT_MS": "2000",
-            "CALLSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "200",
-            "CALLSTREAM_NORMALIZER__MAX_BATCH": "100",
-        },
-    )
+    env = env_for(kafka, {"CALLSTREAM_NORMALIZER__MAX_BATCH": "100"})
     with log.open("ab") as stderr:
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "callstream", "normalizer", "--kafka", kafka.bootstrap,

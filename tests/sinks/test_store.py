@@ -75,14 +75,7 @@ async def test_events_and_sessions_become_rows_and_garbage_is_dead_lettered(
 
 
 async def _start_store(kafka: KafkaSettings, url: str, log: Path) -> asyncio.subprocess.Process:
-    env = env_for(
-        kafka,
-        {
-            "CALLSTREAM_KAFKA__SESSION_TIMEOUT_MS": "2000",
-            "CALLSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "200",
-            "CALLSTREAM_STORE__MAX_BATCH": "100",
-        },
-    )
+    env = env_for(kafka, {"CALLSTREAM_STORE__MAX_BATCH": "100"})
     with log.open("ab") as stderr:
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "callstream", "store", "--kafka", kafka.bootstrap,
