@@ -2,6 +2,12 @@
 
 Producers wait for acks=all; idempotence is a setting (Apache Kafka: on; the embedded broker
 cannot). Consumers never auto-commit: services commit after what they produced is acknowledged.
+
+Topic names, one rule: a function given the `KafkaSettings` takes a topic's `schemas.topics`
+name (`calls.raw`) and a group's own id, and puts `KAFKA__TOPIC_PREFIX` before them itself
+(`consumer`, `ensure_topics`, `publish`, `read_all`); a function given only a client
+(`send_all`, `partitions_of`, a client's own methods) takes the name the cluster knows,
+`kafka.topic(topics.RAW)`. A record read carries the cluster's name in `.topic`.
 """
 
 from __future__ import annotations
@@ -187,10 +193,12 @@ def producer(kafka: KafkaSettings, **overrides: Any) -> Producer:
 def consumer(
     kafka: KafkaSettings, *subscribe: str, group_id: str | None, **overrides: Any
 ) -> Consumer:
+    """A consumer (not yet started) of the topics `subscribe`, as member of group `group_id`
+    (None: no group); both are prefixed here."""
     options: dict[str, Any] = {
         "bootstrap_servers": kafka.bootstrap,
         "client_id": kafka.client_id,
-        "group_id": group_id,
+        "group_id": None if group_id is None else kafka.group(group_id),
         "enable_auto_commit": False,
         # "earliest": a new group must not skip what was written before it joined. (The embedded
         # broker also answers "latest" wrongly for multi-record batches.)
@@ -200,11 +208,12 @@ def consumer(
         "request_timeout_ms": kafka.request_timeout_ms,
         "max_partition_fetch_bytes": 4 * MAX_BATCH_BYTES,
     }
-    return Consumer(*subscribe, **(options | overrides))
+    return Consumer(*map(kafka.topic, subscribe), **(options | overrides))
 
 
 async def ensure_topics(kafka: KafkaSettings, names: Iterable[str] = topics.ALL) -> None:
-    """Create the topics that do not exist yet; idempotent, safe to run from every service.
+    """Create the topics `names` that do not exist yet, each as `kafka.topic(name)` with the
+    configuration of `name`; idempotent, safe to run from every service.
 
     Run it before any other client touches a topic: a metadata request for a missing topic
     makes some brokers (the embedded one included) auto-create it with their defaults.
@@ -215,7 +224,7 @@ async def ensure_topics(kafka: KafkaSettings, names: Iterable[str] = topics.ALL)
         response = await client.create_topics(
             [
                 NewTopic(
-                    name,
+                    kafka.topic(name),
                     kafka.partitions,
                     kafka.replication_factor,
                     topic_configs=topics.CONFIGS.get(name, {}),
@@ -290,9 +299,10 @@ def dead_letter(record: Record, stage: str, error: str) -> OutRecord:
 
 
 async def publish(kafka: KafkaSettings, topic: str, records: Iterable[OutRecord]) -> None:
-    """Produce `records` with a producer of their own and wait for every ack (tools, benchmarks)."""
+    """Produce `records` to `topic` with a producer of their own and wait for every ack (tools,
+    benchmarks)."""
     async with producer(kafka) as client:
-        await send_all(client, topic, records)
+        await send_all(client, kafka.topic(topic), records)
 
 
 async def partitions_of(client: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
@@ -354,7 +364,7 @@ async def committed(
     kafka: KafkaSettings, group_id: str, partitions: Iterable[TopicPartition]
 ) -> dict[TopicPartition, int | None]:
     """Group `group_id`'s committed offset of each partition (None where it has none), without
-    joining the group."""
+    joining the group. `group_id` as a service names it: `consumer` applies `kafka.group`."""
     async with consumer(kafka, group_id=group_id) as client:
         return {tp: await client.committed(tp) for tp in partitions}
 
@@ -366,7 +376,7 @@ async def read_all(kafka: KafkaSettings, topic: str, *, within_s: float = 30.0) 
     """
     records: list[Record] = []
     async with consumer(kafka, group_id=None, fetch_max_wait_ms=50) as client:
-        partitions = await partitions_of(client, topic)
+        partitions = await partitions_of(client, kafka.topic(topic))
         client.assign(partitions)
         await client.seek_to_beginning(*partitions)
         async with asyncio.timeout(within_s):

@@ -67,7 +67,7 @@ BACKOFF_S = (0.1, 5.0)
 log = structlog.get_logger("callstream.runtime")
 
 Emit = tuple[str, OutRecord]
-"""A record to produce, and its topic."""
+"""A record to produce, and its topic by its `schemas.topics` name (the runtime prefixes it)."""
 T = TypeVar("T")
 
 
@@ -112,7 +112,11 @@ class Handler(Protocol[T]):
     stage: Stage
     """The stage its dead letters carry."""
     subscribe: tuple[str, ...]
+    """The topics it consumes, by their `schemas.topics` names; the runtime subscribes to them
+    as the cluster names them (`KafkaSettings.topic`), and that is the `.topic` of the records
+    it is handed."""
     group_id: str
+    """Its consumer group; the runtime joins it as `KafkaSettings.group(group_id)`."""
     max_batch: int
     sink: Sink[T] | None
     tick_every_s: float | None
@@ -195,7 +199,8 @@ class Clocks:
 
 class Metrics:
     """One metrics set for every service, labelled by `service`, in a registry of its own per
-    runtime (tests and benchmarks run several in one process). A handler may add its own."""
+    runtime (tests and benchmarks run several in one process). A handler may add its own.
+    A `topic` label is the `schemas.topics` name, whatever KAFKA__TOPIC_PREFIX is."""
 
     def __init__(self, service: str) -> None:
         self.registry = registry = CollectorRegistry()
@@ -252,6 +257,8 @@ class Runtime(ConsumerRebalanceListener, Generic[T]):
         """`clock` times ticks and progress; `wall` is the wall clock of the received-time
         clocks (`Clocks`), in epoch seconds."""
         self.handler, self.kafka, self.metrics_port = handler, kafka, metrics_port
+        self.named = {kafka.topic(name): name for name in handler.subscribe}
+        """The `schemas.topics` name of each subscribed topic, by the cluster's name."""
         self.metrics = metrics or Metrics(handler.service)
         self.clock = clock
         self.clocks = Clocks(wall)
@@ -273,9 +280,9 @@ class Runtime(ConsumerRebalanceListener, Generic[T]):
         handler = self.handler
         async with kafka_io.producer(self.kafka) as producer:
             consumer = kafka_io.consumer(self.kafka, group_id=handler.group_id)
-            consumer.subscribe(list(handler.subscribe), listener=self)
+            consumer.subscribe(list(self.named), listener=self)
             async with consumer:  # stopping it leaves the group: partitions move on at once
-                self.log.info(f"{handler.service}_started", topics=list(handler.subscribe))
+                self.log.info(f"{handler.service}_started", topics=list(self.named))
                 try:
                     await self._loop(consumer, producer, stop)
                 except _Stopping as exc:  # the batch in hand stays uncommitted: redone later
@@ -374,7 +381,10 @@ class Runtime(ConsumerRebalanceListener, Generic[T]):
 
         async def send() -> None:
             await asyncio.gather(
-                *(kafka_io.send_all(producer, topic, out) for topic, out in by_topic.items())
+                *(
+                    kafka_io.send_all(producer, self.kafka.topic(topic), out)
+                    for topic, out in by_topic.items()
+                )
             )
 
         await self._retrying("produce", (), send)
@@ -442,12 +452,13 @@ class Runtime(ConsumerRebalanceListener, Generic[T]):
         service, metrics = self.handler.service, self.metrics
         received = 0
         for tp, records in batch.items():
-            metrics.received.labels(service, tp.topic).inc(len(records))
+            topic = self.named[tp.topic]
+            metrics.received.labels(service, topic).inc(len(records))
             received += len(records)
             highwater = consumer.highwater(tp)
             lag = None if highwater is None else highwater - records[-1].offset - 1
             if lag is not None:
-                metrics.lag.labels(service, tp.topic, str(tp.partition)).set(lag)
+                metrics.lag.labels(service, topic, str(tp.partition)).set(lag)
             self.clocks.note(tp, received_at_of(records[-1].headers), lag == 0)
         if dead:
             metrics.dead_lettered.labels(service, self.handler.stage).inc(len(dead))

@@ -9,15 +9,20 @@ fails at start with a message naming the setting.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
 import msgspec
 
 from foundation.errors import CallstreamError
+from schemas import topics
 
 PREFIX = "CALLSTREAM_"
 S = TypeVar("S", bound=msgspec.Struct)
+MAX_TOPIC_NAME = 249
+"""The longest topic name Kafka accepts."""
+_TOPIC_CHARACTERS = re.compile(r"[a-zA-Z0-9._-]*")
 
 
 class SettingsError(CallstreamError):
@@ -52,6 +57,21 @@ class KafkaSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     topic_prefix: str = ""
     """Put before every topic and consumer group name (`staging.` → `staging.calls.raw`), so that
     environments, or tests, share one cluster without seeing each other's records."""
+
+    def __post_init__(self) -> None:
+        """Raises SettingsError, naming the variable, for a prefix no Kafka topic name can have."""
+        if not _TOPIC_CHARACTERS.fullmatch(self.topic_prefix):
+            raise SettingsError(
+                f"{PREFIX}KAFKA__TOPIC_PREFIX: {self.topic_prefix!r} has characters a Kafka topic "
+                "name cannot have (letters, digits, '.', '_' and '-' only)"
+            )
+        longest = max(topics.ALL, key=len)
+        if len(self.topic(longest)) > MAX_TOPIC_NAME:
+            raise SettingsError(
+                f"{PREFIX}KAFKA__TOPIC_PREFIX: {len(self.topic_prefix)} characters is too long: "
+                f"{longest!r} would be {len(self.topic(longest))}, and Kafka allows "
+                f"{MAX_TOPIC_NAME}"
+            )
 
     def topic(self, name: str) -> str:
         """Topic `name` (a `schemas.topics` name) as it is called on this cluster."""

@@ -142,12 +142,13 @@ async def serve(
 
 
 async def _check_co_partitioned(kafka: KafkaSettings) -> None:
+    events_topic, sessions_topic = kafka.topic(topics.EVENTS), kafka.topic(topics.SESSIONS)
     async with kafka_io.producer(kafka) as producer:
-        events = len(await producer.partitions_for(topics.EVENTS))
-        sessions = len(await producer.partitions_for(topics.SESSIONS))
+        events = len(await producer.partitions_for(events_topic))
+        sessions = len(await producer.partitions_for(sessions_topic))
     if events != sessions:
         raise AggregatorError(
-            f"{topics.EVENTS} has {events} partitions and {topics.SESSIONS} {sessions}: the "
+            f"{events_topic} has {events} partitions and {sessions_topic} {sessions}: the "
             "aggregator restores a partition's sessions from the same-numbered partition, so "
             "both topics need the same partition count"
         )
@@ -166,6 +167,7 @@ class Aggregator(BaseHandler[None]):
         self, settings: AggregatorSettings, kafka: KafkaSettings, metrics: Metrics
     ) -> None:
         self.settings, self.kafka = settings, kafka
+        self.events_topic = kafka.topic(topics.EVENTS)
         self.group_id, self.max_batch = settings.group_id, settings.max_batch
         self.tick_every_s = settings.sweep_interval_s
         self.partitions: dict[int, Partition] = {}
@@ -227,7 +229,7 @@ class Aggregator(BaseHandler[None]):
             emit
             for number, partition in self.partitions.items()
             for emit in self._closed(
-                partition.expire(clocks.now(TopicPartition(topics.EVENTS, number)))
+                partition.expire(clocks.now(TopicPartition(self.events_topic, number)))
             )
         ]
         after = self._count_in_memory()

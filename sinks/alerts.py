@@ -251,8 +251,7 @@ class Evaluator(BaseHandler[None]):
         states = await self._states(numbers)
         samples_topic = self.kafka.topic(topics.ALERT_SAMPLES)
         tps = {p: TopicPartition(samples_topic, p) for p in numbers}
-        group = self.kafka.group(self.group_id)
-        committed = await kafka_io.committed(self.kafka, group, tps.values())
+        committed = await kafka_io.committed(self.kafka, self.group_id, tps.values())
         restored = {
             p: Windows.restored(
                 self.rules, states.get(p), sessions=self.sessions_partitions,
@@ -301,7 +300,7 @@ class Evaluator(BaseHandler[None]):
         decided time on: the only ones its windows can decide again."""
         produced: dict[int, set[str]] = {}
         partitions = range(self.samples_partitions)
-        for record in await kafka_io.read_all(self.kafka, self.kafka.topic(topics.ALERTS)):
+        for record in await kafka_io.read_all(self.kafka, topics.ALERTS):
             try:
                 alert = _alert.decode(record.value or b"")
             except msgspec.DecodeError:

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 
+import msgspec
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
@@ -167,15 +168,13 @@ async def test_transient_sink_failures_are_retried_and_never_dead_lettered(
 
 
 async def test_a_paused_broker_is_waited_for_and_nothing_is_lost_or_dead_lettered(
-    broker: Broker, kafka: KafkaSettings
+    own_broker: Broker, own_kafka: KafkaSettings
 ) -> None:
+    broker, kafka = own_broker, own_kafka
     await _publish(kafka, _values())
-    short = KafkaSettings(  # a produce times out within the pause (and the group session too)
-        bootstrap=kafka.bootstrap,
-        request_timeout_ms=4_000,
-        session_timeout_ms=3_000,
-        heartbeat_interval_ms=500,
-    )
+    # A produce times out within the pause (and the group's session, 1 s, expires too).
+    short = msgspec.structs.replace(kafka, request_timeout_ms=1_500)
+    pause_s = 2.5
     metrics = Metrics("copier")
 
     class PausingCopier(Copier):
@@ -185,7 +184,7 @@ async def test_a_paused_broker_is_waited_for_and_nothing_is_lost_or_dead_lettere
             if not self.paused:  # the broker stops answering while the first batch is in hand
                 self.paused = True
                 broker.pause()
-                asyncio.get_running_loop().call_later(6.0, broker.resume)
+                asyncio.get_running_loop().call_later(pause_s, broker.resume)
             return super().handle(record)
 
     try:

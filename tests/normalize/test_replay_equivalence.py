@@ -1,8 +1,8 @@
 """Replay equivalence (contract 1.1, time): traffic with non-final states and late outcomes runs
-live; then a fresh aggregator consumes the same events from the beginning, on a broker of its
-own, throttled (batches of 3, sweeps every 50 ms), and a fresh alert sink its sessions, throttled
-too (batches of 3 on both stages, watermarks every 50 ms), reading the four partitions of
-calls.sessions in another interleaving than the live run did. Because every timeout and window
+live; then a fresh aggregator consumes the same events from the beginning, under a topic prefix
+of its own, throttled (batches of 3, sweeps every 50 ms), and a fresh alert sink its sessions,
+throttled too (batches of 3 on both stages, watermarks every 50 ms), reading the four partitions
+of calls.sessions in another interleaving than the live run did. Because every timeout and window
 runs on received time, and the alert windows count samples in received-time order whatever order
 the partitions arrive in, they decide what the live run decided: the same sessions and the same
 alerts."""
@@ -15,7 +15,6 @@ from pathlib import Path
 import msgspec
 from helpers import eventually, normalizer, serving
 
-from callstream.broker import EmbeddedBroker, free_port
 from foundation import kafka as kafka_io
 from foundation.kafka import OutRecord
 from foundation.runtime import Metrics
@@ -128,26 +127,25 @@ async def test_a_throttled_replay_decides_what_the_live_run_decided(
     assert [a.state for a in live_alerts] == ["firing"]  # the closes, each session counted once
 
     events = await kafka_io.read_all(kafka, topics.EVENTS)
-    async with EmbeddedBroker(free_port()) as other:
-        replay = KafkaSettings(bootstrap=other.bootstrap)
-        await kafka_io.ensure_topics(replay)
-        await kafka_io.publish(
-            replay, topics.EVENTS, [OutRecord(r.key, r.value, list(r.headers)) for r in events]
-        )
-        throttled = AggregatorSettings(
-            group_id="replay", max_batch=3, open_timeout_s=OPEN_TIMEOUT_S, sweep_interval_s=0.05
-        )
-        metrics = Metrics("aggregator")
-        async with serving(lambda stop: aggregator.serve(throttled, replay, stop, metrics)):
-            await _settled(metrics, len(events))
+    replay = msgspec.structs.replace(kafka, topic_prefix=f"{kafka.topic_prefix}replay.")
+    await kafka_io.ensure_topics(replay)
+    await kafka_io.publish(
+        replay, topics.EVENTS, [OutRecord(r.key, r.value, list(r.headers)) for r in events]
+    )
+    throttled = AggregatorSettings(
+        group_id="replay", max_batch=3, open_timeout_s=OPEN_TIMEOUT_S, sweep_interval_s=0.05
+    )
+    metrics = Metrics("aggregator")
+    async with serving(lambda stop: aggregator.serve(throttled, replay, stop, metrics)):
+        await _settled(metrics, len(events))
 
-            async def same_sessions() -> bool:
-                latest = _latest(await kafka_io.read_all(replay, topics.SESSIONS))
-                return latest == live_sessions
+        async def same_sessions() -> bool:
+            latest = _latest(await kafka_io.read_all(replay, topics.SESSIONS))
+            return latest == live_sessions
 
-            await eventually(same_sessions, "the live run's sessions")
+        await eventually(same_sessions, "the live run's sessions")
 
-        throttled_alerts = msgspec.structs.replace(alerting, max_batch=3, tick_interval_s=0.05)
-        replayed = Metrics("alerts")
-        async with serving(lambda stop: alerts.serve(throttled_alerts, replay, stop, replayed)):
-            assert await _alerts_decided(replay, replayed) == live_alerts
+    throttled_alerts = msgspec.structs.replace(alerting, max_batch=3, tick_interval_s=0.05)
+    replayed = Metrics("alerts")
+    async with serving(lambda stop: alerts.serve(throttled_alerts, replay, stop, replayed)):
+        assert await _alerts_decided(replay, replayed) == live_alerts

@@ -266,6 +266,7 @@ async def _start_instance(
     kafka: KafkaSettings, rules: Path, log: Path
 ) -> asyncio.subprocess.Process:
     env = os.environ | {
+        "CALLSTREAM_KAFKA__TOPIC_PREFIX": kafka.topic_prefix,
         "CALLSTREAM_KAFKA__SESSION_TIMEOUT_MS": str(kafka.session_timeout_ms),
         "CALLSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": str(kafka.heartbeat_interval_ms),
         "CALLSTREAM_ALERTS__GROUP_ID": "test-alerts",
