@@ -7,9 +7,12 @@ cannot). Consumers never auto-commit: services commit after what they produced i
 from __future__ import annotations
 
 import asyncio
+import copy
+import itertools
 import logging
 import random
 import zlib
+from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -21,6 +24,7 @@ from aiokafka.errors import (
     CommitFailedError,
     IllegalStateError,
     KafkaConnectionError,
+    ProducerClosed,
     TopicAlreadyExistsError,
     for_code,
 )
@@ -256,6 +260,195 @@ async def _send(
 ) -> asyncio.Future[Any]:
     batch.close()
     return await client.send_batch(batch, topic, partition=partition)
+
+
+class Overloaded(Unavailable):
+    """A record refused at once: the records already waiting for the broker's ack hold the
+    Batcher's `max_pending_bytes`."""
+
+
+class _Batch:
+    """A batch of one partition being filled or waiting to be produced, and its senders."""
+
+    __slots__ = ("builder", "deadline", "due", "size", "timer", "waiters")
+
+    def __init__(self, builder: BatchBuilder) -> None:
+        self.builder = builder
+        self.waiters: list[asyncio.Future[None]] = []
+        self.size = 0
+        """Bytes of its keys and values."""
+        self.due = False
+        """Its linger is over: it goes to the producer once the partition's last batch did."""
+        self.timer: asyncio.TimerHandle | None = None
+        """Ends its linger."""
+        self.deadline: asyncio.TimerHandle | None = None
+        """Fails the senders still waiting when the ack is late."""
+
+
+class Batcher:
+    """Records sent one at a time by many concurrent tasks, produced as batches.
+
+    `send` adds its record to the open batch of the record's partition (a key's by
+    `partition_for`; records without a key all go to one partition of the topic, the next batch
+    to the next partition) and returns once the broker acknowledged that batch, or raises what
+    the producer raised for it. A batch goes to the producer (aiokafka's batch API, one
+    `send_batch`) `linger_s` after its first record, or at once when full; aiokafka takes one
+    batch per partition at a time, so while the partition's previous batch waits to be taken,
+    the open one keeps filling past its linger. Batches of a partition are produced in the order
+    they were opened. A send cancelled while it waits withdraws nothing: the record is produced
+    with its batch.
+
+    With `ack_timeout_s`, a send still waiting that long after its batch was opened (so at most
+    that long after the send) raises TimeoutError: one timer a batch rather than one a send.
+    The batch is not withdrawn (it may still be written), and its bytes stay pending until the
+    producer is done with it.
+
+    Memory is bounded: while the records not yet acknowledged (or failed) hold
+    `max_pending_bytes` of keys and values, `send` raises Overloaded at once.
+
+    One `producer.send` costs aiokafka ~24 µs; one append to a batch ~1 µs, and the batch's own
+    costs (its future, its produce request's share) are shared by its records.
+    """
+
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        *,
+        linger_s: float = 0.001,
+        max_pending_bytes: int,
+        ack_timeout_s: float | None = None,
+    ) -> None:
+        self._producer, self._linger_s, self._ack_timeout_s = producer, linger_s, ack_timeout_s
+        self.max_pending_bytes = max_pending_bytes
+        self.pending_bytes = 0
+        """Bytes of keys and values sent and not yet acknowledged or failed."""
+        self._open: dict[tuple[str, int], _Batch] = {}
+        self._queued: dict[tuple[str, int], deque[_Batch]] = {}
+        """Closed batches per partition, while a task hands them to the producer."""
+        self._partitions: dict[str, list[int]] = {}
+        self._keyless: dict[str, int] = {}
+        """The partition of each topic that records without a key go to now."""
+        self._turn = itertools.count()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def send(self, topic: str, record: OutRecord) -> None:
+        """Return once the broker acknowledged `record` (in its batch); raises the producer's
+        error for the batch, TimeoutError past `ack_timeout_s`, or Overloaded."""
+        key, value = record.key, record.value
+        size = len(key or b"") + len(value or b"")
+        if self.pending_bytes and self.pending_bytes + size > self.max_pending_bytes:
+            raise Overloaded(
+                f"{self.pending_bytes} bytes are waiting for the broker's acknowledgement"
+            )
+        partitions = self._partitions.get(topic) or await self._learn(topic)
+        if key is not None:
+            partition = partition_for(key, partitions)
+        elif (partition := self._keyless.get(topic, -1)) < 0:
+            partition = self._keyless[topic] = partitions[next(self._turn) % len(partitions)]
+        where = (topic, partition)
+        headers = record.headers
+        batch = self._open.get(where) or self._opened(where)
+        if batch.builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
+            self._close(where)  # full; the first record of a batch always fits
+            batch = self._opened(where)
+            batch.builder.append(key=key, value=value, timestamp=None, headers=headers)
+        waiter = asyncio.get_running_loop().create_future()
+        batch.waiters.append(waiter)
+        batch.size += size
+        self.pending_bytes += size
+        await waiter
+
+    async def close(self) -> None:
+        """Hand every batch to the producer now and return once the producer has them all (its
+        own `stop` then waits for their acks)."""
+        for where in list(self._open):
+            self._close(where)
+        while self._tasks:
+            await asyncio.gather(*self._tasks)
+
+    async def _learn(self, topic: str) -> list[int]:
+        """The partitions of `topic`, as first known: partition counts do not change while
+        callstream runs (co-partitioning depends on them)."""
+        known = self._partitions[topic] = sorted(await self._producer.partitions_for(topic))
+        return known
+
+    def _opened(self, where: tuple[str, int]) -> _Batch:
+        batch = self._open[where] = _Batch(self._producer.create_batch())
+        loop = asyncio.get_running_loop()
+        batch.timer = loop.call_later(self._linger_s, self._due, where)
+        if self._ack_timeout_s is not None:
+            batch.deadline = loop.call_later(self._ack_timeout_s, _fail, batch, TimeoutError())
+        return batch
+
+    def _due(self, where: tuple[str, int]) -> None:
+        if where in self._queued:  # the partition's previous batch is not taken yet
+            self._open[where].due = True
+        else:
+            self._close(where)
+
+    def _close(self, where: tuple[str, int]) -> None:
+        """Queue the open batch of `where` for the producer."""
+        batch = self._open.pop(where)
+        assert batch.timer is not None  # noqa: S101 - set when opened
+        batch.timer.cancel()
+        batch.builder.close()
+        topic, partition = where
+        if self._keyless.get(topic) == partition:
+            del self._keyless[topic]
+        queued = self._queued.get(where)
+        if queued is not None:
+            queued.append(batch)
+            return
+        self._queued[where] = deque([batch])
+        task = asyncio.create_task(self._hand_over(where))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _hand_over(self, where: tuple[str, int]) -> None:
+        """Give the queued batches of `where` to the producer one after the other, each once it
+        took the one before, and the open one after them once its linger is over."""
+        queued = self._queued[where]
+        topic, partition = where
+        try:
+            while queued:
+                batch = queued.popleft()
+                try:
+                    acked = await self._producer.send_batch(
+                        batch.builder, topic, partition=partition
+                    )
+                except Exception as exc:  # every sender of the batch gets it
+                    self._settle(batch, exc)
+                else:
+                    acked.add_done_callback(lambda ack, batch=batch: self._acked(batch, ack))
+                if not queued and (waiting := self._open.get(where)) is not None and waiting.due:
+                    self._close(where)
+        finally:
+            del self._queued[where]
+
+    def _acked(self, batch: _Batch, ack: asyncio.Future[Any]) -> None:
+        if ack.cancelled():
+            self._settle(batch, ProducerClosed())
+        else:
+            self._settle(batch, ack.exception())
+
+    def _settle(self, batch: _Batch, error: BaseException | None) -> None:
+        self.pending_bytes -= batch.size
+        if batch.deadline is not None:
+            batch.deadline.cancel()
+        if error is None:
+            for waiter in batch.waiters:
+                if not waiter.done():  # else its sender gave up waiting
+                    waiter.set_result(None)
+        else:
+            _fail(batch, error)
+
+
+def _fail(batch: _Batch, error: BaseException) -> None:
+    """`error` raised in every sender of `batch` still waiting (a copy each: one exception
+    raised in many tasks would grow one traceback)."""
+    for waiter in batch.waiters:
+        if not waiter.done():
+            waiter.set_exception(copy.copy(error))
 
 
 async def commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:

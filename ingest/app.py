@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -18,12 +19,21 @@ from ingest.auth import Clock, guards
 from ingest.ingress import PROVIDERS, Handler, Ingress, error_response
 from ingest.track import Tracking
 from ingest.tracked import TRACKED
+from ingest.workers import Peers, Worker
+
+INGRESS = web.AppKey("ingress", Ingress)
 
 
 def create_app(
-    settings: IngressSettings, kafka: KafkaSettings, *, clock: Clock = time.time
+    settings: IngressSettings,
+    kafka: KafkaSettings,
+    *,
+    clock: Clock = time.time,
+    worker: Worker | None = None,
 ) -> web.Application:
     """The app; its producer starts with the app and stops after the last request is answered.
+    As `worker` of several, its /readyz and /metrics answer for all (ingest.workers), and
+    `status_app` is what it serves its siblings.
 
     Slow clients: aiohttp (>= 3.14.4) closes a connection that has not sent a complete request
     head within keepalive_timeout of opening or of its last answer, which covers idle
@@ -38,7 +48,11 @@ def create_app(
         middlewares=[_json_errors],
         handler_args={"keepalive_timeout": settings.idle_timeout_s, "logger": _http_log},
     )
+    app[INGRESS] = ingress
     app.cleanup_ctx.append(ingress.producing)
+    if worker is not None:
+        ingress.peers = Peers(worker)
+        app.cleanup_ctx.append(_asking(ingress.peers))
     app.router.add_post("/v1/callbacks/{provider}", ingress.callback)
     tracking = Tracking(ingress, {name: every[name] for name in TRACKED})
     app.router.add_post("/v1/track/{provider}", tracking.track)
@@ -47,6 +61,26 @@ def create_app(
     app.router.add_get("/metrics", ingress.metrics_text)
     app.router.add_get("/openapi.json", _document(openapi.render(PROVIDERS, TRACKED)))
     return app
+
+
+def status_app(app: web.Application) -> web.Application:
+    """What a worker serves its siblings on its private socket: its own readiness and metrics."""
+    ingress = app[INGRESS]
+    status = web.Application()
+    status.router.add_get("/readyz", ingress.own_readyz)
+    status.router.add_get("/metrics", ingress.own_metrics)
+    return status
+
+
+def _asking(peers: Peers) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def asking(_app: web.Application) -> AsyncIterator[None]:
+        await peers.start()
+        try:
+            yield
+        finally:
+            await peers.close()
+
+    return asking
 
 
 async def _healthz(_request: web.Request) -> web.Response:
