@@ -36,6 +36,7 @@ def claim_port(settings: IngressSettings) -> None:
     """Raise Unavailable if something listens on the ingress's port already: workers share it
     (SO_REUSEPORT), and would share it with a second ingress too unless it is checked first."""
     with socket.socket(_family(settings.host)) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the listeners do
         try:
             probe.bind((settings.host, settings.port))
         except OSError as exc:
