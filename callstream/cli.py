@@ -260,6 +260,10 @@ def _add_pipeline_commands(commands: Any) -> None:
     )  # fmt: skip
     cmd.add_argument("--data-dir", type=Path, default=up.DEFAULT_DATA_DIR, help="local state")
     cmd.add_argument(
+        "--ingress-workers", type=int, default=None, metavar="N",
+        help="ingress processes on its port (default: $CALLSTREAM_INGRESS__WORKERS or 1)",
+    )  # fmt: skip
+    cmd.add_argument(
         "--demo", action="store_true",
         help="also run the provider simulator, with the pollers and its traffic pointed at it",
     )  # fmt: skip
@@ -635,7 +639,10 @@ def _up(args: argparse.Namespace) -> int:
         embedded = EmbeddedBroker(args.broker_port, log_file=args.data_dir / "broker.log")
     bootstrap = args.kafka if embedded is None else embedded.bootstrap
     kafka = load(KafkaSettings, "kafka", {"bootstrap": bootstrap})
-    children = up.services(kafka, args.http_port, args.data_dir, demo=args.demo)
+    load(IngressSettings, "ingress", {"workers": args.ingress_workers})  # wrong: stop here
+    children = up.services(
+        kafka, args.http_port, args.data_dir, demo=args.demo, ingress_workers=args.ingress_workers
+    )
     run_until_signalled(
         lambda stop: up.serve(
             kafka, embedded, children, stop, http_port=args.http_port,
