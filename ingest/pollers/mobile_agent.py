@@ -88,7 +88,7 @@ async def run(settings: MobileAgentPollSettings, plumbing: Plumbing, stop: async
     api = Api(PROVIDER, settings, plumbing.session, plumbing.metrics)
     api.token = _token_source(settings, api)
     partitions = sorted(await plumbing.producer.partitions_for(topics.TRACK))
-    publisher = Publisher(PROVIDER, plumbing.producer, plumbing.metrics, plumbing.clock)
+    publisher = Publisher(PROVIDER, plumbing.batcher, plumbing.metrics, plumbing.clock)
     poller = MobileAgentPoller(settings, api, publisher, plumbing.clock)
     log.info("mobile_agent_poller_started", url=settings.base_url, partitions=len(partitions))
     scheduler = poller.background.start(poller.run(), "mobile_agent-scheduler")
