@@ -45,7 +45,6 @@ def create_app(
     ingress = Ingress(settings, kafka, {name: every[name] for name in PROVIDERS})
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[_json_errors],
         handler_args={"keepalive_timeout": settings.idle_timeout_s, "logger": _http_log},
     )
     app[INGRESS] = ingress
@@ -60,6 +59,7 @@ def create_app(
     app.router.add_get("/readyz", ingress.readyz)
     app.router.add_get("/metrics", ingress.metrics_text)
     app.router.add_get("/openapi.json", _document(openapi.render(PROVIDERS, TRACKED)))
+    _refuse_the_rest(app.router)
     return app
 
 
@@ -113,18 +113,22 @@ _http_log = logging.getLogger("callstream.ingest.http")
 _http_log.addFilter(_WithoutRequestBytes())
 
 
-@web.middleware
-async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """aiohttp's own refusals (no such path, wrong method) answered in JSON like ours."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        allow = exc.headers.get(hdrs.ALLOW)
-        return error_response(
-            exc.status,
-            exc.reason.lower().replace(" ", "_"),
-            f"{exc.reason}: {request.method} {request.path}.",
-            {hdrs.ALLOW: allow} if allow is not None else None,
-        )
+def _refuse_the_rest(router: web.UrlDispatcher) -> None:
+    """What aiohttp would refuse itself (no such path, wrong method), answered in JSON like our
+    refusals, by routes of their own rather than a middleware: a middleware costs every request
+    ~4 µs. Each path's other methods get 405 with Allow; any other path 404."""
+    for resource in list(router.resources()):
+        allowed = sorted(route.method for route in resource)
+        resource.add_route(hdrs.METH_ANY, _refusal(405, "Method Not Allowed", ",".join(allowed)))
+    router.add_route(hdrs.METH_ANY, "/{path:.*}", _refusal(404, "Not Found"))
+
+
+def _refusal(status: int, reason: str, allow: str | None = None) -> Handler:
+    headers = {hdrs.ALLOW: allow} if allow is not None else None
+    error = reason.lower().replace(" ", "_")
+
+    async def refuse(request: web.Request) -> web.Response:
+        detail = f"{reason}: {request.method} {request.path}."
+        return error_response(status, error, detail, headers)
+
+    return refuse
