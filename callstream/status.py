@@ -49,7 +49,8 @@ KNOWN_GROUPS: dict[str, tuple[str, ...]] = {
     NormalizerSettings().group_id: (topics.RAW,),
     AggregatorSettings().group_id: (topics.EVENTS,),
     StoreSettings().group_id: (topics.EVENTS, topics.SESSIONS),
-    AlertSettings().group_id: (topics.SESSIONS, topics.EVENTS),
+    AlertSettings().group_id: (topics.SESSIONS,),
+    AlertSettings().windows_group_id: (topics.ALERT_SAMPLES,),
     VpbxPollSettings().group_id: (topics.CHECKPOINTS,),
     MobileAgentPollSettings().group_id: (topics.TRACK,),
 }

@@ -12,7 +12,7 @@ import itertools
 import logging
 import random
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -42,6 +42,9 @@ Batch = dict[TopicPartition, list[Record]]
 """What one fetch (`getmany`) gives: each partition's records, in offset order."""
 POLL_MS = 200
 """How long one fetch waits for records, so also how soon an idle consumer notices a stop."""
+RESTORE_POLL_MS = 20
+"""How long a fetch of `read_ranges` waits: once a partition is read to its end, fetches return
+nothing after this long, so it bounds how long reaching the end takes to notice."""
 MAX_BATCH_BYTES = 1 << 20
 
 
@@ -148,6 +151,8 @@ class OutRecord(msgspec.Struct, frozen=True, gc=False):
     value: bytes | None
     """None: a tombstone (on a compacted topic, it deletes the key)."""
     headers: topics.Headers
+    partition: int | None = None
+    """Where it goes; None: its key's partition (`partition_for`), or any for no key."""
 
 
 def partition_for(key: bytes, partitions: Sequence[int]) -> int:
@@ -229,7 +234,8 @@ async def ensure_topics(kafka: KafkaSettings, names: Iterable[str] = topics.ALL)
 
 
 async def send_all(client: AIOKafkaProducer, topic: str, records: Iterable[OutRecord]) -> None:
-    """Produce `records` with the batch API, each to its key's partition; return when all are acked.
+    """Produce `records` with the batch API, each to its partition (its key's unless it names one);
+    return when all are acked.
 
     One `send` per record costs aiokafka ~25 µs; appending to a per-partition batch ~1 µs. A full
     batch is sent at once and a new one opened. Raises what the producer raises if any batch is
@@ -239,8 +245,11 @@ async def send_all(client: AIOKafkaProducer, topic: str, records: Iterable[OutRe
     open_batches: dict[int, BatchBuilder] = {}
     acks = []
     for record in records:
-        key, value, headers = record.key, record.value, record.headers
-        partition = partition_for(key, partitions) if key is not None else random.choice(partitions)
+        key, value, headers, partition = record.key, record.value, record.headers, record.partition
+        if partition is None:
+            partition = (
+                partition_for(key, partitions) if key is not None else random.choice(partitions)
+            )
         batch = open_batches.get(partition)
         if batch is None:
             batch = open_batches[partition] = client.create_batch()
@@ -295,17 +304,17 @@ class _Batch:
 class Batcher:
     """Records sent one at a time by many concurrent tasks, produced as batches.
 
-    `send` adds its record to the open batch of the record's partition (a key's by
-    `partition_for`; records without a key all go to one partition of the topic, the next
-    generation's to the next partition) and returns once the broker acknowledged that batch,
-    or raises what the producer raised for it. The open batches form a generation, handed to
-    the producer together (aiokafka's batch API: one `send_batch` each, one produce request per
-    broker) `linger_s` after its first record, and not before every batch handed earlier was
-    acknowledged or failed: while the broker works on one produce request the next one fills,
-    so batches grow with the load rather than their number, and each costs once what its
-    records share (the request, its encoding, compression, the acknowledgement). A batch that
-    fills up goes at once. Batches of a partition are produced in the order they were opened.
-    A send cancelled while it waits withdraws nothing: its record is produced with its batch.
+    `send` adds its record to the open batch of the record's partition (the one it names, else its
+    key's by `partition_for`; records without either all go to one partition of the topic, the next
+    generation's to the next partition) and returns once the broker acknowledged that batch, or
+    raises what the producer raised for it. The open batches form a generation, handed to the
+    producer together (aiokafka's batch API: one `send_batch` each, one produce request per broker)
+    `linger_s` after its first record, and not before every batch handed earlier was acknowledged or
+    failed: while the broker works on one produce request the next one fills, so batches grow with
+    the load rather than their number, and each costs once what its records share (the request, its
+    encoding, compression, the acknowledgement). A batch that fills up goes at once. Batches of a
+    partition are produced in the order they were opened. A send cancelled while it waits withdraws
+    nothing: its record is produced with its batch.
 
     With `ack_timeout_s`, a send still waiting that long after its generation was opened (so at
     most that long after the send) raises TimeoutError: one timer a generation rather than one
@@ -352,11 +361,9 @@ class Batcher:
             raise Overloaded(
                 f"{self.pending_bytes} bytes are waiting for the broker's acknowledgement"
             )
-        partitions = self._partitions.get(topic) or await self._learn(topic)
-        if key is not None:
-            partition = partition_for(key, partitions)
-        elif (partition := self._keyless.get(topic, -1)) < 0:
-            partition = self._keyless[topic] = partitions[next(self._turn) % len(partitions)]
+        if (partition := record.partition) is None:
+            partitions = self._partitions.get(topic) or await self._learn(topic)
+            partition = self._place(topic, key, partitions)
         where = (topic, partition)
         batch = self._open.get(where) or self._opened(where)
         if batch.builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
@@ -375,6 +382,14 @@ class Batcher:
         self._end_generation()
         while self._tasks:
             await asyncio.gather(*self._tasks)
+
+    def _place(self, topic: str, key: bytes | None, partitions: list[int]) -> int:
+        """The key's partition, or this generation's for records without a key."""
+        if key is not None:
+            return partition_for(key, partitions)
+        if (partition := self._keyless.get(topic, -1)) < 0:
+            partition = self._keyless[topic] = partitions[next(self._turn) % len(partitions)]
+        return partition
 
     async def _learn(self, topic: str) -> list[int]:
         """The partitions of `topic`, as first known: partition counts do not change while
@@ -508,6 +523,51 @@ async def at_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
     """
     highwater = consumer.highwater(tp)
     return highwater is not None and await consumer.position(tp) >= highwater
+
+
+async def read_ranges(
+    kafka: KafkaSettings, ranges: Mapping[TopicPartition, tuple[int | None, int | None]]
+) -> AsyncIterator[tuple[TopicPartition, list[Record]]]:
+    """The records of each partition from its start offset (None: its first) to before its end
+    offset (None: the highwater once it is reached), batch by batch, in offset order per
+    partition; no group. What a service restores its state from."""
+    if not ranges:
+        return  # (a consumer stopped before it ever waited fails in aiokafka 0.14)
+    client = consumer(kafka, group_id=None, fetch_max_wait_ms=RESTORE_POLL_MS)
+    await client.start()
+    try:
+        client.assign(list(ranges))
+        for tp, (start, _) in ranges.items():
+            if start is None:
+                await client.seek_to_beginning(tp)
+            else:
+                client.seek(tp, start)
+        pending = set(ranges)
+        while pending:
+            fetched: Batch = await client.getmany(*pending, timeout_ms=RESTORE_POLL_MS)
+            for tp, records in fetched.items():
+                end = ranges[tp][1]
+                wanted = records if end is None else [r for r in records if r.offset < end]
+                if wanted:
+                    yield tp, wanted
+            pending = {tp for tp in pending if not await _read_to(client, tp, ranges[tp][1])}
+    finally:
+        await client.stop()
+
+
+async def _read_to(client: AIOKafkaConsumer, tp: TopicPartition, end: int | None) -> bool:
+    if end is not None and await client.position(tp) >= end:
+        return True
+    return await at_end(client, tp)
+
+
+async def committed(
+    kafka: KafkaSettings, group_id: str, partitions: Iterable[TopicPartition]
+) -> dict[TopicPartition, int | None]:
+    """Group `group_id`'s committed offset of each partition (None where it has none), without
+    joining the group."""
+    async with consumer(kafka, group_id=group_id) as client:
+        return {tp: await client.committed(tp) for tp in partitions}
 
 
 async def read_all(kafka: KafkaSettings, topic: str, *, within_s: float = 30.0) -> list[Record]:
