@@ -40,16 +40,20 @@ async def test_sends_within_a_linger_go_as_one_batch_per_partition_and_all_land(
     batcher = Batcher(producer, linger_s=0.5, max_pending_bytes=1 << 20)
     keyless = [OutRecord(None, b'{"n": %d}' % n, [("n", b"%d" % n)]) for n in range(300)]
     keyed = [OutRecord(b"key-%d" % n, b'{"k": %d}' % n, []) for n in range(100)]
-    await asyncio.gather(*(batcher.send(topics.RAW, record) for record in keyless + keyed))
+    placed = [OutRecord(b"key-%d" % n, b'{"p": %d}' % n, [], partition=2) for n in range(20)]
+    sent = keyless + keyed + placed
+    await asyncio.gather(*(batcher.send(topics.RAW, record) for record in sent))
     assert batcher.pending_bytes == 0
 
     landed = await kafka_io.read_all(kafka, topics.RAW)
-    assert sorted(r.value for r in landed) == sorted(r.value for r in keyless + keyed)
+    assert sorted(r.value for r in landed) == sorted(r.value for r in sent)
+    assert {r.partition for r in landed if r.value.startswith(b'{"p"')} == {2}
     assert all(dict(r.headers)["n"] == r.value[6:-1] for r in landed if r.key is None)
     # Records without a key share one partition while a batch is open: here, one batch.
     assert len(Counter(r.partition for r in landed if r.key is None)) == 1
     partitions = sorted(await producer.partitions_for(topics.RAW))
-    assert all(r.partition == kafka_io.partition_for(r.key, partitions) for r in landed if r.key)
+    keys = [r for r in landed if r.value.startswith(b'{"k"')]
+    assert all(r.partition == kafka_io.partition_for(r.key, partitions) for r in keys)
 
 
 async def test_a_send_returns_only_once_the_broker_acknowledged_its_batch(
