@@ -101,3 +101,14 @@ async def test_readiness_is_every_workers(workers: Workers) -> None:
     finally:
         os.kill(stopped, signal.SIGCONT)
     await _until(workers.base, "/readyz", 200)
+
+
+async def test_a_killed_worker_is_restarted_and_answers_again(workers: Workers) -> None:
+    await _until(workers.base, "/readyz", 200)
+    killed = workers.pids()[0]
+    os.kill(killed, signal.SIGKILL)  # its status socket is left behind
+    await _until(workers.base, "/readyz", 503)
+    await _until(workers.base, "/readyz", 200)  # restarted, its status answering again
+    assert killed not in workers.pids()
+    text = await _until(workers.base, "/metrics", 200)
+    assert _samples(text, "callstream_ingress_worker_up") == {"0": 1.0, "1": 1.0}
