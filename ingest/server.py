@@ -40,7 +40,8 @@ def claim_port(settings: IngressSettings) -> None:
         try:
             probe.bind((settings.host, settings.port))
         except OSError as exc:
-            raise _taken(settings, exc) from exc
+            _refuse_taken(settings, exc)
+            raise
 
 
 async def serve(
@@ -74,7 +75,8 @@ async def serve(
             site = web.TCPSite(runner, settings.host, settings.port, reuse_port=worker is not None)
             await site.start()
         except OSError as exc:
-            raise _taken(settings, exc) from exc
+            _refuse_taken(settings, exc)
+            raise
         log.info(
             "ingress_listening",
             host=settings.host,
@@ -87,10 +89,12 @@ async def serve(
     log.info("ingress_stopped")
 
 
-def _taken(settings: IngressSettings, exc: OSError) -> Exception:
-    if exc.errno != errno.EADDRINUSE:
-        return exc
-    return Unavailable(f"port {settings.port} on {settings.host} is already in use (the ingress's)")
+def _refuse_taken(settings: IngressSettings, exc: OSError) -> None:
+    """Raise Unavailable, in callstream's words, if `exc` says the port is taken."""
+    if exc.errno == errno.EADDRINUSE:
+        raise Unavailable(
+            f"port {settings.port} on {settings.host} is already in use (the ingress's)"
+        ) from exc
 
 
 def _family(host: str) -> socket.AddressFamily:
