@@ -207,7 +207,14 @@ def _add_pipeline_commands(commands: Any) -> None:
         "--insecure-no-auth", action="store_true", default=None,
         help="allow a non-loopback address while a provider has no authentication",
     )  # fmt: skip
-    cmd.set_defaults(run=_service)
+    cmd.add_argument(
+        "--workers", type=int, default=None, metavar="N",
+        help="processes serving the port, each with its own producer (default 1)",
+    )  # fmt: skip
+    # Given by `--workers N` to the processes it runs, not by people.
+    cmd.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    cmd.add_argument("--peers", type=Path, default=None, help=argparse.SUPPRESS)
+    cmd.set_defaults(run=_ingress)
 
     cmd = commands.add_parser("store", parents=[kafka], help="write events and sessions to a store")
     cmd.add_argument("--store", dest="url", default=None, help="sqlite:///PATH or postgresql://…")
@@ -252,6 +259,10 @@ def _add_pipeline_commands(commands: Any) -> None:
         help="every service's metrics on one endpoint, on 127.0.0.1 (0: off)",
     )  # fmt: skip
     cmd.add_argument("--data-dir", type=Path, default=up.DEFAULT_DATA_DIR, help="local state")
+    cmd.add_argument(
+        "--ingress-workers", type=int, default=None, metavar="N",
+        help="ingress processes on its port (default: $CALLSTREAM_INGRESS__WORKERS or 1)",
+    )  # fmt: skip
     cmd.add_argument(
         "--demo", action="store_true",
         help="also run the provider simulator, with the pollers and its traffic pointed at it",
@@ -628,7 +639,10 @@ def _up(args: argparse.Namespace) -> int:
         embedded = EmbeddedBroker(args.broker_port, log_file=args.data_dir / "broker.log")
     bootstrap = args.kafka if embedded is None else embedded.bootstrap
     kafka = load(KafkaSettings, "kafka", {"bootstrap": bootstrap})
-    children = up.services(kafka, args.http_port, args.data_dir, demo=args.demo)
+    load(IngressSettings, "ingress", {"workers": args.ingress_workers})  # wrong: stop here
+    children = up.services(
+        kafka, args.http_port, args.data_dir, demo=args.demo, ingress_workers=args.ingress_workers
+    )
     run_until_signalled(
         lambda stop: up.serve(
             kafka, embedded, children, stop, http_port=args.http_port,
@@ -710,7 +724,9 @@ class _Service(NamedTuple):
 
 
 _SERVICES = {
-    "ingress": _Service("ingest.server", IngressSettings, ("host", "port", "insecure_no_auth")),
+    "ingress": _Service(
+        "ingest.server", IngressSettings, ("host", "port", "insecure_no_auth", "workers")
+    ),
     "normalizer": _Service("normalize.service", NormalizerSettings, ("metrics_port",)),
     "aggregator": _Service("normalize.aggregator", AggregatorSettings, ("metrics_port",)),
     "store": _Service("sinks.store", StoreSettings, ("url", "metrics_port")),
@@ -724,7 +740,32 @@ def _service(args: argparse.Namespace) -> int:
     spec = _SERVICES[args.command]
     serve = importlib.import_module(spec.module).serve  # each service imports only what it runs
     _service_logging()
-    settings = load(spec.settings, args.command, {flag: getattr(args, flag) for flag in spec.flags})
+    settings = _settings(args)
     kafka = _kafka(args)
     run_until_signalled(lambda stop: serve(settings, kafka, stop))
+    return 0
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    spec = _SERVICES[args.command]
+    return load(spec.settings, args.command, {flag: getattr(args, flag) for flag in spec.flags})
+
+
+def _ingress(args: argparse.Namespace) -> int:
+    """The ingress: one process, N workers (their parent), or worker I of N."""
+    settings = _settings(args)
+    if args.worker is None and settings.workers == 1:
+        return _service(args)
+    _service_logging()
+    kafka = _kafka(args)
+    if args.worker is None:
+        from callstream import ingress_workers  # noqa: PLC0415 - a service imports what it runs
+
+        run_until_signalled(lambda stop: ingress_workers.serve(settings, kafka, stop))
+        return 0
+    from ingest.server import serve  # noqa: PLC0415
+    from ingest.workers import Worker  # noqa: PLC0415
+
+    worker = Worker(args.worker, settings.workers, args.peers)
+    run_until_signalled(lambda stop: serve(settings, kafka, stop, worker=worker))
     return 0

@@ -54,12 +54,14 @@ def services(
     *,
     demo: bool = False,
     metrics: bool = True,
+    ingress_workers: int | None = None,
 ) -> list[Child]:
     """The services `up` runs, each the same `callstream <service>` command a container runs:
     the pollers too when some are configured (CALLSTREAM_POLL__*), and with `demo` the provider
     simulator, with the pollers and its traffic pointed at it. With `metrics`, each service
     serves its metrics on a free port (`Child.metrics`), which `serve` gathers into one. Each
     is given `kafka`'s bootstrap and topic prefix.
+    `ingress_workers`: the ingress's `--workers` (None: CALLSTREAM_INGRESS__WORKERS, else 1).
 
     They are listed in the order they start; they stop in the reverse order, one after the
     other: the pollers before the simulator they ask, the simulator before the ingress it
@@ -77,6 +79,7 @@ def services(
         polling = poll_env(f"http://127.0.0.1:{port}") | DEMO_POLLING
     bootstrap = ("--kafka", kafka.bootstrap)
     prefixed = {TOPIC_PREFIX: kafka.topic_prefix}
+    workers = () if ingress_workers is None else ("--workers", str(ingress_workers))
     children = [
         _measured("normalizer", ("normalizer", *bootstrap), metrics, prefixed),
         _measured("aggregator", ("aggregator", *bootstrap), metrics, prefixed),
@@ -88,7 +91,7 @@ def services(
         # polling and no poller of its provider is configured.
         Child(
             "ingress",
-            ("ingress", *bootstrap, "--port", str(http_port)),
+            ("ingress", *bootstrap, "--port", str(http_port), *workers),
             env=polling | prefixed,
             metrics=f"http://127.0.0.1:{http_port}/metrics" if metrics else None,
         ),

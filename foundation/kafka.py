@@ -13,6 +13,8 @@ name (`calls.raw`) and a group's own id, and puts `KAFKA__TOPIC_PREFIX` before t
 from __future__ import annotations
 
 import asyncio
+import copy
+import itertools
 import logging
 import random
 import zlib
@@ -27,6 +29,7 @@ from aiokafka.errors import (
     CommitFailedError,
     IllegalStateError,
     KafkaConnectionError,
+    ProducerClosed,
     TopicAlreadyExistsError,
     for_code,
 )
@@ -274,6 +277,214 @@ async def _send(
 ) -> asyncio.Future[Any]:
     batch.close()
     return await client.send_batch(batch, topic, partition=partition)
+
+
+class Overloaded(Unavailable):
+    """A record refused at once: the records already waiting for the broker's ack hold the
+    Batcher's `max_pending_bytes`."""
+
+
+class _Generation:
+    """The batches opened together, handed to the producer together, and the deadline of the
+    sends waiting for them."""
+
+    __slots__ = ("batches", "deadline", "unsettled")
+
+    def __init__(self) -> None:
+        self.batches: list[_Batch] = []
+        self.unsettled = 0
+        self.deadline: asyncio.TimerHandle | None = None
+
+
+class _Batch:
+    """A batch of one partition and the sends waiting for its acknowledgement."""
+
+    __slots__ = ("builder", "generation", "size", "waiters", "where")
+
+    def __init__(
+        self, where: tuple[str, int], builder: BatchBuilder, generation: _Generation
+    ) -> None:
+        self.where, self.builder, self.generation = where, builder, generation
+        self.waiters: list[asyncio.Future[None]] = []
+        self.size = 0
+        """Bytes of its keys and values."""
+
+
+class Batcher:
+    """Records sent one at a time by many concurrent tasks, produced as batches.
+
+    `send` adds its record to the open batch of the record's partition (the one it names, else its
+    key's by `partition_for`; records without either all go to one partition of the topic, the next
+    generation's to the next partition) and returns once the broker acknowledged that batch, or
+    raises what the producer raised for it. The open batches form a generation, handed to the
+    producer together (aiokafka's batch API: one `send_batch` each, one produce request per broker)
+    `linger_s` after its first record, and not before every batch handed earlier was acknowledged or
+    failed: while the broker works on one produce request the next one fills, so batches grow with
+    the load rather than their number, and each costs once what its records share (the request, its
+    encoding, compression, the acknowledgement). A batch that fills up goes at once. Batches of a
+    partition are produced in the order they were opened. A send cancelled while it waits withdraws
+    nothing: its record is produced with its batch.
+
+    With `ack_timeout_s`, a send still waiting that long after its generation was opened (so at
+    most that long after the send) raises TimeoutError: one timer a generation rather than one
+    a send. Its record is not withdrawn (it may still be written), and its bytes stay pending
+    until the producer is done with them.
+
+    Memory is bounded: while the records not yet acknowledged (or failed) hold
+    `max_pending_bytes` of keys and values, `send` raises Overloaded at once.
+
+    One `producer.send` costs aiokafka ~24 µs; one append to a batch ~1 µs.
+    """
+
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        *,
+        linger_s: float = 0.001,
+        max_pending_bytes: int,
+        ack_timeout_s: float | None = None,
+    ) -> None:
+        self._producer, self._linger_s, self._ack_timeout_s = producer, linger_s, ack_timeout_s
+        self.max_pending_bytes = max_pending_bytes
+        self.pending_bytes = 0
+        """Bytes of keys and values sent and not yet acknowledged or failed."""
+        self._generation: _Generation | None = None
+        """The open generation, from its first record until it is handed over."""
+        self._open: dict[tuple[str, int], _Batch] = {}
+        """Its batches being filled, by topic and partition."""
+        self._lingered = False
+        self._unacked = 0
+        """Batches handed to the producer and not yet acknowledged or failed."""
+        self._partitions: dict[str, list[int]] = {}
+        self._keyless: dict[str, int] = {}
+        """The partition of each topic that this generation's records without a key go to."""
+        self._turn = itertools.count()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def send(self, topic: str, record: OutRecord) -> None:
+        """Return once the broker acknowledged `record` (in its batch); raises the producer's
+        error for the batch, TimeoutError past `ack_timeout_s`, or Overloaded."""
+        key, value, headers = record.key, record.value, record.headers
+        size = len(key or b"") + len(value or b"")
+        if self.pending_bytes and self.pending_bytes + size > self.max_pending_bytes:
+            raise Overloaded(
+                f"{self.pending_bytes} bytes are waiting for the broker's acknowledgement"
+            )
+        if (partition := record.partition) is None:
+            partitions = self._partitions.get(topic) or await self._learn(topic)
+            partition = self._place(topic, key, partitions)
+        where = (topic, partition)
+        batch = self._open.get(where) or self._opened(where)
+        if batch.builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
+            self._hand_over([self._open.pop(where)])  # full; a batch's first record always fits
+            batch = self._opened(where)
+            batch.builder.append(key=key, value=value, timestamp=None, headers=headers)
+        waiter = asyncio.get_running_loop().create_future()
+        batch.waiters.append(waiter)
+        batch.size += size
+        self.pending_bytes += size
+        await waiter
+
+    async def close(self) -> None:
+        """Hand every batch to the producer now and return once the producer has them all (its
+        own `stop` then waits for their acks)."""
+        self._end_generation()
+        while self._tasks:
+            await asyncio.gather(*self._tasks)
+
+    def _place(self, topic: str, key: bytes | None, partitions: list[int]) -> int:
+        """The key's partition, or this generation's for records without a key."""
+        if key is not None:
+            return partition_for(key, partitions)
+        if (partition := self._keyless.get(topic, -1)) < 0:
+            partition = self._keyless[topic] = partitions[next(self._turn) % len(partitions)]
+        return partition
+
+    async def _learn(self, topic: str) -> list[int]:
+        """The partitions of `topic`, as first known: partition counts do not change while
+        callstream runs (co-partitioning depends on them)."""
+        known = self._partitions[topic] = sorted(await self._producer.partitions_for(topic))
+        return known
+
+    def _opened(self, where: tuple[str, int]) -> _Batch:
+        generation = self._generation
+        if generation is None:
+            generation = self._generation = _Generation()
+            loop = asyncio.get_running_loop()
+            loop.call_later(self._linger_s, self._linger_over, generation)
+            if self._ack_timeout_s is not None:
+                generation.deadline = loop.call_later(
+                    self._ack_timeout_s, _expire, generation, TimeoutError()
+                )
+        batch = self._open[where] = _Batch(where, self._producer.create_batch(), generation)
+        generation.batches.append(batch)
+        generation.unsettled += 1
+        return batch
+
+    def _linger_over(self, generation: _Generation) -> None:
+        if generation is not self._generation:  # handed over already (close)
+            return
+        self._lingered = True
+        if not self._unacked:
+            self._end_generation()
+
+    def _end_generation(self) -> None:
+        """Hand the open generation's batches to the producer; the next record opens another."""
+        batches = list(self._open.values())
+        self._generation, self._lingered = None, False
+        self._open.clear()
+        self._keyless.clear()
+        if batches:
+            self._hand_over(batches)
+
+    def _hand_over(self, batches: list[_Batch]) -> None:
+        self._unacked += len(batches)
+        task = asyncio.create_task(self._produce(batches))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _produce(self, batches: list[_Batch]) -> None:
+        for batch in batches:
+            batch.builder.close()
+            topic, partition = batch.where
+            try:
+                acked = await self._producer.send_batch(batch.builder, topic, partition=partition)
+            except Exception as exc:  # every sender of the batch gets it
+                self._settle(batch, exc)
+            else:
+                acked.add_done_callback(lambda ack, batch=batch: self._acked(batch, ack))
+
+    def _acked(self, batch: _Batch, ack: asyncio.Future[Any]) -> None:
+        self._settle(batch, ProducerClosed() if ack.cancelled() else ack.exception())
+
+    def _settle(self, batch: _Batch, error: BaseException | None) -> None:
+        self.pending_bytes -= batch.size
+        generation = batch.generation
+        generation.unsettled -= 1
+        if not generation.unsettled and generation.deadline is not None:
+            generation.deadline.cancel()  # and lets go of the generation
+        if error is None:
+            for waiter in batch.waiters:
+                if not waiter.done():  # else its sender gave up waiting
+                    waiter.set_result(None)
+        else:
+            _fail(batch, error)
+        self._unacked -= 1
+        if not self._unacked and self._lingered:
+            self._end_generation()
+
+
+def _expire(generation: _Generation, error: BaseException) -> None:
+    for batch in generation.batches:
+        _fail(batch, error)
+
+
+def _fail(batch: _Batch, error: BaseException) -> None:
+    """`error` raised in every sender of `batch` still waiting (a copy each: one exception
+    raised in many tasks would grow one traceback)."""
+    for waiter in batch.waiters:
+        if not waiter.done():
+            waiter.set_exception(copy.copy(error))
 
 
 async def commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -143,6 +143,16 @@ class IngressSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Larger bodies are refused with 413."""
     publish_timeout_s: float = 5.0
     """How long a callback waits for the broker's ack before it is answered 503."""
+    linger_ms: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    """Callbacks arriving within this long of each other go to the broker as one batch per
+    partition (sooner when a batch is full, later while the partition's previous batch waits
+    for the producer); each is answered once its batch is acknowledged."""
+    max_pending_bytes: Annotated[int, msgspec.Meta(ge=1)] = 64 << 20
+    """While bodies of this many bytes wait for the broker's ack, further callbacks are answered
+    503 at once: the memory the ingress holds for a slow broker is bounded."""
+    workers: Annotated[int, msgspec.Meta(ge=1)] = 1
+    """Processes serving the port (SO_REUSEPORT), each with its own producer; /readyz and
+    /metrics answer for them all."""
     retry_after_s: int = 5
     """The Retry-After of a 503."""
     idle_timeout_s: float = 15.0

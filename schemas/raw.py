@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
@@ -34,9 +34,9 @@ class RawMeta(msgspec.Struct, frozen=True, gc=False):
         at: datetime | None = None,
     ) -> RawMeta:
         """The metadata of a body received just now (`at`, by default the wall clock's now),
-        under a new request id."""
+        under a new request id: 128 random bits in hex (uuid4's text costs ~3 µs more)."""
         now = at or datetime.now(UTC)
-        return cls(provider, source, now, uuid.uuid4().hex, content_type, dict(context or {}))
+        return cls(provider, source, now, os.urandom(16).hex(), content_type, dict(context or {}))
 
 
 def raw_headers(meta: RawMeta) -> Headers:

@@ -36,7 +36,7 @@ CONNECTIONS = 64
 POOL = 2_000
 ROUNDS = 3
 WARMUP_S = 1.0
-TARGET_RATIO = 0.7
+TARGET_RATIO = 0.8
 SIDES = ("ingress", "bare")
 _HEADERS = {"Content-Type": "application/json"}
 
