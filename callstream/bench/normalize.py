@@ -13,9 +13,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from callstream import samples
-from callstream.bench import baseline
+from callstream.bench import Target, baseline
 from normalize import normalize
 
+TARGETS = (Target("baseline_ratio", at_least=4),)
+"""wavecell through normalize() at least 4x the plain-Python mapper (strptime) on one core."""
 POOL = 2_000
 ROUNDS = 3
 _CONTEXT = {"callSerialNo": "645735364434067472"}
