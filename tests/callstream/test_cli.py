@@ -197,6 +197,6 @@ def test_bench_normalizer_measures_the_service_against_its_passthrough() -> None
     figures = json.loads(result.stdout)
     assert figures["records_per_s"] > 0
     assert figures["passthrough_per_s"] > 0
-    assert figures["ratio"] == round(figures["records_per_s"] / figures["passthrough_per_s"], 2)
+    assert figures["ratio_min"] <= figures["ratio"] <= figures["ratio_max"]
     assert (figures["events"], figures["dead_lettered"]) == (2 * figures["records"], 0)
     assert isinstance(figures["targets_met"], bool)
