@@ -24,15 +24,15 @@ from statistics import median
 
 from callstream import samples
 from callstream.bench import Target
+from callstream.bench.passthrough import Passthrough
 from callstream.broker import EmbeddedBroker, free_port
 from foundation import kafka as kafka_io
-from foundation.kafka import OutRecord, Record
-from foundation.runtime import BaseHandler, Handled, Metrics, Runtime
+from foundation.kafka import OutRecord
+from foundation.runtime import Metrics, Runtime
 from foundation.settings import KafkaSettings, NormalizerSettings
 from normalize import service
 from schemas import topics
 from schemas.raw import RawMeta, raw_headers
-from schemas.topics import Stage
 
 TARGET_RATIO = 0.6
 """`ratio` at or above this: the normalizer's own work costs at most two thirds of what the
@@ -50,22 +50,6 @@ PASSTHROUGH = "bench.passthrough"
 """Where the passthrough produces: a topic of its own, created for the run."""
 
 Serve = Callable[[asyncio.Event, Metrics], Awaitable[None]]
-
-
-class Passthrough(BaseHandler[None]):
-    """The baseline: each raw record produced as it is (key, value, headers), nothing else."""
-
-    service = "passthrough"
-    stage = Stage.NORMALIZE
-    subscribe = (topics.RAW,)
-
-    def __init__(self, group_id: str, max_batch: int) -> None:
-        self.group_id, self.max_batch = group_id, max_batch
-
-    def handle(self, record: Record) -> Handled[None]:
-        # A list: aiokafka's batch append takes no tuple of headers (what it fetches).
-        out = OutRecord(record.key, record.value, list(record.headers))
-        return Handled([(PASSTHROUGH, out)])
 
 
 def run(seconds: float = 4.0) -> dict[str, float]:
@@ -111,7 +95,9 @@ def _summary(rounds: list[dict[str, dict[str, float]]], count: int) -> dict[str,
 def _sides(kafka: KafkaSettings, round_: int) -> dict[str, Serve]:
     """The passthrough and the normalizer, each as a consumer group new in this round."""
     settings = NormalizerSettings(group_id=f"bench-normalizer-{round_}")
-    handler = Passthrough(f"bench-passthrough-{round_}", settings.max_batch)
+    handler = Passthrough(
+        topics.RAW, PASSTHROUGH, f"bench-passthrough-{round_}", settings.max_batch
+    )
 
     async def passthrough(stop: asyncio.Event, metrics: Metrics) -> None:
         await Runtime(handler, kafka, metrics=metrics).run(stop)
