@@ -11,15 +11,21 @@ calls.events. Each side's clock starts when its first batch is committed, so the
 few seconds with the default timings) is not counted. `ratio` is the normalizer's rate over the
 passthrough's, the share of the bare Kafka I/O rate the normalizer keeps: the median of the
 rounds' ratios, each of two runs one right after the other (figures are medians too).
+`cpu_ratio` is the same comparison in CPU time per record (this process and the broker's):
+less moved by neighbours on a shared machine than rates are, so it shows a change that the
+rates' day-to-day spread hides.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import os
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from itertools import cycle, islice
+from pathlib import Path
 from statistics import median
 
 from callstream import samples
@@ -62,12 +68,13 @@ async def _run(count: int) -> dict[str, float]:
         kafka = KafkaSettings(bootstrap=broker.bootstrap)
         await kafka_io.ensure_topics(kafka, [*topics.ALL, PASSTHROUGH])
         await _preload(kafka, count)
+        assert broker.process is not None  # noqa: S101 - started by the context manager
         rounds = []
         for round_ in range(ROUNDS):
             rates = {}
             for name, serve in _sides(kafka, round_).items():
                 async with asyncio.timeout(TIMEOUT_FACTOR * count / RECORDS_PER_S + 30):
-                    rates[name] = await _measure(serve, name, count)
+                    rates[name] = await _measure(serve, name, count, broker.process.pid)
             rounds.append(rates)
     return _summary(rounds, count)
 
@@ -77,6 +84,7 @@ def _summary(rounds: list[dict[str, dict[str, float]]], count: int) -> dict[str,
     each round's two sides ran one after the other, under the same neighbours, whereas a side's
     best round may have had a quieter machine than the other side's."""
     ratios = [r["normalizer"]["records_per_s"] / r["passthrough"]["records_per_s"] for r in rounds]
+    cpu_ratios = [r["passthrough"]["cpu_us"] / r["normalizer"]["cpu_us"] for r in rounds]
     last = rounds[-1]["normalizer"]
     return {
         "records_per_s": median(r["normalizer"]["records_per_s"] for r in rounds),
@@ -85,6 +93,9 @@ def _summary(rounds: list[dict[str, dict[str, float]]], count: int) -> dict[str,
         "ratio": round(median(ratios), 2),
         "ratio_min": round(min(ratios), 2),
         "ratio_max": round(max(ratios), 2),
+        "cpu_us": round(median(r["normalizer"]["cpu_us"] for r in rounds), 1),
+        "passthrough_cpu_us": round(median(r["passthrough"]["cpu_us"] for r in rounds), 1),
+        "cpu_ratio": round(median(cpu_ratios), 2),
         "records": count,
         "events": last["events"],
         "dead_lettered": last["dead_lettered"],
@@ -116,24 +127,33 @@ async def _preload(kafka: KafkaSettings, count: int) -> None:
     await kafka_io.publish(kafka, topics.RAW, (OutRecord(None, body, headers) for body in bodies))
 
 
-async def _measure(serve: Serve, name: str, count: int) -> dict[str, float]:
-    """One side's rates over the `count` pre-loaded records, its first batch not counted."""
+async def _measure(serve: Serve, name: str, count: int, broker_pid: int) -> dict[str, float]:
+    """One side's rates over the `count` pre-loaded records, its first batch not counted, and
+    the CPU time it took per record, of this process and the broker's together (`cpu_us`)."""
     metrics, stop = Metrics(name), asyncio.Event()
     serving = asyncio.create_task(serve(stop, metrics))
     try:
         records0, events0, _ = await _counts_once(serving, metrics, lambda done: done > 0)
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), _cpu_s(broker_pid)
         records, events, dead = await _counts_once(serving, metrics, lambda done: done >= count)
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, _cpu_s(broker_pid) - cpu0
     finally:
         stop.set()
         await serving
     return {
+        "cpu_us": cpu / (records - records0) * 1e6 if records > records0 else math.inf,
         "records_per_s": round((records - records0) / elapsed),
         "events_per_s": round((events - events0) / elapsed),
         "events": events,
         "dead_lettered": dead,
     }
+
+
+def _cpu_s(broker_pid: int) -> float:
+    """CPU seconds used so far by this process and by the broker's (Linux: from /proc)."""
+    fields = Path(f"/proc/{broker_pid}/stat").read_text().rpartition(")")[2].split()
+    broker = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return time.process_time() + broker
 
 
 async def _counts_once(
@@ -157,6 +177,9 @@ def report(results: dict[str, float]) -> str:
             f"normalizer service: {results['records_per_s']:>8,.0f} raw records/s "
             f"({results['events_per_s']:,.0f} events/s)",
             f"passthrough:        {results['passthrough_per_s']:>8,.0f} raw records/s",
+            f"CPU per raw record (this process and the broker): normalizer "
+            f"{results['cpu_us']:.1f} µs, passthrough {results['passthrough_cpu_us']:.1f} µs, "
+            f"cpu_ratio {results['cpu_ratio']:.2f}",
             f"medians of {results['rounds']:.0f} rounds, each of both over the same "
             f"{results['records']:,.0f} records ({results['events']:,.0f} events, "
             f"{results['dead_lettered']:,.0f} dead-lettered); ratio by round "
