@@ -2,8 +2,7 @@
 
 Each provider's normalizer runs over the same pool of realistic payloads (callstream.samples)
 for a fixed time in this one process; the baselines run the plain-Python Wavecell mapping
-(callstream.bench.baseline) over the same Wavecell pool. The best of three rounds is kept,
-so a noisy neighbour lowers no figure.
+(callstream.bench.baseline) over the same Wavecell pool, in the same rounds (see `run`).
 """
 
 from __future__ import annotations
@@ -11,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from statistics import median
 
 from callstream import samples
 from callstream.bench import Target, baseline
@@ -24,44 +24,48 @@ _CONTEXT = {"callSerialNo": "645735364434067472"}
 
 
 def _rate(work: Callable[[bytes], object], pool: list[bytes], seconds: float) -> float:
-    best = 0.0
-    for _ in range(ROUNDS):
-        done, started = 0, time.perf_counter()
-        deadline = started + seconds / ROUNDS
-        while time.perf_counter() < deadline:
-            for body in pool:
-                work(body)
-            done += len(pool)
-        best = max(best, done / (time.perf_counter() - started))
-    return best
+    """Payloads/s of `work` over `pool`, cycled for `seconds`."""
+    done, started = 0, time.perf_counter()
+    deadline = started + seconds
+    while time.perf_counter() < deadline:
+        for body in pool:
+            work(body)
+        done += len(pool)
+    return done / (time.perf_counter() - started)
 
 
 def run(seconds: float = 3.0) -> dict[str, float]:
     """Measured rates: `<provider>_per_s` for each provider, then each baseline's rate and ratio.
 
     `baseline_ratio` compares with the usual strptime mapper, `baseline_isoformat_ratio` with the
-    same mapper using the C-implemented datetime.fromisoformat.
+    same mapper using the C-implemented datetime.fromisoformat. Each of ROUNDS rounds measures
+    every provider and then both baselines for `seconds / ROUNDS` each; a rate is the best of
+    its rounds (a noisy neighbour lowers none), a ratio the median of the rounds' own ratios
+    (wavecell and the baseline measured seconds apart, under the same neighbours).
     """
     now = datetime.now(UTC)
-    results: dict[str, float] = {}
     pools = {provider: samples.payloads(provider, POOL) for provider in samples.GENERATORS}
-    for provider, pool in pools.items():
-        results[f"{provider}_per_s"] = round(
-            _rate(
-                lambda body, p=provider: normalize(p, body, received_at=now, context=_CONTEXT),
-                pool,
-                seconds,
-            )
-        )
-    for name, parser in (
-        ("baseline", baseline.strptime_parser),
-        ("baseline_isoformat", baseline.isoformat_parser),
-    ):
-        rate = _rate(
-            lambda body, p=parser: baseline.wavecell(body, now, p), pools["wavecell"], seconds
-        )
-        results[f"{name}_per_s"] = round(rate)
-        results[f"{name}_ratio"] = round(results["wavecell_per_s"] / rate, 2)
+    work: dict[str, Callable[[bytes], object]] = {
+        provider: lambda body, p=provider: normalize(p, body, received_at=now, context=_CONTEXT)
+        for provider in pools
+    }
+    baselines = {
+        "baseline": baseline.strptime_parser,
+        "baseline_isoformat": baseline.isoformat_parser,
+    }
+    for name, parser in baselines.items():
+        work[name] = lambda body, p=parser: baseline.wavecell(body, now, p)
+    rounds = [
+        {
+            name: _rate(job, pools.get(name, pools["wavecell"]), seconds / ROUNDS)
+            for name, job in work.items()
+        }
+        for _ in range(ROUNDS)
+    ]
+    results = {f"{name}_per_s": round(max(r[name] for r in rounds)) for name in pools}
+    for name in baselines:
+        results[f"{name}_per_s"] = round(max(r[name] for r in rounds))
+        results[f"{name}_ratio"] = round(median(r["wavecell"] / r[name] for r in rounds), 2)
     return results
 
 
