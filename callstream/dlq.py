@@ -127,7 +127,7 @@ async def show(kafka: KafkaSettings, id: str) -> DeadLetter:
     for letter in await letters(kafka, include_redriven=True):
         if (letter.record.partition, letter.record.offset) == (partition, offset):
             return letter
-    raise DlqError(f"no dead letter {id} in {topics.DLQ}")
+    raise DlqError(f"no dead letter {id} in {kafka.topic(topics.DLQ)}")
 
 
 def render_show(letter: DeadLetter) -> str:
@@ -172,7 +172,7 @@ async def redrive(
             if stop is not None and stop.is_set():
                 break
             chunk = todo[start : start + BATCH]
-            batch_ok, batch_failed, batch_events = await _redrive(producer, chunk)
+            batch_ok, batch_failed, batch_events = await _redrive(kafka, producer, chunk)
             ok, failed, events = ok + batch_ok, failed + batch_failed, events + batch_events
             progress.advance(len(chunk))
     progress.close()
@@ -181,7 +181,9 @@ async def redrive(
     return result
 
 
-async def _redrive(producer: AIOKafkaProducer, chunk: list[DeadLetter]) -> tuple[int, int, int]:
+async def _redrive(
+    kafka: KafkaSettings, producer: AIOKafkaProducer, chunk: list[DeadLetter]
+) -> tuple[int, int, int]:
     """One chunk: its events (acked), then a follow-up record per letter. (ok, failed, events)"""
     outcomes: list[OutRecord] = []
     produced: list[OutRecord] = []
@@ -196,8 +198,8 @@ async def _redrive(producer: AIOKafkaProducer, chunk: list[DeadLetter]) -> tuple
             produced.extend(events)
             marker = [(topics.ERROR_STAGE, Stage.REDRIVEN.encode()), (topics.ERROR, b""), of]
             outcomes.append(OutRecord(letter.record.key, b"", marker))
-    await kafka_io.send_all(producer, topics.EVENTS, produced)
-    await kafka_io.send_all(producer, topics.DLQ, outcomes)
+    await kafka_io.send_all(producer, kafka.topic(topics.EVENTS), produced)
+    await kafka_io.send_all(producer, kafka.topic(topics.DLQ), outcomes)
     return len(chunk) - failed, failed, len(produced)
 
 

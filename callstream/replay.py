@@ -77,14 +77,16 @@ async def replay(
         kafka_io.consumer(kafka, group_id=None, fetch_max_wait_ms=50) as consumer,
         kafka_io.producer(kafka) as producer,
     ):
-        partitions = await kafka_io.partitions_of(consumer, topics.RAW)
+        raw = kafka.topic(topics.RAW)
+        partitions = await kafka_io.partitions_of(consumer, raw)
         if not partitions:
-            raise ReplayError(f"topic {topics.RAW!r} does not exist on {kafka.bootstrap}")
+            raise ReplayError(f"topic {raw!r} does not exist on {kafka.bootstrap}")
         starts = await _starts(consumer, partitions, since)
         log.info("replay_started", since=since, provider=provider, partitions=len(starts))
         result = await _loop(
-            consumer, producer, starts, provider=provider, since=since, stop=stop, progress=progress
-        )
+            consumer, producer, starts, kafka=kafka, provider=provider, since=since, stop=stop,
+            progress=progress,
+        )  # fmt: skip
     progress.close()
     log.info("replay_finished", **result._asdict())
     return result
@@ -112,6 +114,7 @@ async def _loop(
     producer: AIOKafkaProducer,
     starts: dict[TopicPartition, int],
     *,
+    kafka: KafkaSettings,
     provider: str | None,
     since: datetime | None,
     stop: asyncio.Event,
@@ -143,8 +146,8 @@ async def _loop(
         ]
         events, dead = route(wanted, Stage.REPLAY)
         await asyncio.gather(
-            kafka_io.send_all(producer, topics.EVENTS, events),
-            kafka_io.send_all(producer, topics.DLQ, dead),
+            kafka_io.send_all(producer, kafka.topic(topics.EVENTS), events),
+            kafka_io.send_all(producer, kafka.topic(topics.DLQ), dead),
         )
         read += len(records)
         skipped += len(records) - len(wanted)

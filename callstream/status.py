@@ -8,6 +8,9 @@ partitions are always named), reports no member assignments or subscriptions (so
 topics are those it committed on, or the ones callstream's services consume), and answers
 ListOffsets(latest) with the start of a partition's last batch (so end offsets are the
 highwater marks of a fetch, which every broker reports right).
+
+With KAFKA__TOPIC_PREFIX set, status looks at that environment only: its topics and the groups
+whose names start with the prefix; names are shown as the cluster knows them.
 """
 
 from __future__ import annotations
@@ -49,13 +52,16 @@ KNOWN_GROUPS: dict[str, tuple[str, ...]] = {
     NormalizerSettings().group_id: (topics.RAW,),
     AggregatorSettings().group_id: (topics.EVENTS,),
     StoreSettings().group_id: (topics.EVENTS, topics.SESSIONS),
-    AlertSettings().group_id: (topics.SESSIONS, topics.EVENTS),
+    AlertSettings().group_id: (topics.SESSIONS,),
+    AlertSettings().windows_group_id: (topics.ALERT_SAMPLES,),
     VpbxPollSettings().group_id: (topics.CHECKPOINTS,),
     MobileAgentPollSettings().group_id: (topics.TRACK,),
 }
-"""The topics of callstream's own groups (default group ids), for brokers that do not say."""
+"""The topics of callstream's own groups (default group ids), for brokers that do not say;
+unprefixed (see `_known`)."""
 NOT_COMMITTING = frozenset({VpbxPollSettings().group_id, MobileAgentPollSettings().group_id})
-"""Groups that re-read their partitions on assignment and commit nothing: no lag to show."""
+"""Groups that re-read their partitions on assignment and commit nothing: no lag to show;
+unprefixed."""
 
 
 class TopicState(msgspec.Struct, kw_only=True):
@@ -87,6 +93,8 @@ class Member(msgspec.Struct, kw_only=True):
 
 class GroupState(msgspec.Struct, kw_only=True):
     group: str
+    commits: bool
+    """False for the pollers' groups, which re-read their partitions and commit nothing."""
     state: str | None
     members: list[Member]
     topics: list[str]
@@ -104,6 +112,8 @@ class StoreRows(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 class Status(msgspec.Struct, kw_only=True):
     kafka: str
+    topic_prefix: str
+    """KAFKA__TOPIC_PREFIX: the environment looked at (empty: the whole cluster)."""
     topics: list[TopicState]
     groups: list[GroupState]
     dlq: dict[str, int]
@@ -125,7 +135,7 @@ async def collect(kafka: KafkaSettings, store_url: str | None = None) -> Status:
         await consumer.topics()
         present = [
             TopicPartition(topic, partition)
-            for topic in topics.ALL
+            for topic in map(kafka.topic, topics.ALL)
             for partition in sorted(consumer.partitions_for_topic(topic) or ())
         ]
         ends = await _highwaters(consumer, present, kafka.request_timeout_ms / 1000)
@@ -137,7 +147,8 @@ async def collect(kafka: KafkaSettings, store_url: str | None = None) -> Status:
     firing = [alert for alert in await latest_alerts(kafka) if alert.state == "firing"]
     return Status(
         kafka=kafka.bootstrap,
-        topics=_topics(present, starts, ends),
+        topic_prefix=kafka.topic_prefix,
+        topics=_topics(kafka, present, starts, ends),
         groups=groups,
         dlq=dict(sorted(letters.items())),
         alerts=sorted(firing, key=lambda alert: alert.since),
@@ -165,12 +176,13 @@ async def _highwaters(
 
 
 def _topics(
+    kafka: KafkaSettings,
     partitions: list[TopicPartition],
     starts: dict[TopicPartition, int],
     ends: dict[TopicPartition, int | None],
 ) -> list[TopicState]:
     found = []
-    for topic in topics.ALL:
+    for topic in map(kafka.topic, topics.ALL):
         mine = [tp for tp in partitions if tp.topic == topic]
         if not mine:
             continue
@@ -198,17 +210,26 @@ async def _groups(
     await admin.start()
     try:
         try:
-            listed = {group for group, _ in await admin.list_consumer_groups()}
+            listed = {
+                group
+                for group, _ in await admin.list_consumer_groups()
+                if group.startswith(kafka.topic_prefix)
+            }
         except KafkaError as exc:
             notes.append(f"consumer groups: the broker did not list them ({exc})")
             listed = set()
+        known = _known(kafka)
         groups = []
-        for group in sorted(listed | set(KNOWN_GROUPS)):
+        for group in sorted(listed | set(known)):
             state, members = await _describe(admin, group, notes)
             if group not in listed and not members:
                 continue  # callstream's, not running (or on a broker that lists it anyway)
             committed = await _committed(admin, group, partitions, notes)
-            groups.append(_group(group, state, members, committed, ends, starts))
+            commits = group not in map(kafka.group, NOT_COMMITTING)
+            groups.append(
+                _group(group, state, members, committed, ends, starts,
+                       known=known.get(group, ()), commits=commits)
+            )  # fmt: skip
     finally:
         await admin.close()
     if groups and all(m.partitions is None for g in groups for m in g.members):
@@ -284,6 +305,13 @@ async def _committed(
     return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
 
+def _known(kafka: KafkaSettings) -> dict[str, tuple[str, ...]]:
+    """KNOWN_GROUPS as the cluster names the groups and their topics."""
+    return {
+        kafka.group(group): tuple(map(kafka.topic, names)) for group, names in KNOWN_GROUPS.items()
+    }
+
+
 def _group(  # noqa: PLR0917 - one call site, in the order of the columns
     group: str,
     state: str | None,
@@ -291,11 +319,14 @@ def _group(  # noqa: PLR0917 - one call site, in the order of the columns
     committed: dict[TopicPartition, int] | None,
     ends: dict[TopicPartition, int | None],
     starts: dict[TopicPartition, int],
+    *,
+    known: tuple[str, ...],
+    commits: bool,
 ) -> GroupState:
     assigned = {p.split("/")[0] for m in members for p in m.partitions or ()}
-    names = {tp.topic for tp in committed or ()} | assigned | set(KNOWN_GROUPS.get(group, ()))
+    names = {tp.topic for tp in committed or ()} | assigned | set(known)
     lags = []
-    if committed is not None and group not in NOT_COMMITTING:
+    if committed is not None and commits:
         for tp in sorted(ends, key=lambda tp: (tp.topic, tp.partition)):
             if tp.topic not in names:
                 continue
@@ -308,6 +339,7 @@ def _group(  # noqa: PLR0917 - one call site, in the order of the columns
     known = [p.lag for p in lags if p.lag is not None]
     return GroupState(
         group=group,
+        commits=commits,
         state=state,
         members=members,
         topics=sorted(names),
@@ -349,7 +381,8 @@ async def _store_rows(url: str) -> StoreRows:
 
 def render(status: Status) -> str:
     """Tables for a terminal WIDTH columns wide."""
-    parts = [f"kafka {status.kafka}"]
+    prefix = status.topic_prefix
+    parts = [f"kafka {status.kafka}" + (f", topic prefix {prefix}" if prefix else "")]
     parts.append(
         table(
             ("topic", "partitions", "records", "end offsets by partition"),
@@ -364,7 +397,7 @@ def render(status: Status) -> str:
         table(
             ("group", "state", "members", "lag", "behind (topic/partition=lag)"),
             [
-                [g.group, g.state, len(g.members), g.lag, _cut(_behind(g), 36)]
+                [g.group, g.state, len(g.members), g.lag, _cut(_behind(g, prefix), 36)]
                 for g in status.groups
             ],
         )
@@ -379,8 +412,8 @@ def render(status: Status) -> str:
     return "\n\n".join(parts)
 
 
-def _behind(group: GroupState) -> str:
-    if group.group in NOT_COMMITTING:
+def _behind(group: GroupState, prefix: str) -> str:
+    if not group.commits:
         return "(commits nothing by design)"
     if not group.partitions:
         return "-"
@@ -388,9 +421,13 @@ def _behind(group: GroupState) -> str:
     if not behind:
         return "all caught up"
     return " ".join(
-        f"{p.topic.removeprefix('calls.')}/{p.partition}={'?' if p.lag is None else p.lag}"
-        for p in behind
+        f"{_short(p.topic, prefix)}/{p.partition}={'?' if p.lag is None else p.lag}" for p in behind
     )
+
+
+def _short(topic: str, prefix: str) -> str:
+    """`staging.calls.raw` → `raw` (with prefix `staging.`)."""
+    return topic.removeprefix(prefix).removeprefix("calls.")
 
 
 def render_alerts(

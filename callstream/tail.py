@@ -60,7 +60,8 @@ async def tail(
     out: BinaryIO = sys.stdout.buffer,
     err: TextIO = sys.stderr,
 ) -> None:
-    """Print records of `topic` (all partitions, no consumer group) until `count`, the end of
+    """Print records of `topic` (a `schemas.topics` name such as `calls.events`: prefixed with
+    KAFKA__TOPIC_PREFIX here; all partitions, no consumer group) until `count`, the end of
     every partition (`to_end`), or `stop`. Following (neither `count` nor `to_end`) is said on
     `err`, so that a person knows it will not end by itself.
 
@@ -70,6 +71,7 @@ async def tail(
     """
     started_ms = int(time.time() * 1000)
     async with kafka_io.consumer(kafka, group_id=None) as consumer:
+        topic = kafka.topic(topic)
         partitions = await kafka_io.partitions_of(consumer, topic)
         if not partitions:
             raise TailError(f"topic {topic!r} does not exist on {kafka.bootstrap}")

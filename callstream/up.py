@@ -39,6 +39,7 @@ time scale (0.05: the schedule's 1 min, 10 min, 1 h and 4 h, and the 15-minute a
 
 
 DEFAULT_DATA_DIR = Path(".callstream")
+TOPIC_PREFIX = "CALLSTREAM_KAFKA__TOPIC_PREFIX"
 
 
 def store_url(data_dir: Path) -> str:
@@ -57,7 +58,8 @@ def services(
     """The services `up` runs, each the same `callstream <service>` command a container runs:
     the pollers too when some are configured (CALLSTREAM_POLL__*), and with `demo` the provider
     simulator, with the pollers and its traffic pointed at it. With `metrics`, each service
-    serves its metrics on a free port (`Child.metrics`), which `serve` gathers into one.
+    serves its metrics on a free port (`Child.metrics`), which `serve` gathers into one. Each
+    is given `kafka`'s bootstrap and topic prefix.
 
     They are listed in the order they start; they stop in the reverse order, one after the
     other: the pollers before the simulator they ask, the simulator before the ingress it
@@ -74,35 +76,36 @@ def services(
         simulator.append(Child("simulate", simulate))
         polling = poll_env(f"http://127.0.0.1:{port}") | DEMO_POLLING
     bootstrap = ("--kafka", kafka.bootstrap)
+    prefixed = {TOPIC_PREFIX: kafka.topic_prefix}
     children = [
-        _measured("normalizer", ("normalizer", *bootstrap), metrics),
-        _measured("aggregator", ("aggregator", *bootstrap), metrics),
-        _measured("store", ("store", *bootstrap, "--store", store_url(data_dir)), metrics),
-        _measured("alerts", ("alerts", *bootstrap), metrics),
+        _measured("normalizer", ("normalizer", *bootstrap), metrics, prefixed),
+        _measured("aggregator", ("aggregator", *bootstrap), metrics, prefixed),
+        _measured(
+            "store", ("store", *bootstrap, "--store", store_url(data_dir)), metrics, prefixed
+        ),
+        _measured("alerts", ("alerts", *bootstrap), metrics, prefixed),
         # The ingress sees the pollers' settings: it warns when a call is registered for
         # polling and no poller of its provider is configured.
         Child(
             "ingress",
             ("ingress", *bootstrap, "--port", str(http_port)),
-            env=polling,
+            env=polling | prefixed,
             metrics=f"http://127.0.0.1:{http_port}/metrics" if metrics else None,
         ),
         *simulator,
     ]
     if polling or load(PollSettings, "poll").configured:
-        children.append(_measured("poll", ("poll", *bootstrap), metrics, env=polling))
+        children.append(_measured("poll", ("poll", *bootstrap), metrics, polling | prefixed))
     return children
 
 
-def _measured(
-    name: str, args: tuple[str, ...], metrics: bool, env: dict[str, str] | None = None
-) -> Child:
+def _measured(name: str, args: tuple[str, ...], metrics: bool, env: dict[str, str]) -> Child:
     """A child that serves its metrics on a port of its own (`--metrics-port`)."""
     if not metrics:
-        return Child(name, args, env=env or {})
+        return Child(name, args, env=env)
     port = free_port()
     return Child(
-        name, (*args, "--metrics-port", str(port)), env=env or {},
+        name, (*args, "--metrics-port", str(port)), env=env,
         metrics=f"http://127.0.0.1:{port}/metrics",
     )  # fmt: skip
 
@@ -190,6 +193,11 @@ async def _announce(
         ]
     else:
         lines.append(f"  kafka    {kafka.bootstrap}")
+    if kafka.topic_prefix:
+        lines.append(
+            f"  topics   {kafka.topic('calls.*')}, groups {kafka.group('callstream-*')}"
+            f" (the commands above need {TOPIC_PREFIX}={kafka.topic_prefix} too)"
+        )
     lines.append("  Ctrl-C stops everything.")
     print("\n".join(lines), file=out, flush=True)
     log.info("pipeline_ready", ingress=base, metrics_port=metrics_port, data_dir=str(data_dir))

@@ -2,6 +2,12 @@
 
 Producers wait for acks=all; idempotence is a setting (Apache Kafka: on; the embedded broker
 cannot). Consumers never auto-commit: services commit after what they produced is acknowledged.
+
+Topic names, one rule: a function given the `KafkaSettings` takes a topic's `schemas.topics`
+name (`calls.raw`) and a group's own id, and puts `KAFKA__TOPIC_PREFIX` before them itself
+(`consumer`, `ensure_topics`, `publish`, `read_all`); a function given only a client
+(`send_all`, `partitions_of`, a client's own methods) takes the name the cluster knows,
+`kafka.topic(topics.RAW)`. A record read carries the cluster's name in `.topic`.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ import asyncio
 import logging
 import random
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -39,6 +45,9 @@ Batch = dict[TopicPartition, list[Record]]
 """What one fetch (`getmany`) gives: each partition's records, in offset order."""
 POLL_MS = 200
 """How long one fetch waits for records, so also how soon an idle consumer notices a stop."""
+RESTORE_POLL_MS = 20
+"""How long a fetch of `read_ranges` waits: once a partition is read to its end, fetches return
+nothing after this long, so it bounds how long reaching the end takes to notice."""
 MAX_BATCH_BYTES = 1 << 20
 
 
@@ -145,6 +154,8 @@ class OutRecord(msgspec.Struct, frozen=True, gc=False):
     value: bytes | None
     """None: a tombstone (on a compacted topic, it deletes the key)."""
     headers: topics.Headers
+    partition: int | None = None
+    """Where it goes; None: its key's partition (`partition_for`), or any for no key."""
 
 
 def partition_for(key: bytes, partitions: Sequence[int]) -> int:
@@ -182,10 +193,12 @@ def producer(kafka: KafkaSettings, **overrides: Any) -> Producer:
 def consumer(
     kafka: KafkaSettings, *subscribe: str, group_id: str | None, **overrides: Any
 ) -> Consumer:
+    """A consumer (not yet started) of the topics `subscribe`, as member of group `group_id`
+    (None: no group); both are prefixed here."""
     options: dict[str, Any] = {
         "bootstrap_servers": kafka.bootstrap,
         "client_id": kafka.client_id,
-        "group_id": group_id,
+        "group_id": None if group_id is None else kafka.group(group_id),
         "enable_auto_commit": False,
         # "earliest": a new group must not skip what was written before it joined. (The embedded
         # broker also answers "latest" wrongly for multi-record batches.)
@@ -195,11 +208,12 @@ def consumer(
         "request_timeout_ms": kafka.request_timeout_ms,
         "max_partition_fetch_bytes": 4 * MAX_BATCH_BYTES,
     }
-    return Consumer(*subscribe, **(options | overrides))
+    return Consumer(*map(kafka.topic, subscribe), **(options | overrides))
 
 
 async def ensure_topics(kafka: KafkaSettings, names: Iterable[str] = topics.ALL) -> None:
-    """Create the topics that do not exist yet; idempotent, safe to run from every service.
+    """Create the topics `names` that do not exist yet, each as `kafka.topic(name)` with the
+    configuration of `name`; idempotent, safe to run from every service.
 
     Run it before any other client touches a topic: a metadata request for a missing topic
     makes some brokers (the embedded one included) auto-create it with their defaults.
@@ -210,7 +224,7 @@ async def ensure_topics(kafka: KafkaSettings, names: Iterable[str] = topics.ALL)
         response = await client.create_topics(
             [
                 NewTopic(
-                    name,
+                    kafka.topic(name),
                     kafka.partitions,
                     kafka.replication_factor,
                     topic_configs=topics.CONFIGS.get(name, {}),
@@ -226,7 +240,8 @@ async def ensure_topics(kafka: KafkaSettings, names: Iterable[str] = topics.ALL)
 
 
 async def send_all(client: AIOKafkaProducer, topic: str, records: Iterable[OutRecord]) -> None:
-    """Produce `records` with the batch API, each to its key's partition; return when all are acked.
+    """Produce `records` with the batch API, each to its partition (its key's unless it names one);
+    return when all are acked.
 
     One `send` per record costs aiokafka ~25 µs; appending to a per-partition batch ~1 µs. A full
     batch is sent at once and a new one opened. Raises what the producer raises if any batch is
@@ -236,8 +251,11 @@ async def send_all(client: AIOKafkaProducer, topic: str, records: Iterable[OutRe
     open_batches: dict[int, BatchBuilder] = {}
     acks = []
     for record in records:
-        key, value, headers = record.key, record.value, record.headers
-        partition = partition_for(key, partitions) if key is not None else random.choice(partitions)
+        key, value, headers, partition = record.key, record.value, record.headers, record.partition
+        if partition is None:
+            partition = (
+                partition_for(key, partitions) if key is not None else random.choice(partitions)
+            )
         batch = open_batches.get(partition)
         if batch is None:
             batch = open_batches[partition] = client.create_batch()
@@ -281,9 +299,10 @@ def dead_letter(record: Record, stage: str, error: str) -> OutRecord:
 
 
 async def publish(kafka: KafkaSettings, topic: str, records: Iterable[OutRecord]) -> None:
-    """Produce `records` with a producer of their own and wait for every ack (tools, benchmarks)."""
+    """Produce `records` to `topic` with a producer of their own and wait for every ack (tools,
+    benchmarks)."""
     async with producer(kafka) as client:
-        await send_all(client, topic, records)
+        await send_all(client, kafka.topic(topic), records)
 
 
 async def partitions_of(client: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
@@ -305,6 +324,51 @@ async def at_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
     return highwater is not None and await consumer.position(tp) >= highwater
 
 
+async def read_ranges(
+    kafka: KafkaSettings, ranges: Mapping[TopicPartition, tuple[int | None, int | None]]
+) -> AsyncIterator[tuple[TopicPartition, list[Record]]]:
+    """The records of each partition from its start offset (None: its first) to before its end
+    offset (None: the highwater once it is reached), batch by batch, in offset order per
+    partition; no group. What a service restores its state from."""
+    if not ranges:
+        return  # (a consumer stopped before it ever waited fails in aiokafka 0.14)
+    client = consumer(kafka, group_id=None, fetch_max_wait_ms=RESTORE_POLL_MS)
+    await client.start()
+    try:
+        client.assign(list(ranges))
+        for tp, (start, _) in ranges.items():
+            if start is None:
+                await client.seek_to_beginning(tp)
+            else:
+                client.seek(tp, start)
+        pending = set(ranges)
+        while pending:
+            fetched: Batch = await client.getmany(*pending, timeout_ms=RESTORE_POLL_MS)
+            for tp, records in fetched.items():
+                end = ranges[tp][1]
+                wanted = records if end is None else [r for r in records if r.offset < end]
+                if wanted:
+                    yield tp, wanted
+            pending = {tp for tp in pending if not await _read_to(client, tp, ranges[tp][1])}
+    finally:
+        await client.stop()
+
+
+async def _read_to(client: AIOKafkaConsumer, tp: TopicPartition, end: int | None) -> bool:
+    if end is not None and await client.position(tp) >= end:
+        return True
+    return await at_end(client, tp)
+
+
+async def committed(
+    kafka: KafkaSettings, group_id: str, partitions: Iterable[TopicPartition]
+) -> dict[TopicPartition, int | None]:
+    """Group `group_id`'s committed offset of each partition (None where it has none), without
+    joining the group. `group_id` as a service names it: `consumer` applies `kafka.group`."""
+    async with consumer(kafka, group_id=group_id) as client:
+        return {tp: await client.committed(tp) for tp in partitions}
+
+
 async def read_all(kafka: KafkaSettings, topic: str, *, within_s: float = 30.0) -> list[Record]:
     """Every record of `topic` written so far, in offset order per partition (no group).
 
@@ -312,7 +376,7 @@ async def read_all(kafka: KafkaSettings, topic: str, *, within_s: float = 30.0) 
     """
     records: list[Record] = []
     async with consumer(kafka, group_id=None, fetch_max_wait_ms=50) as client:
-        partitions = await partitions_of(client, topic)
+        partitions = await partitions_of(client, kafka.topic(topic))
         client.assign(partitions)
         await client.seek_to_beginning(*partitions)
         async with asyncio.timeout(within_s):

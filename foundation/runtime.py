@@ -67,7 +67,7 @@ BACKOFF_S = (0.1, 5.0)
 log = structlog.get_logger("callstream.runtime")
 
 Emit = tuple[str, OutRecord]
-"""A record to produce, and its topic."""
+"""A record to produce, and its topic by its `schemas.topics` name (the runtime prefixes it)."""
 T = TypeVar("T")
 
 
@@ -112,7 +112,11 @@ class Handler(Protocol[T]):
     stage: Stage
     """The stage its dead letters carry."""
     subscribe: tuple[str, ...]
+    """The topics it consumes, by their `schemas.topics` names; the runtime subscribes to them
+    as the cluster names them (`KafkaSettings.topic`), and that is the `.topic` of the records
+    it is handed."""
     group_id: str
+    """Its consumer group; the runtime joins it as `KafkaSettings.group(group_id)`."""
     max_batch: int
     sink: Sink[T] | None
     tick_every_s: float | None
@@ -195,7 +199,8 @@ class Clocks:
 
 class Metrics:
     """One metrics set for every service, labelled by `service`, in a registry of its own per
-    runtime (tests and benchmarks run several in one process). A handler may add its own."""
+    runtime (tests and benchmarks run several in one process). A handler may add its own.
+    A `topic` label is the `schemas.topics` name, whatever KAFKA__TOPIC_PREFIX is."""
 
     def __init__(self, service: str) -> None:
         self.registry = registry = CollectorRegistry()
@@ -247,11 +252,16 @@ class Runtime(ConsumerRebalanceListener, Generic[T]):
         metrics_port: int = 0,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
+        """`clock` times ticks and progress; `wall` is the wall clock of the received-time
+        clocks (`Clocks`), in epoch seconds."""
         self.handler, self.kafka, self.metrics_port = handler, kafka, metrics_port
+        self.named = {kafka.topic(name): name for name in handler.subscribe}
+        """The `schemas.topics` name of each subscribed topic, by the cluster's name."""
         self.metrics = metrics or Metrics(handler.service)
         self.clock = clock
-        self.clocks = Clocks()
+        self.clocks = Clocks(wall)
         self.log = structlog.get_logger(f"callstream.{handler.service}")
         self.lock = asyncio.Lock()
         """Keeps a rebalance out of a batch in hand."""
@@ -270,9 +280,9 @@ class Runtime(ConsumerRebalanceListener, Generic[T]):
         handler = self.handler
         async with kafka_io.producer(self.kafka) as producer:
             consumer = kafka_io.consumer(self.kafka, group_id=handler.group_id)
-            consumer.subscribe(list(handler.subscribe), listener=self)
+            consumer.subscribe(list(self.named), listener=self)
             async with consumer:  # stopping it leaves the group: partitions move on at once
-                self.log.info(f"{handler.service}_started", topics=list(handler.subscribe))
+                self.log.info(f"{handler.service}_started", topics=list(self.named))
                 try:
                     await self._loop(consumer, producer, stop)
                 except _Stopping as exc:  # the batch in hand stays uncommitted: redone later
@@ -294,7 +304,7 @@ class Runtime(ConsumerRebalanceListener, Generic[T]):
             if batch:
                 await self._checkpoint(consumer, producer, batch)
             if next_tick is not None and self.clock() >= next_tick:
-                await self._tick(producer)
+                await self._tick(consumer, producer)
                 next_tick = self.clock() + (every or 0.0)
             self.progress.maybe_log()
 
@@ -374,7 +384,10 @@ class Runtime(ConsumerRebalanceListener, Generic[T]):
 
         async def send() -> None:
             await asyncio.gather(
-                *(kafka_io.send_all(producer, topic, out) for topic, out in by_topic.items())
+                *(
+                    kafka_io.send_all(producer, self.kafka.topic(topic), out)
+                    for topic, out in by_topic.items()
+                )
             )
 
         await self._retrying("produce", (), send)
@@ -423,8 +436,11 @@ class Runtime(ConsumerRebalanceListener, Generic[T]):
         self.metrics.error(stage, kind)
         return kafka_io.dead_letter(record, stage, reason)
 
-    async def _tick(self, producer: AIOKafkaProducer) -> None:
+    async def _tick(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
         async with self.lock:
+            for tp in self.owned:  # a partition no batch came from lately may be at its end
+                if consumer.highwater(tp) is not None:
+                    self.clocks.note(tp, None, await kafka_io.at_end(consumer, tp))
             emits = await self.handler.tick(self.clocks)
             await self._produce(producer, emits)
 
@@ -439,12 +455,13 @@ class Runtime(ConsumerRebalanceListener, Generic[T]):
         service, metrics = self.handler.service, self.metrics
         received = 0
         for tp, records in batch.items():
-            metrics.received.labels(service, tp.topic).inc(len(records))
+            topic = self.named[tp.topic]
+            metrics.received.labels(service, topic).inc(len(records))
             received += len(records)
             highwater = consumer.highwater(tp)
             lag = None if highwater is None else highwater - records[-1].offset - 1
             if lag is not None:
-                metrics.lag.labels(service, tp.topic, str(tp.partition)).set(lag)
+                metrics.lag.labels(service, topic, str(tp.partition)).set(lag)
             self.clocks.note(tp, received_at_of(records[-1].headers), lag == 0)
         if dead:
             metrics.dead_lettered.labels(service, self.handler.stage).inc(len(dead))
@@ -474,6 +491,31 @@ class Runtime(ConsumerRebalanceListener, Generic[T]):
                 self.listener_failed = exc
                 raise
             self.owned.update(assigned)
+
+
+async def run_together(stop: asyncio.Event, *runtimes: Runtime[Any]) -> None:
+    """Run `runtimes` side by side (one service's stages) until `stop` is set or one of them
+    ends, which stops the others; then raise what the first to fail raised, if any."""
+    together = asyncio.Event()
+
+    async def run(runtime: Runtime[Any]) -> None:
+        try:
+            await runtime.run(together)
+        finally:
+            together.set()
+
+    async def relay() -> None:
+        await stop.wait()
+        together.set()
+
+    relaying = asyncio.create_task(relay())
+    try:
+        outcomes = await asyncio.gather(*(run(r) for r in runtimes), return_exceptions=True)
+    finally:
+        relaying.cancel()
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 class _Stopping(CallstreamError):  # noqa: N818 - asked to stop during a transient failure

@@ -9,15 +9,20 @@ fails at start with a message naming the setting.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
 import msgspec
 
 from foundation.errors import CallstreamError
+from schemas import topics
 
 PREFIX = "CALLSTREAM_"
 S = TypeVar("S", bound=msgspec.Struct)
+MAX_TOPIC_NAME = 249
+"""The longest topic name Kafka accepts."""
+_TOPIC_CHARACTERS = re.compile(r"[a-zA-Z0-9._-]*")
 
 
 class SettingsError(CallstreamError):
@@ -52,6 +57,21 @@ class KafkaSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     topic_prefix: str = ""
     """Put before every topic and consumer group name (`staging.` → `staging.calls.raw`), so that
     environments, or tests, share one cluster without seeing each other's records."""
+
+    def __post_init__(self) -> None:
+        """Raises SettingsError, naming the variable, for a prefix no Kafka topic name can have."""
+        if not _TOPIC_CHARACTERS.fullmatch(self.topic_prefix):
+            raise SettingsError(
+                f"{PREFIX}KAFKA__TOPIC_PREFIX: {self.topic_prefix!r} has characters a Kafka topic "
+                "name cannot have (letters, digits, '.', '_' and '-' only)"
+            )
+        longest = max(topics.ALL, key=len)
+        if len(self.topic(longest)) > MAX_TOPIC_NAME:
+            raise SettingsError(
+                f"{PREFIX}KAFKA__TOPIC_PREFIX: {len(self.topic_prefix)} characters is too long: "
+                f"{longest!r} would be {len(self.topic(longest))}, and Kafka allows "
+                f"{MAX_TOPIC_NAME}"
+            )
 
     def topic(self, name: str) -> str:
         """Topic `name` (a `schemas.topics` name) as it is called on this cluster."""
@@ -185,9 +205,23 @@ class AlertSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rules: str | None = None
     """A TOML file of alert rules; the documented defaults when unset."""
     group_id: str = "callstream-alerts"
+    """Consumer group on calls.sessions; the windows' group on calls.alerts.samples is this
+    followed by `-windows`."""
     max_batch: int = 5_000
+    grace_s: float = 60.0
+    """How long after a session's received time its sample is counted, on the slowest
+    calls.sessions partition's clock: longer than a session can take to reach the windows
+    (the aggregator's SWEEP_INTERVAL_S for a timeout close, plus the pipeline's lag). A sample
+    that takes longer is still counted, but a replay may then decide differently."""
+    tick_interval_s: float = 5.0
+    """How often each instance says how far it has read calls.sessions (the windows decide no
+    further than that), and writes its windows' state to calls.alerts.state."""
     metrics_port: int = 0
     """Serve Prometheus /metrics on this port (0: off)."""
+
+    @property
+    def windows_group_id(self) -> str:
+        return f"{self.group_id}-windows"
 
 
 class PollerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -214,11 +214,15 @@ class Ingress:
     async def publish(
         self, topic: str, value: bytes | None, headers: topics.Headers, key: bytes | None = None
     ) -> None:
-        """Return once the broker acknowledged the record; Refusal 503 if not within the bound."""
+        """Return once the broker acknowledged the record on `topic` (a `schemas.topics` name);
+        Refusal 503 if not within the bound."""
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.settings.publish_timeout_s):
-                await (await self.producer.send(topic, value, key=key, headers=headers))
+                sent = await self.producer.send(
+                    self.kafka.topic(topic), value, key=key, headers=headers
+                )
+                await sent
         except (TimeoutError, KafkaError) as exc:
             self._publish_failures.failed(topic, exc)
             raise Refusal(

@@ -76,7 +76,8 @@ class Tracking:
                 "track_without_poller",
                 provider=provider,
                 detail=f"no {provider} poller is configured here (CALLSTREAM_POLL__"
-                f"{provider.upper()}__BASE_URL): registered calls wait on {topics.TRACK} "
+                f"{provider.upper()}__BASE_URL): registered calls wait on "
+                f"{self.ingress.kafka.topic(topics.TRACK)} "
                 "until one runs",
             )
         return accepted({"callSerialNo": serial})

@@ -32,7 +32,7 @@ from prometheus_client import Counter, Gauge
 
 from foundation import kafka as kafka_io
 from foundation.errors import CallstreamError
-from foundation.kafka import Batch, OutRecord
+from foundation.kafka import OutRecord
 from foundation.runtime import (
     BaseHandler,
     Clocks,
@@ -48,9 +48,6 @@ from normalize.sessions import close, fold
 from schemas import CallEvent, SessionRecord, cloudevents, topics
 from schemas.topics import Stage
 
-RESTORE_POLL_MS = 20
-"""How long a restore fetch waits: once a partition is read to its end, fetches return nothing
-after this long, so it bounds how long reaching the end takes to notice."""
 EVICTED_HORIZON_S = 86_400.0
 """How long the key of an evicted session is remembered: reports later than this are not
 expected, and forgetting bounds the memory the keys take."""
@@ -145,12 +142,13 @@ async def serve(
 
 
 async def _check_co_partitioned(kafka: KafkaSettings) -> None:
+    events_topic, sessions_topic = kafka.topic(topics.EVENTS), kafka.topic(topics.SESSIONS)
     async with kafka_io.producer(kafka) as producer:
-        events = len(await producer.partitions_for(topics.EVENTS))
-        sessions = len(await producer.partitions_for(topics.SESSIONS))
+        events = len(await producer.partitions_for(events_topic))
+        sessions = len(await producer.partitions_for(sessions_topic))
     if events != sessions:
         raise AggregatorError(
-            f"{topics.EVENTS} has {events} partitions and {topics.SESSIONS} {sessions}: the "
+            f"{events_topic} has {events} partitions and {sessions_topic} {sessions}: the "
             "aggregator restores a partition's sessions from the same-numbered partition, so "
             "both topics need the same partition count"
         )
@@ -169,6 +167,7 @@ class Aggregator(BaseHandler[None]):
         self, settings: AggregatorSettings, kafka: KafkaSettings, metrics: Metrics
     ) -> None:
         self.settings, self.kafka = settings, kafka
+        self.events_topic = kafka.topic(topics.EVENTS)
         self.group_id, self.max_batch = settings.group_id, settings.max_batch
         self.tick_every_s = settings.sweep_interval_s
         self.partitions: dict[int, Partition] = {}
@@ -220,6 +219,7 @@ class Aggregator(BaseHandler[None]):
         """Each session the batch changed, once, in its latest version."""
         emits = [(topics.SESSIONS, session_record(session)) for session in self.changed.values()]
         self.changed.clear()
+        self._count_in_memory()
         return emits
 
     async def tick(self, clocks: Clocks) -> list[Emit]:
@@ -229,7 +229,7 @@ class Aggregator(BaseHandler[None]):
             emit
             for number, partition in self.partitions.items()
             for emit in self._closed(
-                partition.expire(clocks.now(TopicPartition(topics.EVENTS, number)))
+                partition.expire(clocks.now(TopicPartition(self.events_topic, number)))
             )
         ]
         after = self._count_in_memory()
@@ -259,19 +259,10 @@ class Aggregator(BaseHandler[None]):
         if not partitions:
             return restored
         started = time.monotonic()
-        consumer = kafka_io.consumer(self.kafka, group_id=None, fetch_max_wait_ms=RESTORE_POLL_MS)
-        await consumer.start()
-        try:
-            pending = {TopicPartition(topics.SESSIONS, p) for p in partitions}
-            consumer.assign(list(pending))
-            await consumer.seek_to_beginning()
-            while pending:
-                fetched: Batch = await consumer.getmany(*pending, timeout_ms=RESTORE_POLL_MS)
-                for tp, records in fetched.items():
-                    _restore_all(restored[tp.partition], records)
-                pending = {tp for tp in pending if not await kafka_io.at_end(consumer, tp)}
-        finally:
-            await consumer.stop()
+        whole = (None, None)
+        ranges = {TopicPartition(self.kafka.topic(topics.SESSIONS), p): whole for p in partitions}
+        async for tp, records in kafka_io.read_ranges(self.kafka, ranges):
+            _restore_all(restored[tp.partition], records)
         for partition in restored.values():
             partition.restored()
         log.info(

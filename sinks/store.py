@@ -61,12 +61,13 @@ class Store(BaseHandler[Item]):
     stage = Stage.STORE
     subscribe = (topics.EVENTS, topics.SESSIONS)
 
-    def __init__(self, settings: StoreSettings, sink: StoreSink) -> None:
+    def __init__(self, settings: StoreSettings, kafka: KafkaSettings, sink: StoreSink) -> None:
         self.group_id, self.max_batch = settings.group_id, settings.max_batch
         self.sink = sink
+        self.events_topic = kafka.topic(topics.EVENTS)
 
     def handle(self, record: Record) -> Handled[Item]:
-        is_event = record.topic == topics.EVENTS
+        is_event = record.topic == self.events_topic
         try:
             item = (_event if is_event else _session).decode(record.value or b"")
         except msgspec.DecodeError as exc:
@@ -91,7 +92,7 @@ async def serve(
     applied = await store.open()
     try:
         log.info("store_opened", backend=type(store).__name__, migrations_applied=applied)
-        handler = Store(settings, StoreSink(store, metrics))
+        handler = Store(settings, kafka, StoreSink(store, metrics))
         await Runtime(handler, kafka, metrics_port=settings.metrics_port, metrics=metrics).run(stop)
     finally:
         await store.close()

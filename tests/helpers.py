@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +22,32 @@ from sinks import store
 RECEIVED_AT = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
 DEADLINE_S = 60.0
+
+
+def settings_for(bootstrap: str, topic_prefix: str = "") -> KafkaSettings:
+    """Settings for a test's broker, with group timings short enough for rebalance tests. The
+    embedded broker makes a member that joins a group just left wait out a session: 1 s of it
+    is 1 s, where 2 s is 4 s, and the default 10 s, 18 s."""
+    return KafkaSettings(
+        bootstrap=bootstrap,
+        topic_prefix=topic_prefix,
+        session_timeout_ms=1_000,
+        heartbeat_interval_ms=100,
+        request_timeout_ms=5_000,
+    )
+
+
+def env_for(kafka: KafkaSettings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a `callstream` process that is to use `kafka` as this one does: its
+    topic prefix, group and request timings (the bootstrap goes in `--kafka`); then `extra`."""
+    same = {
+        "TOPIC_PREFIX": kafka.topic_prefix,
+        "SESSION_TIMEOUT_MS": str(kafka.session_timeout_ms),
+        "HEARTBEAT_INTERVAL_MS": str(kafka.heartbeat_interval_ms),
+        "REQUEST_TIMEOUT_MS": str(kafka.request_timeout_ms),
+    }
+    kafka_env = {f"CALLSTREAM_KAFKA__{name}": value for name, value in same.items()}
+    return {**os.environ, **kafka_env, **(extra or {})}
 
 
 async def eventually(
@@ -39,7 +66,9 @@ async def committed(
     """`group`'s committed offset of every partition of `topic_names` (0 where none)."""
     async with kafka_io.consumer(kafka, group_id=group) as consumer:
         partitions = [
-            tp for topic in topic_names for tp in await kafka_io.partitions_of(consumer, topic)
+            tp
+            for topic in topic_names
+            for tp in await kafka_io.partitions_of(consumer, kafka.topic(topic))
         ]
         return {tp: (await consumer.committed(tp)) or 0 for tp in partitions}
 

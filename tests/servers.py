@@ -1,28 +1,29 @@
 """The servers integration tests run against, chosen once per session by tests/conftest.py.
 
 `CALLSTREAM_TEST_SERVERS`:
-- `local`: a fresh embedded broker per test and the PostgreSQL at
-  `$CALLSTREAM_TEST_POSTGRES_URL` (default 127.0.0.1:5432, database `test`): what CI runs.
-- `containers` (testcontainers, needs a Docker engine): a fresh Apache Kafka container per test
-  and one PostgreSQL container per session.
+- `local`: embedded brokers and the PostgreSQL at `$CALLSTREAM_TEST_POSTGRES_URL` (default
+  127.0.0.1:5432, database `test`): what CI runs.
+- `containers` (testcontainers, needs a Docker engine): Apache Kafka containers and one
+  PostgreSQL container per session.
 - `auto` (the default): `containers` when a Docker engine answers a ping, else `local`.
 
-A test sees the same either way: a `Broker` of its own that it may pause and resume, and a
-PostgreSQL URL in which each test makes a schema of its own.
-
-Why a Kafka per test rather than one per session: topic names are fixed (`calls.raw`, …), so
-tests sharing a broker would need a topic prefix threaded through every service and tool.
-apache/kafka-native (Kafka compiled ahead of time, KIP-974) is reported to start in about a
-second (not measured here: no Docker engine), which keeps a container per test affordable and
-the tests exactly as isolated as on the embedded broker. PostgreSQL tests keep apart in schemas
-already, so one container serves the session.
+A test sees the same either way. Most tests share the session's broker (one embedded broker, or
+one Kafka container), each under a topic prefix of its own (`KAFKA__TOPIC_PREFIX`, which every
+service and tool applies to its topics and consumer groups): `SharedBroker` hands the prefixes
+out and, after each test, deletes its topics and fails the test if the broker holds a topic or a
+group outside every prefix, which is how a name handed to Kafka without `kafka.topic(…)` or
+`kafka.group(…)` shows (a metadata request for a missing topic makes the embedded broker create
+it). A test that pauses its broker (SIGSTOP, or `docker pause`) gets a fresh `Broker` of its own
+instead. PostgreSQL tests keep apart in schemas, so one PostgreSQL serves the session.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import os
+import re
 import signal
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -30,6 +31,7 @@ from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Protocol, Self
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 from docker.errors import DockerException
 from testcontainers.community.postgres import PostgresContainer
 from testcontainers.core.container import DockerContainer
@@ -48,7 +50,7 @@ DOCKER_PING_TIMEOUT_S = 2
 
 
 class Broker(Protocol):
-    """A Kafka broker of one test's own."""
+    """A Kafka broker: the session's, or one test's own."""
 
     @property
     def bootstrap(self) -> str: ...
@@ -104,8 +106,8 @@ class Local:
 
     def __str__(self) -> str:
         return (
-            "local (an embedded broker per test; the PostgreSQL of CALLSTREAM_TEST_POSTGRES_URL,"
-            " default 127.0.0.1:5432/test)"
+            "local (embedded brokers: one shared by prefix, one per test that pauses it; the"
+            " PostgreSQL of CALLSTREAM_TEST_POSTGRES_URL, default 127.0.0.1:5432/test)"
         )
 
     @contextlib.asynccontextmanager
@@ -119,10 +121,14 @@ class Local:
 
 
 class Containers:
-    """Throwaway containers (testcontainers): Apache Kafka per test, PostgreSQL per session."""
+    """Throwaway containers (testcontainers): Apache Kafka, one shared by prefix and one per
+    test that pauses it; PostgreSQL per session."""
 
     def __str__(self) -> str:
-        return f"containers ({KAFKA_IMAGE} per test, {POSTGRES_IMAGE} per session)"
+        return (
+            f"containers ({KAFKA_IMAGE}: one shared by prefix, one per test that pauses it;"
+            f" {POSTGRES_IMAGE} per session)"
+        )
 
     @contextlib.asynccontextmanager
     async def broker(self) -> AsyncIterator[Broker]:
@@ -230,3 +236,44 @@ class ApacheKafkaContainer(DockerContainer):
         started = LogMessageWaitStrategy("Kafka Server started")
         started.with_startup_timeout(60).with_poll_interval(0.1).wait_until_ready(self)
         return self
+
+
+TEST_PREFIX = re.compile(r"test\d+\.")
+"""The topic prefixes SharedBroker hands out: `test0.`, `test1.`, …"""
+
+
+class SharedBroker:
+    """The session's broker, shared by the tests, each under a topic prefix of its own."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self._numbers = itertools.count()
+        self._strays: set[str] = set()
+        """Groups outside every prefix already reported (a group cannot be deleted here)."""
+
+    def prefix(self) -> str:
+        """A topic prefix no other test of the session has."""
+        return f"test{next(self._numbers)}."
+
+    async def clean(self) -> None:
+        """Delete every topic (the tests run one at a time: they are the last test's, or were
+        written by something that outlived its test); raise AssertionError if a topic or a new
+        group has no test prefix: a name given to Kafka without `KafkaSettings.topic` or
+        `.group`, blamed on the test that just ran."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:  # groups first: the embedded broker lists a group while it has offsets on a topic
+            groups = {group for group, _ in await admin.list_consumer_groups()}
+            names = [name for name in await admin.list_topics() if not name.startswith("__")]
+            if names:  # not Kafka's internal topics (__consumer_offsets)
+                await admin.delete_topics(names)
+        finally:
+            await admin.close()
+        strays = sorted(name for name in names if not TEST_PREFIX.match(name))
+        stray_groups = sorted(g for g in groups - self._strays if not TEST_PREFIX.match(g))
+        self._strays.update(stray_groups)
+        if strays or stray_groups:
+            raise AssertionError(
+                f"outside every test's prefix: topics {strays} (kafka.topic() missing?), consumer "
+                f"groups {stray_groups} (kafka.group() missing?)"
+            )

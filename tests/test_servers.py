@@ -5,11 +5,17 @@ The container path itself needs a Docker engine, which this machine does not hav
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from pathlib import Path
 
 import pytest
 import servers
+from aiokafka.admin import AIOKafkaAdminClient
+from helpers import settings_for
+
+from foundation.kafka import OutRecord, consumer, ensure_topics, publish
+from schemas import topics
 
 
 def _docker_must_not_be_asked() -> bool:
@@ -51,3 +57,31 @@ def test_with_no_docker_engine_the_ping_says_no_and_leaves_nothing_behind(
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/docker.sock")
     assert servers.docker_answers() is False
     gc.collect()  # a socket left open would warn now, and warnings fail tests
+
+
+async def test_the_shared_broker_names_a_topic_or_group_outside_every_prefix_and_deletes_it(
+    own_broker: servers.Broker,
+) -> None:
+    """What the `kafka` fixture checks after each test, on a broker of this test's own: a
+    topic or a group given to Kafka without the prefix is named (and the topic deleted), once;
+    a test's own topics are deleted silently."""
+    shared = servers.SharedBroker(own_broker.bootstrap)
+    prefixed = settings_for(own_broker.bootstrap, shared.prefix())
+    await ensure_topics(prefixed)
+    await shared.clean()
+    bare = settings_for(own_broker.bootstrap)
+    await publish(bare, topics.RAW, [OutRecord(None, b"{}", [])])
+    async with consumer(bare, topics.RAW, group_id="forgotten") as client:
+        async with asyncio.timeout(30):
+            while not client.assignment():  # joined
+                await client.getmany(timeout_ms=100)
+        await client.commit(dict.fromkeys(client.assignment(), 0))  # a group the broker lists
+    with pytest.raises(AssertionError, match=r"topics \['calls\.raw'\].*groups \['forgotten'\]"):
+        await shared.clean()
+    await shared.clean()  # each named once
+    admin = AIOKafkaAdminClient(bootstrap_servers=own_broker.bootstrap)
+    await admin.start()
+    try:
+        assert await admin.list_topics() == []
+    finally:
+        await admin.close()

@@ -160,7 +160,7 @@ async def _pipeline(
     kafka = KafkaSettings(bootstrap=broker.bootstrap)
     http_port = free_port()
     children = [
-        Child(child.name, child.args, env=CHILD_ENV)
+        Child(child.name, child.args, env={**child.env, **CHILD_ENV})
         for child in up.services(kafka, http_port, data_dir)
     ]
     stop = asyncio.Event()

@@ -49,10 +49,9 @@ class Plumbing(NamedTuple):
 class Publisher:
     """Writes one provider's answers to calls.raw (source `poll`) or calls.dlq, awaiting acks."""
 
-    def __init__(
-        self, provider: str, producer: AIOKafkaProducer, metrics: Metrics, clock: Clock = SYSTEM
-    ) -> None:
-        self.provider, self.producer, self.metrics, self.clock = provider, producer, metrics, clock
+    def __init__(self, provider: str, plumbing: Plumbing) -> None:
+        self.provider, self.kafka, self.producer = provider, plumbing.kafka, plumbing.producer
+        self.metrics, self.clock = plumbing.metrics, plumbing.clock
 
     def _meta(self, context: Mapping[str, str]) -> RawMeta:
         return RawMeta.received_now(
@@ -79,7 +78,8 @@ class Publisher:
         self.metrics.dead_lettered.labels(self.provider).inc()
 
     async def send(self, topic: str, record: OutRecord) -> None:
-        """`record` on `topic` once acknowledged, a broker error retried SEND_ATTEMPTS times.
+        """`record` on `topic` (a `schemas.topics` name) once acknowledged, a broker error
+        retried SEND_ATTEMPTS times.
 
         One record at a time through the producer's own batching (linger): many polls publish
         concurrently, and the batch API (send_all) allows one batch per partition in flight.
@@ -93,6 +93,6 @@ class Publisher:
         async for attempt in retrying:
             with attempt:
                 sent = await self.producer.send(
-                    topic, record.value, key=record.key, headers=record.headers
+                    self.kafka.topic(topic), record.value, key=record.key, headers=record.headers
                 )
                 await sent

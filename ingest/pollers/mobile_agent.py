@@ -87,8 +87,8 @@ async def run(settings: MobileAgentPollSettings, plumbing: Plumbing, stop: async
     """
     api = Api(PROVIDER, settings, plumbing.session, plumbing.metrics)
     api.token = _token_source(settings, api)
-    partitions = sorted(await plumbing.producer.partitions_for(topics.TRACK))
-    publisher = Publisher(PROVIDER, plumbing.producer, plumbing.metrics, plumbing.clock)
+    partitions = sorted(await plumbing.producer.partitions_for(plumbing.kafka.topic(topics.TRACK)))
+    publisher = Publisher(PROVIDER, plumbing)
     poller = MobileAgentPoller(settings, api, publisher, plumbing.clock)
     log.info("mobile_agent_poller_started", url=settings.base_url, partitions=len(partitions))
     scheduler = poller.background.start(poller.run(), "mobile_agent-scheduler")

@@ -70,13 +70,14 @@ class Owner(Protocol):
 async def follow(
     kafka: KafkaSettings, topic: str, group_id: str, owner: Owner, stop: asyncio.Event
 ) -> None:
-    """Feed `owner` the partitions of `topic` that group `group_id` assigns, until `stop`.
+    """Feed `owner` the partitions of `topic` (a `schemas.topics` name) that group `group_id`
+    assigns, until `stop`.
 
     Raises PollerCrashedError when the owner's work failed.
     """
     consumer = kafka_io.consumer(kafka, group_id=group_id, fetch_max_wait_ms=FETCH_WAIT_MS)
     listener = _Listener(owner, consumer)
-    consumer.subscribe([topic], listener=listener)
+    consumer.subscribe([kafka.topic(topic)], listener=listener)
     async with consumer:  # stopping it leaves the group: the partitions move on at once
         try:
             while not stop.is_set():

@@ -84,8 +84,9 @@ async def run(settings: VpbxPollSettings, plumbing: Plumbing, stop: asyncio.Even
     """
     api = Api(PROVIDER, settings, plumbing.session, plumbing.metrics)
     api.token = ExchangedToken(lambda: _exchange(api, settings))
-    partitions = sorted(await plumbing.producer.partitions_for(topics.CHECKPOINTS))
-    publisher = Publisher(PROVIDER, plumbing.producer, plumbing.metrics, plumbing.clock)
+    checkpoints = plumbing.kafka.topic(topics.CHECKPOINTS)
+    partitions = sorted(await plumbing.producer.partitions_for(checkpoints))
+    publisher = Publisher(PROVIDER, plumbing)
     poller = VpbxPoller(settings, api, publisher, partitions, plumbing.clock)
     log.info("vpbx_poller_started", clients=len(settings.client_ids), url=settings.base_url)
     await state.follow(plumbing.kafka, topics.CHECKPOINTS, settings.group_id, poller, stop)

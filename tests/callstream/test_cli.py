@@ -163,13 +163,19 @@ def test_the_committed_asyncapi_document_is_the_generated_one() -> None:
         "calls.events",
         "calls.sessions",
         "calls.alerts",
+        "calls.alerts.samples",
+        "calls.alerts.state",
         "calls.dlq",
         "calls.track",
         "calls.checkpoints",
     }
-    assert {"CallEvent", "SessionRecord", "Alert", "Track", "Checkpoint"} <= set(
+    assert {"CallEvent", "SessionRecord", "Alert", "Track", "Checkpoint", "AlertState"} <= set(
         document["components"]["schemas"]
     )
+    assert set(document["channels"]["calls.alerts.samples"]["messages"]) == {
+        "AlertSample",
+        "AlertWatermark",
+    }
 
 
 @pytest.mark.parametrize("args", [["asyncapi"], ["schema", "event"], ["schema", "session"]])

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 
+import msgspec
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from servers import Broker
+from helpers import env_for
 
 from callstream.broker import BrokerError, EmbeddedBroker, free_port
 from foundation import kafka as kafka_io
@@ -22,15 +22,14 @@ async def test_topic_bootstrap_is_idempotent_and_compacts_sessions(kafka: KafkaS
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
     await admin.start()
     try:
-        described = {t["topic"]: t for t in await admin.describe_topics(list(topics.ALL))}
+        names = [kafka.topic(name) for name in topics.ALL]
+        described = {t["topic"]: t for t in await admin.describe_topics(names)}
         configs = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topics.SESSIONS)]
+            [ConfigResource(ConfigResourceType.TOPIC, kafka.topic(topics.SESSIONS))]
         )
     finally:
         await admin.close()
-    assert {name: len(t["partitions"]) for name, t in described.items()} == dict.fromkeys(
-        topics.ALL, 4
-    )
+    assert {name: len(t["partitions"]) for name, t in described.items()} == dict.fromkeys(names, 4)
     entries = {entry[0]: entry[1] for entry in configs[0].resources[0][4]}
     assert entries["cleanup.policy"] == "compact"
 
@@ -67,18 +66,20 @@ async def test_a_second_embedded_broker_on_a_taken_port_is_refused() -> None:
 
 
 async def test_the_topics_command_creates_what_is_missing_and_can_run_again(
-    broker: Broker,
+    kafka: KafkaSettings,
 ) -> None:
+    kafka = msgspec.structs.replace(kafka, topic_prefix=f"{kafka.topic_prefix}command.")
     for _ in range(2):
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "callstream", "topics", "--kafka", broker.bootstrap,
-            env={**os.environ, "CALLSTREAM_KAFKA__PARTITIONS": "3"},
+            sys.executable, "-m", "callstream", "topics", "--kafka", kafka.bootstrap,
+            env=env_for(kafka, {"CALLSTREAM_KAFKA__PARTITIONS": "3"}),
         )  # fmt: skip
         assert await asyncio.wait_for(process.wait(), 60) == 0
-    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
     await admin.start()
     try:
-        described = await admin.describe_topics(list(topics.ALL))
+        names = [kafka.topic(name) for name in topics.ALL]
+        described = await admin.describe_topics(names)
     finally:
         await admin.close()
-    assert {t["topic"]: len(t["partitions"]) for t in described} == dict.fromkeys(topics.ALL, 3)
+    assert {t["topic"]: len(t["partitions"]) for t in described} == dict.fromkeys(names, 3)

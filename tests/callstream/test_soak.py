@@ -7,10 +7,23 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+from helpers import settings_for
+
 from callstream.bench import soak
 
 
-async def test_nothing_acknowledged_is_lost_doubled_or_misfolded_under_faults() -> None:
+@pytest.mark.slow
+async def test_nothing_acknowledged_is_lost_doubled_or_misfolded_under_faults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The services run on the tests' group timings (the same faults strike): a killed member's
+    # partitions move on within seconds, not after the default 10 s session.
+    timings = settings_for("")
+    monkeypatch.setenv("CALLSTREAM_KAFKA__SESSION_TIMEOUT_MS", str(timings.session_timeout_ms))
+    monkeypatch.setenv(
+        "CALLSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS", str(timings.heartbeat_interval_ms)
+    )
     results = await asyncio.to_thread(soak.run, duration=15.0, rate=200.0)
 
     assert results["acknowledged"] == 3_001  # with the warm-up callback

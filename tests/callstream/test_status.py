@@ -25,6 +25,12 @@ from sinks.sqlite import SqliteBackend
 NORMALIZER = NormalizerSettings().group_id
 
 
+@pytest.fixture(autouse=True)
+def _prefixed(kafka: KafkaSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commands below run in this process: they take the test's topic prefix from here."""
+    monkeypatch.setenv("CALLSTREAM_KAFKA__TOPIC_PREFIX", kafka.topic_prefix)
+
+
 def _alert(rule: str, provider: str, state: str, at: datetime) -> OutRecord:
     alert = Alert(
         alert_id=f"{rule}-{provider}-{state}", rule=rule, kind="asr", scope=Scope(provider),
@@ -87,13 +93,16 @@ async def test_status_json_has_topics_lag_dead_letters_alerts_and_store(
     )
     found = json.loads(out)
     assert {"topics", "groups", "dlq", "alerts", "store", "notes"} <= set(found)
+    assert found["topic_prefix"] == kafka.topic_prefix
     by_topic = {t["topic"]: t for t in found["topics"]}
-    assert set(by_topic) == set(topics.ALL)
-    assert by_topic[topics.RAW]["records"] == 10
-    assert sum(by_topic[topics.RAW]["end_offsets"].values()) == 10
-    (group,) = [g for g in found["groups"] if g["group"] == NORMALIZER]
+    assert set(by_topic) == {kafka.topic(name) for name in topics.ALL}
+    assert by_topic[kafka.topic(topics.RAW)]["records"] == 10
+    assert sum(by_topic[kafka.topic(topics.RAW)]["end_offsets"].values()) == 10
+    # The broker holds other tests' groups too: only those under the prefix are shown.
+    assert all(g["group"].startswith(kafka.topic_prefix) for g in found["groups"])
+    (group,) = [g for g in found["groups"] if g["group"] == kafka.group(NORMALIZER)]
     assert group["lag"] == traffic["lag"]
-    assert group["topics"] == [topics.RAW]
+    assert group["topics"] == [kafka.topic(topics.RAW)]
     assert sum(p["lag"] for p in group["partitions"]) == traffic["lag"]
     assert found["dlq"] == {"ingress": 1, "normalize": 1}
     assert [(a["rule"], a["scope"], a["state"]) for a in found["alerts"]] == [
@@ -117,8 +126,9 @@ async def test_status_table_fits_100_columns(
     out = await _run(capsys, "status", "--kafka", kafka.bootstrap, "--data-dir", str(tmp_path))
     lines = out.splitlines()
     assert max(len(line) for line in lines if str(tmp_path) not in line) <= 100
-    assert any(line.split()[:3] == ["calls.raw", "4", "10"] for line in lines)
-    assert any(line.startswith(NORMALIZER) for line in lines)
+    assert lines[0] == f"kafka {kafka.bootstrap}, topic prefix {kafka.topic_prefix}"
+    assert any(line.split()[:3] == [kafka.topic("calls.raw"), "4", "10"] for line in lines)
+    assert any(line.startswith(kafka.group(NORMALIZER)) for line in lines)
     assert any(line.split()[:2] == ["ingress", "1"] for line in lines)
     assert any(line.split()[:3] == ["asr_low", "firing", "vpbx"] for line in lines)
     assert f"store {store_url(tmp_path)}\n  no store at" in out

@@ -7,6 +7,8 @@ import json
 import signal
 import sys
 
+from helpers import env_for
+
 from foundation import kafka as kafka_io
 from foundation.settings import KafkaSettings
 from schemas import topics
@@ -23,7 +25,7 @@ async def _tail(
 ) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "callstream", "tail", topic, "--kafka", kafka.bootstrap, *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=env_for(kafka), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
 
 
@@ -41,11 +43,17 @@ async def test_from_beginning_prints_records_as_json_lines(kafka: KafkaSettings)
 async def test_without_from_beginning_only_new_records_are_printed(kafka: KafkaSettings) -> None:
     await _produce(kafka, [b'{"old": %d}' % i for i in range(50)])  # one batch
     process = await _tail(kafka, "--count", "1")
-    await asyncio.sleep(2)  # let it reach the end of the log before the new record is written
-    await _produce(kafka, [b'{"new": 1}'])
-    out, err = await asyncio.wait_for(process.communicate(), 30)
+    communicating = asyncio.create_task(process.communicate())
+    new = 0
+    async with asyncio.timeout(30):
+        while not communicating.done():  # new records until one is shown, once it reads
+            new += 1
+            await _produce(kafka, [b'{"new": %d}' % new])
+            await asyncio.wait({communicating}, timeout=0.2)
+    out, err = await communicating
     assert process.returncode == 0, err
-    assert [json.loads(line)["value"] for line in out.splitlines()] == [{"new": 1}]
+    (shown,) = [json.loads(line)["value"] for line in out.splitlines()]
+    assert list(shown) == ["new"]
 
 
 async def test_an_unknown_topic_is_a_one_line_error(kafka: KafkaSettings) -> None:
@@ -54,7 +62,7 @@ async def test_an_unknown_topic_is_a_one_line_error(kafka: KafkaSettings) -> Non
     assert (process.returncode, out) == (1, b"")
     assert (
         err.decode().strip()
-        == f"callstream: topic 'calls.nope' does not exist on {kafka.bootstrap}"
+        == f"callstream: topic '{kafka.topic_prefix}calls.nope' does not exist on {kafka.bootstrap}"
     )
 
 
@@ -71,7 +79,8 @@ async def test_to_end_stops_at_the_end_and_following_is_said_on_stderr(
     assert process.stderr is not None
     assert process.stdout is not None
     line = await asyncio.wait_for(process.stderr.readline(), 30)
-    assert line == b"callstream: following calls.events from its beginning; Ctrl-C stops\n"
+    topic = kafka.topic(topics.EVENTS)
+    assert line == f"callstream: following {topic} from its beginning; Ctrl-C stops\n".encode()
     for _ in range(3):
         assert b'"n"' in await asyncio.wait_for(process.stdout.readline(), 30)
     process.send_signal(signal.SIGINT)

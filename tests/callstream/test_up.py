@@ -15,7 +15,7 @@ import aiohttp
 import msgspec
 import pytest
 from aiokafka import ConsumerRecord
-from helpers import eventually
+from helpers import env_for, eventually, settings_for
 
 from callstream.broker import free_port
 from foundation import kafka as kafka_io
@@ -37,23 +37,26 @@ class Up(NamedTuple):
 
 
 @contextlib.asynccontextmanager
-async def _up(tmp_path: Path, *flags: str) -> AsyncIterator[Up]:
-    """`callstream up` with `flags`, until it says it is ready; stopped by Ctrl-C after."""
-    broker_port, http_port, metrics_port = free_port(), free_port(), free_port()
+async def _up(tmp_path: Path, *flags: str, kafka: KafkaSettings | None = None) -> AsyncIterator[Up]:
+    """`callstream up` with `flags`, until it says it is ready; stopped by Ctrl-C after. On an
+    embedded broker of its own, or with `kafka`, on that broker under its topic prefix."""
+    http_port, metrics_port = free_port(), free_port()
+    if kafka is None:
+        kafka = settings_for(f"127.0.0.1:{free_port()}")
+        where = ("--broker-port", kafka.bootstrap.rpartition(":")[2])
+    else:
+        where = ("--kafka", kafka.bootstrap)
     data_dir, out, err = tmp_path / "data", tmp_path / "up.out", tmp_path / "up.err"
     with out.open("wb") as stdout, err.open("wb") as stderr:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "callstream", "up", "--broker-port", str(broker_port),
+            sys.executable, "-m", "callstream", "up", *where,
             "--http-port", str(http_port), "--metrics-port", str(metrics_port),
-            "--data-dir", str(data_dir), *flags, stdout=stdout, stderr=stderr,
+            "--data-dir", str(data_dir), *flags, env=env_for(kafka), stdout=stdout, stderr=stderr,
         )  # fmt: skip
     base = f"http://127.0.0.1:{http_port}"
     try:
         await eventually(lambda: _said(out, "Ctrl-C stops everything."), "up's banner")
-        yield Up(
-            base, KafkaSettings(bootstrap=f"127.0.0.1:{broker_port}"), data_dir,
-            f"http://127.0.0.1:{metrics_port}/metrics", out, err,
-        )  # fmt: skip
+        yield Up(base, kafka, data_dir, f"http://127.0.0.1:{metrics_port}/metrics", out, err)
     finally:
         process.send_signal(signal.SIGINT)
         code = await asyncio.wait_for(process.wait(), 60)
@@ -156,10 +159,14 @@ async def test_up_says_where_to_look_and_serves_every_services_metrics(pipeline:
     await eventually(every_service_answers, "every service's metrics on up's endpoint")
 
 
-async def test_up_demo_shows_calls_of_every_provider_at_once(tmp_path: Path) -> None:
+async def test_up_demo_shows_calls_of_every_provider_at_once(
+    kafka: KafkaSettings, tmp_path: Path
+) -> None:
     """The simulator's webhooks and both pollers feed the pipeline: all four providers' calls
-    reach the store within seconds. On Ctrl-C, sources stop before what they feed."""
-    async with _up(tmp_path, "--demo") as running:
+    reach the store within seconds. On Ctrl-C, sources stop before what they feed. Here on a
+    Kafka `up` did not start, under a topic prefix: every service keeps to it (the `kafka`
+    fixture fails a test that leaves a topic or a group outside it)."""
+    async with _up(tmp_path, "--demo", kafka=kafka) as running:
 
         async def every_provider() -> bool:
             stats = await _callstream(

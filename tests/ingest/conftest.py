@@ -24,14 +24,15 @@ ReadTopic = Callable[[str, int], Awaitable[list[ConsumerRecord[bytes, bytes]]]]
 
 @pytest.fixture
 def ingress(kafka: KafkaSettings) -> StartIngress:
-    """`async with ingress(**settings) as client:` serves the app made with those settings;
-    `clock=` replaces time.time for authentication (standard_webhooks timestamps)."""
+    """`async with ingress(**settings) as client:` serves the app made with those settings,
+    writing to the test's `kafka` (or to the broker of the settings given first); `clock=`
+    replaces time.time for authentication (standard_webhooks timestamps)."""
 
     @asynccontextmanager
     async def start(
-        clock: Callable[[], float] = time.time, **settings: Any
+        to: KafkaSettings = kafka, clock: Callable[[], float] = time.time, **settings: Any
     ) -> AsyncIterator[Client]:
-        app = create_app(IngressSettings(**settings), kafka, clock=clock)
+        app = create_app(IngressSettings(**settings), to, clock=clock)
         async with TestClient(TestServer(app)) as client:
             yield client
 

@@ -15,6 +15,7 @@ from aiokafka.structs import ConsumerRecord
 from servers import Broker
 
 from callstream import samples
+from foundation.settings import KafkaSettings
 from ingest.ingress import PROVIDERS
 from schemas import topics
 from schemas.raw import read_raw_headers
@@ -142,12 +143,12 @@ async def _ready(client: Client, within: float = 10.0) -> None:
 
 
 async def test_while_the_broker_is_paused_callbacks_get_503_and_never_2xx(
-    broker: Broker, ingress: StartIngress
+    own_broker: Broker, own_kafka: KafkaSettings, ingress: StartIngress
 ) -> None:
     bound = 1.0
-    async with ingress(publish_timeout_s=bound, retry_after_s=7) as client:
+    async with ingress(own_kafka, publish_timeout_s=bound, retry_after_s=7) as client:
         assert (await client.post(CALLBACK, data=WAVECELL)).status == 202
-        broker.pause()
+        own_broker.pause()
         try:
             for body in (WAVECELL, b"[]"):  # a callback, and a bad body whose DLQ write fails
                 started = time.monotonic()
@@ -157,6 +158,6 @@ async def test_while_the_broker_is_paused_callbacks_get_503_and_never_2xx(
                 assert response.headers["Retry-After"] == "7"
             await _error(await client.get("/readyz"), 503, "not_ready")
         finally:
-            broker.resume()
+            own_broker.resume()
         await _ready(client)
         assert (await client.post(CALLBACK, data=WAVECELL)).status == 202

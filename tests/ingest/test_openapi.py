@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from servers import SharedBroker
 
-from callstream.broker import EmbeddedBroker, free_port
+from callstream.broker import free_port
 from foundation import kafka as kafka_io
 from foundation.settings import IngressSettings, KafkaSettings
 from ingest import openapi
@@ -31,7 +32,8 @@ SCHEMA = schemathesis.openapi.from_dict(openapi.document(PROVIDERS, TRACKED))
 
 @dataclass
 class LiveIngress:
-    """The real ingress on a port, with its own embedded broker, in a thread of its own."""
+    """The real ingress on a port, on the session's broker under a topic prefix of its own, in a
+    thread of its own."""
 
     url: str
     kafka: KafkaSettings
@@ -43,27 +45,26 @@ class LiveIngress:
 
 
 @pytest.fixture(scope="module")
-def live_ingress() -> Iterator[LiveIngress]:
+def live_ingress(shared_broker: SharedBroker) -> Iterator[LiveIngress]:
     """Serves while the module's tests run (schemathesis calls it synchronously); then checks
     that calls.raw holds exactly the callbacks answered 202, calls.track exactly the
     registrations answered 202, and calls.dlq exactly the 400s."""
     port, started = free_port(), threading.Event()
+    kafka = KafkaSettings(bootstrap=shared_broker.bootstrap, topic_prefix=shared_broker.prefix())
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     box: list[LiveIngress] = []
     failed: list[BaseException] = []
 
     async def run() -> None:
-        async with EmbeddedBroker(free_port()) as broker:
-            kafka = KafkaSettings(bootstrap=broker.bootstrap)
-            box.append(LiveIngress(f"http://127.0.0.1:{port}", kafka))
-            task = asyncio.create_task(serve(IngressSettings(port=port), kafka, stop))
-            while not _listening(port):
-                assert not task.done(), task
-                await asyncio.sleep(0.05)
-            started.set()
-            await task
-            await _check_written(box[0])
+        box.append(LiveIngress(f"http://127.0.0.1:{port}", kafka))
+        task = asyncio.create_task(serve(IngressSettings(port=port), kafka, stop))
+        while not _listening(port):
+            assert not task.done(), task
+            await asyncio.sleep(0.05)
+        started.set()
+        await task
+        await _check_written(box[0])
 
     def thread_main() -> None:
         try:
@@ -98,6 +99,7 @@ async def _check_written(live: LiveIngress) -> None:
     assert {dict(m.headers)[topics.ERROR_STAGE] for m in dead} <= {b"ingress", b"track"}
 
 
+@pytest.mark.slow
 @SCHEMA.parametrize()
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_every_answer_is_as_documented(case: schemathesis.Case, live_ingress: LiveIngress) -> None:

@@ -62,8 +62,9 @@ async def _until_refused(port: int) -> None:
 
 
 async def test_on_stop_it_stops_listening_and_answers_the_callbacks_in_flight(
-    broker: Broker, kafka: KafkaSettings
+    own_broker: Broker, own_kafka: KafkaSettings
 ) -> None:
+    broker, kafka = own_broker, own_kafka
     port = free_port()
     base, stop = f"http://127.0.0.1:{port}", asyncio.Event()
     server = asyncio.create_task(serve(IngressSettings(port=port), kafka, stop))

@@ -16,7 +16,7 @@ from aiokafka.structs import ConsumerRecord
 from servers import Broker
 
 from foundation.log import configure_logging
-from foundation.settings import ProviderAuth, Secret
+from foundation.settings import KafkaSettings, ProviderAuth, Secret
 from schemas import topics
 from schemas.raw import read_raw_headers
 from schemas.records import Track
@@ -102,14 +102,14 @@ async def test_registrations_authenticate_like_callbacks(ingress: StartIngress) 
 
 
 async def test_while_the_broker_is_paused_registrations_get_503(
-    broker: Broker, ingress: StartIngress
+    own_broker: Broker, own_kafka: KafkaSettings, ingress: StartIngress
 ) -> None:
-    async with ingress(publish_timeout_s=0.5, retry_after_s=3) as client:
-        broker.pause()
+    async with ingress(own_kafka, publish_timeout_s=0.5, retry_after_s=3) as client:
+        own_broker.pause()
         try:
             response = await client.post(TRACK, json={"callSerialNo": "1"})
         finally:
-            broker.resume()
+            own_broker.resume()
         await _error(response, 503, "broker_unavailable")
         assert response.headers["Retry-After"] == "3"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import re
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
@@ -14,8 +14,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from aiokafka import ConsumerRecord
-from helpers import eventually
-from servers import Broker
+from helpers import env_for, eventually
 
 from callstream import samples
 from foundation import kafka as kafka_io
@@ -185,12 +184,13 @@ async def test_records_that_are_not_call_events_go_to_the_dlq(kafka: KafkaSettin
 
 
 async def _start_aggregator(kafka: KafkaSettings, log: Path) -> asyncio.subprocess.Process:
-    env = os.environ | {
-        "CALLSTREAM_KAFKA__SESSION_TIMEOUT_MS": "2000",
-        "CALLSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "200",
-        "CALLSTREAM_AGGREGATOR__MAX_BATCH": "50",
-        "CALLSTREAM_AGGREGATOR__FINAL_RETENTION_S": str(FOREVER_S),
-    }
+    env = env_for(
+        kafka,
+        {
+            "CALLSTREAM_AGGREGATOR__MAX_BATCH": "50",
+            "CALLSTREAM_AGGREGATOR__FINAL_RETENTION_S": str(FOREVER_S),
+        },
+    )
     with log.open("ab") as stderr:
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "callstream", "aggregator", "--kafka", kafka.bootstrap,
@@ -325,10 +325,13 @@ async def test_evicted_sessions_ignore_late_reports(kafka: KafkaSettings) -> Non
     assert counts[leg_a.session_key] == 1
 
 
-async def test_topics_that_are_not_co_partitioned_are_refused(broker: Broker) -> None:
-    kafka = KafkaSettings(bootstrap=broker.bootstrap, partitions=4)
+async def test_topics_that_are_not_co_partitioned_are_refused(kafka: KafkaSettings) -> None:
+    kafka = msgspec.structs.replace(kafka, topic_prefix=f"{kafka.topic_prefix}apart.")
     await kafka_io.ensure_topics(msgspec.structs.replace(kafka, partitions=2), [topics.SESSIONS])
     with pytest.raises(
-        aggregator.AggregatorError, match=r"calls\.events has 4 partitions and calls\.sessions 2"
+        aggregator.AggregatorError,
+        match=re.escape(
+            f"{kafka.topic(topics.EVENTS)} has 4 partitions and {kafka.topic(topics.SESSIONS)} 2"
+        ),
     ):
         await aggregator.serve(SETTINGS, kafka, asyncio.Event())

@@ -134,6 +134,7 @@ def _reports(draw: st.DrawFn, provider: str) -> tuple[bytes, dict[str, str]]:
     return body, context
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("provider", sorted(ADAPTERS))
 @given(data=st.data())
 def test_any_value_in_any_field_gives_plausible_events_or_a_normalize_error(

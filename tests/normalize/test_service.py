@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import sys
 from collections import Counter
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 from aiokafka import ConsumerRecord
-from helpers import DEADLINE_S, RECEIVED_AT, committed, drained, eventually, raw
+from helpers import DEADLINE_S, RECEIVED_AT, committed, drained, env_for, eventually, raw
 from mutations import mutate, mutate_context, mutate_headers, seeds
 
 from callstream import samples
@@ -239,11 +238,7 @@ async def test_stop_finishes_commits_and_hands_the_partitions_over(kafka: KafkaS
 
 
 async def _start_normalizer(kafka: KafkaSettings, log: Path) -> asyncio.subprocess.Process:
-    env = os.environ | {
-        "CALLSTREAM_KAFKA__SESSION_TIMEOUT_MS": "2000",
-        "CALLSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "200",
-        "CALLSTREAM_NORMALIZER__MAX_BATCH": "100",
-    }
+    env = env_for(kafka, {"CALLSTREAM_NORMALIZER__MAX_BATCH": "100"})
     with log.open("ab") as stderr:
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "callstream", "normalizer", "--kafka", kafka.bootstrap,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sys
 import uuid
 from pathlib import Path
@@ -12,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import msgspec
-from helpers import committed, drained, eventually, normalizer, raw, serving, store_sink
+from helpers import committed, drained, env_for, eventually, normalizer, raw, serving, store_sink
 from sink_helpers import Query, events_of, sessions_of
 
 from callstream import samples
@@ -76,11 +75,7 @@ async def test_events_and_sessions_become_rows_and_garbage_is_dead_lettered(
 
 
 async def _start_store(kafka: KafkaSettings, url: str, log: Path) -> asyncio.subprocess.Process:
-    env = os.environ | {
-        "CALLSTREAM_KAFKA__SESSION_TIMEOUT_MS": "2000",
-        "CALLSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "200",
-        "CALLSTREAM_STORE__MAX_BATCH": "100",
-    }
+    env = env_for(kafka, {"CALLSTREAM_STORE__MAX_BATCH": "100"})
     with log.open("ab") as stderr:
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "callstream", "store", "--kafka", kafka.bootstrap,
@@ -242,6 +237,7 @@ async def test_a_database_that_goes_away_is_waited_for_with_nothing_lost_or_dead
             await eventually(all_stored, f"{len(events)} events stored")
         assert await kafka_io.read_all(kafka, topics.DLQ) == []
     finally:
+        await proxy.down()
         await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         await admin.close()
 
