@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaError
 
 from callstream import dlq, reports, status, up
 from callstream.asyncapi import render
+from callstream.bench import Target, verdicts
 from callstream.broker import EmbeddedBroker, port_free
 from callstream.replay import replay
 from callstream.reports import since
@@ -525,7 +526,11 @@ def _bench(args: argparse.Namespace) -> int:
     tune_gc()  # as in the service processes it measures
     options = {name: getattr(args, name) for name in args.options}
     results = bench.run(**{name: value for name, value in options.items() if value is not None})
-    print(_encoder.encode(results).decode() if args.json else bench.report(results))
+    targets: tuple[Target, ...] = getattr(bench, "TARGETS", ())
+    if args.json:
+        print(_encoder.encode({**results, **verdicts(targets, results)}).decode())
+    else:
+        print("\n".join([bench.report(results), *(target.line(results) for target in targets)]))
     return 0
 
 

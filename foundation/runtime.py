@@ -377,7 +377,10 @@ class Runtime(ConsumerRebalanceListener, Generic[T]):
     async def _produce(self, producer: AIOKafkaProducer, emits: list[Emit]) -> None:
         by_topic: dict[str, list[OutRecord]] = {}
         for topic, record in emits:
-            by_topic.setdefault(topic, []).append(record)
+            out = by_topic.get(topic)
+            if out is None:  # not setdefault(): it would make a list for every record
+                out = by_topic[topic] = []
+            out.append(record)
 
         async def send() -> None:
             await asyncio.gather(
