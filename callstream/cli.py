@@ -8,7 +8,7 @@ import difflib
 import importlib
 import re
 import sys
-from collections.abc import Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
@@ -589,7 +589,7 @@ def _dlq(args: argparse.Namespace) -> int:
             kafka, stage=args.stage, provider=args.provider, since=args.since,
             include_redriven=args.all,
         )  # fmt: skip
-        print(dlq.render_list(asyncio.run(found)))
+        asyncio.run(_print_letters(found))
     else:
         run_until_signalled(
             lambda stop: _print_result(
@@ -598,6 +598,17 @@ def _dlq(args: argparse.Namespace) -> int:
             )
         )  # fmt: skip
     return 0
+
+
+async def _print_letters(found: AsyncIterator[dlq.DeadLetter]) -> None:
+    """`dlq list`: each letter printed as it is read (the lines have fixed columns)."""
+    print(dlq.list_header(), flush=True)
+    listed = 0
+    async for letter in found:
+        print(dlq.list_line(letter))
+        listed += 1
+    if not listed:
+        print("(none)")
 
 
 async def _print_result(result: Awaitable[Any]) -> None:
