@@ -423,7 +423,12 @@ def _add_bench_commands(commands: Any) -> None:
     cmd.add_argument("--json", action="store_true", help="print one JSON object")
     cmd.add_argument("--duration", type=_positive, default=None, help="seconds of traffic (120)")
     cmd.add_argument("--rate", type=_positive, default=None, help="callbacks a second (2000)")
-    cmd.set_defaults(run=_bench, options=("duration", "rate"))
+    cmd.add_argument(
+        "--faults", choices=("all", "none"), default=None,
+        help="kill one instance of each consumer in turn and pause the broker (all), or not",
+    )  # fmt: skip
+    cmd.add_argument("--instances", type=_count, default=None, help="of each consumer service (1)")
+    cmd.set_defaults(run=_bench, options=("duration", "rate", "faults", "instances"))
 
 
 def _positive(text: str) -> float:

@@ -208,6 +208,7 @@ def consumer(
         "heartbeat_interval_ms": kafka.heartbeat_interval_ms,
         "request_timeout_ms": kafka.request_timeout_ms,
         "max_partition_fetch_bytes": 4 * MAX_BATCH_BYTES,
+        "fetch_max_wait_ms": kafka.fetch_max_wait_ms,
     }
     return Consumer(*map(kafka.topic, subscribe), **(options | overrides))
 
