@@ -99,22 +99,32 @@ def run(
 
 @dataclass
 class _Ledger:
-    """What the ingress acknowledged: each callback's events, and the sessions they fold into."""
+    """What the ingress acknowledged: each callback's events, and the sessions they fold into.
 
+    The callbacks are kept as sent and normalized by `settle`, after the traffic: during it,
+    the load generator's CPU is the pipeline's too."""
+
+    accepted_bodies: list[tuple[str, bytes]] = field(default_factory=list)
     callbacks: list[tuple[str, ...]] = field(default_factory=list)
-    """The event ids of each acknowledged callback."""
+    """The event ids of each acknowledged callback, once settled."""
     events: set[str] = field(default_factory=set)
     sessions: dict[str, SessionRecord] = field(default_factory=dict)
 
     def accepted(self, provider: str, body: bytes, first_attempt: float) -> None:
         del first_attempt  # the load generator's clock: see _freshness
-        # Received now, as the ingress received it: a report is plausible up to 24 h after.
-        events = normalize(provider, body, received_at=datetime.now(UTC))
-        self.callbacks.append(tuple(event.event_id for event in events))
-        for event in events:
-            self.events.add(event.event_id)
-            current = self.sessions.get(event.session_key)
-            self.sessions[event.session_key] = fold(current, event) or current  # type: ignore[assignment]
+        self.accepted_bodies.append((provider, body))
+
+    def settle(self) -> None:
+        """Normalize and fold the callbacks accepted since the last call."""
+        for provider, body in self.accepted_bodies:
+            # Received about now: a report is plausible up to 24 h after its times.
+            events = normalize(provider, body, received_at=datetime.now(UTC))
+            self.callbacks.append(tuple(event.event_id for event in events))
+            for event in events:
+                self.events.add(event.event_id)
+                current = self.sessions.get(event.session_key)
+                self.sessions[event.session_key] = fold(current, event) or current  # type: ignore[assignment]
+        self.accepted_bodies.clear()
 
 
 class _StoreWatch(threading.Thread):
@@ -182,6 +192,7 @@ async def _soak(duration: float, rate: float, *, faults: bool, instances: int) -
                 await webhooks.fire(rate, count=round(duration * rate), connections=CONNECTIONS)
                 sent_s = time.monotonic() - started
                 done = await struck
+            ledger.settle()
             drain_s = await _drain(ledger, watch, store_path)
             watch.stop()
             seen = watch.seen()
@@ -261,6 +272,7 @@ async def _warm_up(webhooks: Webhooks, ledger: _Ledger, watch: _StoreWatch) -> N
     await webhooks.fire(1.0, count=1)
 
     async def stored() -> bool:
+        ledger.settle()
         return not ledger.events - watch.seen().keys()
 
     if not await _poll(stored, within_s=60.0, every_s=WATCH_S):
