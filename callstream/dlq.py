@@ -113,16 +113,17 @@ async def letters(
     """
     scan = scan or TopicScan(kafka, topics.DLQ, max_records=BATCH)
     redriven = set() if include_redriven else await _redriven_ids(scan)
-    async for batch in scan.batches():
-        for record in batch:
-            letter = _letter(record)
-            if (
-                (include_redriven or (letter.id not in redriven and letter.stage != Stage.REDRIVEN))
-                and (stage is None or letter.stage == stage)
-                and (provider is None or letter.provider == provider)
-                and (since is None or letter.time >= since)
-            ):
-                yield letter
+    async with aclosing(scan.batches()) as batches:  # its consumer closed if we stop early
+        async for batch in batches:
+            for letter in map(_letter, batch):
+                hidden = letter.id in redriven or letter.stage == Stage.REDRIVEN
+                if (
+                    (include_redriven or not hidden)
+                    and (stage is None or letter.stage == stage)
+                    and (provider is None or letter.provider == provider)
+                    and (since is None or letter.time >= since)
+                ):
+                    yield letter
 
 
 async def _redriven_ids(scan: TopicScan) -> set[str]:
