@@ -40,7 +40,7 @@ import msgspec
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
-from callstream import up
+from callstream import status, up
 from callstream.broker import EmbeddedBroker, free_port
 from callstream.simulate.traffic import Ingress, Webhooks
 from callstream.supervisor import Child
@@ -201,6 +201,7 @@ async def _soak(duration: float, rate: float, *, faults: bool, instances: int) -
             ingress_metrics = await _ingress_metrics(children)
             freshness = await _freshness(kafka, ledger, seen, ingress_metrics, traffic_from)
             alerts = await _alerts(kafka)
+            lag = {group.group: group.lag for group in (await status.collect(kafka)).groups}
             restarts = {child.name: child.restarts for child in children}
     return {
         "duration_s": duration,
@@ -216,6 +217,7 @@ async def _soak(duration: float, rate: float, *, faults: bool, instances: int) -
         "drain_s": round(drain_s, 1),
         **figures,
         **alerts,
+        "lag": lag,
         **freshness,
     }
 
@@ -503,7 +505,7 @@ def report(results: dict[str, Any]) -> str:
             f"(wrong {results['wrong_sessions']}); drained {results['drain_s']} s after the "
             "traffic",
             f"alerts: {results['alerts']} transitions, {results['alerts_duplicated']} episodes "
-            "fired twice",
+            f"fired twice; records not committed by each group at the end {results['lag']}",
             f"callback to store: p50 {results['p50_ms']} ms, p99 {results['p99_ms']} ms, "
             f"max {results['max_ms']} ms",
             f"hops: {hops}",
