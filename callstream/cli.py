@@ -8,7 +8,7 @@ import difflib
 import importlib
 import re
 import sys
-from collections.abc import Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
@@ -435,7 +435,12 @@ def _add_bench_commands(commands: Any) -> None:
     cmd.add_argument("--json", action="store_true", help="print one JSON object")
     cmd.add_argument("--duration", type=_positive, default=None, help="seconds of traffic (120)")
     cmd.add_argument("--rate", type=_positive, default=None, help="callbacks a second (2000)")
-    cmd.set_defaults(run=_bench, options=("duration", "rate"))
+    cmd.add_argument(
+        "--faults", choices=("all", "none"), default=None,
+        help="kill one instance of each consumer in turn and pause the broker (all), or not",
+    )  # fmt: skip
+    cmd.add_argument("--instances", type=_count, default=None, help="of each consumer service (1)")
+    cmd.set_defaults(run=_bench, options=("duration", "rate", "faults", "instances"))
 
 
 def _positive(text: str) -> float:
@@ -605,7 +610,7 @@ def _dlq(args: argparse.Namespace) -> int:
             kafka, stage=args.stage, provider=args.provider, since=args.since,
             include_redriven=args.all,
         )  # fmt: skip
-        print(dlq.render_list(asyncio.run(found)))
+        asyncio.run(_print_letters(found))
     else:
         run_until_signalled(
             lambda stop: _print_result(
@@ -614,6 +619,17 @@ def _dlq(args: argparse.Namespace) -> int:
             )
         )  # fmt: skip
     return 0
+
+
+async def _print_letters(found: AsyncIterator[dlq.DeadLetter]) -> None:
+    """`dlq list`: each letter printed as it is read (the lines have fixed columns)."""
+    print(dlq.list_header(), flush=True)
+    listed = 0
+    async for letter in found:
+        print(dlq.list_line(letter))
+        listed += 1
+    if not listed:
+        print("(none)")
 
 
 async def _print_result(result: Awaitable[Any]) -> None:

@@ -5,7 +5,7 @@ cannot). Consumers never auto-commit: services commit after what they produced i
 
 Topic names, one rule: a function given the `KafkaSettings` takes a topic's `schemas.topics`
 name (`calls.raw`) and a group's own id, and puts `KAFKA__TOPIC_PREFIX` before them itself
-(`consumer`, `ensure_topics`, `publish`, `read_all`); a function given only a client
+(`consumer`, `ensure_topics`, `publish`, `read_all`, `TopicScan`); a function given only a client
 (`send_all`, `partitions_of`, a client's own methods) takes the name the cluster knows,
 `kafka.topic(topics.RAW)`. A record read carries the cluster's name in `.topic`.
 """
@@ -17,6 +17,7 @@ import copy
 import itertools
 import logging
 import random
+import time
 import zlib
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
@@ -210,6 +211,7 @@ def consumer(
         "heartbeat_interval_ms": kafka.heartbeat_interval_ms,
         "request_timeout_ms": kafka.request_timeout_ms,
         "max_partition_fetch_bytes": 4 * MAX_BATCH_BYTES,
+        "fetch_max_wait_ms": kafka.fetch_max_wait_ms,
     }
     return Consumer(*map(kafka.topic, subscribe), **(options | overrides))
 
@@ -580,20 +582,69 @@ async def committed(
         return {tp: await client.committed(tp) for tp in partitions}
 
 
+class TopicScan:
+    """Reads every partition of topic `topic` (a `schemas.topics` name, prefixed here) with no
+    consumer group, from its start up to the end it had when the scan began, one bounded batch
+    at a time.
+
+    A partition's end is the highwater its first fetch reports (not end_offsets(): the embedded
+    broker answers it with the start of the last batch); later records are not read, so a job
+    that appends to the topic it scans does not read what it wrote. Scanning again with the same
+    object reads the same records: the ends are kept. Memory is one batch in hand plus what the
+    consumer prefetches (MAX_BATCH_BYTES x 4 per partition at most).
+    """
+
+    def __init__(
+        self, kafka: KafkaSettings, topic: str, *, max_records: int = 1_000, stall_s: float = 30.0
+    ) -> None:
+        self.kafka, self.topic, self.max_records, self.stall_s = kafka, topic, max_records, stall_s
+        self.ends: dict[TopicPartition, int] | None = None
+        """Each partition's end, once a first scan has read to each."""
+        self.total: int | None = None
+        """Records between the partitions' starts and ends, once the ends are known."""
+        self.read = 0
+        """Records yielded by the scan under way."""
+
+    async def batches(self) -> AsyncIterator[list[Record]]:
+        """The records, in offset order per partition, at most `max_records` a batch.
+
+        Raises TimeoutError if `stall_s` pass without a record or a partition's end.
+        """
+        async with consumer(self.kafka, group_id=None, fetch_max_wait_ms=50) as client:
+            partitions = await partitions_of(client, self.kafka.topic(self.topic))
+            client.assign(partitions)
+            await client.seek_to_beginning(*partitions)
+            starts = {tp: await client.position(tp) for tp in partitions}
+            ends = self.ends if self.ends is not None else {}
+            self.read = 0
+            pending, moved = set(partitions), time.monotonic()
+            while pending:
+                fetched = await client.getmany(
+                    *pending, timeout_ms=POLL_MS, max_records=self.max_records
+                )
+                for tp in pending - ends.keys():
+                    if (highwater := client.highwater(tp)) is not None:
+                        ends[tp] = highwater
+                if self.total is None and ends.keys() == starts.keys():
+                    self.total = sum(ends[tp] - starts[tp] for tp in partitions)
+                batch = [r for tp, rs in fetched.items() for r in rs if r.offset < ends.get(tp, 0)]
+                done = {tp for tp in pending & ends.keys() if await client.position(tp) >= ends[tp]}
+                client.pause(*done)  # read to their end: fetch them no more
+                pending -= done
+                if batch or done:
+                    moved = time.monotonic()
+                elif time.monotonic() - moved > self.stall_s:
+                    raise TimeoutError(f"{self.topic} gave nothing for {self.stall_s:.0f} s")
+                if batch:
+                    self.read += len(batch)
+                    yield batch
+            self.ends = ends
+
+
 async def read_all(kafka: KafkaSettings, topic: str, *, within_s: float = 30.0) -> list[Record]:
     """Every record of `topic` written so far, in offset order per partition (no group).
 
     Raises TimeoutError if the topic cannot be read to its end within `within_s`.
     """
-    records: list[Record] = []
-    async with consumer(kafka, group_id=None, fetch_max_wait_ms=50) as client:
-        partitions = await partitions_of(client, kafka.topic(topic))
-        client.assign(partitions)
-        await client.seek_to_beginning(*partitions)
-        async with asyncio.timeout(within_s):
-            pending = set(partitions)
-            while pending:
-                for batch in (await client.getmany(*pending, timeout_ms=50)).values():
-                    records.extend(batch)
-                pending = {tp for tp in pending if not await at_end(client, tp)}
-    return records
+    async with asyncio.timeout(within_s):
+        return [record async for batch in TopicScan(kafka, topic).batches() for record in batch]

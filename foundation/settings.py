@@ -54,6 +54,12 @@ class KafkaSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     session_timeout_ms: int = 10_000
     """Consumer group session timeout: how long a dead member holds its partitions."""
     heartbeat_interval_ms: int = 3_000
+    fetch_max_wait_ms: int = 50
+    """How long the broker may hold a consumer's fetch while it has no new records. Apache Kafka
+    answers as soon as a record arrives, so there this only sets how often an idle consumer
+    asks; the embedded broker holds a fetch about this long even when records arrive, so it
+    bounds each hop's latency (one hop p50/p99: 16/42 ms at 50, 10/21 at 20, 136/262 at 500)
+    and an idle `up`'s CPU (12 %, 25 %, 3 % of a core)."""
     topic_prefix: str = ""
     """Put before every topic and consumer group name (`staging.` → `staging.calls.raw`), so that
     environments, or tests, share one cluster without seeing each other's records."""
