@@ -69,7 +69,15 @@ WATCH_S = 0.02
 DRAIN_S = 180.0
 """How long the run waits, once the traffic is sent, for the store to catch up."""
 DRAIN_POLL_S = 2.0
-CHILD_ENV = {"CALLSTREAM_LOG__LEVEL": "warning"}
+ALERT_GRACE_S = 8.0
+"""The alert windows' grace in the soak: past the broker's pause, so that a sample held up by it
+is still counted in order, and short enough that the run's last windows are decided soon after
+its traffic (the default, 60 s, would outlast a short run)."""
+CHILD_ENV = {
+    "CALLSTREAM_LOG__LEVEL": "warning",
+    "CALLSTREAM_ALERTS__GRACE_S": str(ALERT_GRACE_S),
+    "CALLSTREAM_ALERTS__TICK_INTERVAL_S": "0.5",
+}
 FLAPPING_RULE = """
 [[rules]]
 name = "soak_asr_flapping"
@@ -198,6 +206,7 @@ async def _soak(duration: float, rate: float, *, faults: bool, instances: int) -
             kafka = KafkaSettings(bootstrap=broker.bootstrap)
             ingress_metrics = await _ingress_metrics(children)
             freshness = await _freshness(kafka, ledger, seen, ingress_metrics, traffic_from)
+            await _alerts_decided(children, until=time.time())
             alerts = await _alerts(kafka)
             lag = {group.group: group.lag for group in (await status.collect(kafka)).groups}
             restarts = {child.name: child.restarts for child in children}
@@ -418,6 +427,33 @@ async def _freshness(
             ),
         },
     }  # fmt: skip
+
+
+async def _alerts_decided(
+    children: list[Child], until: float, within_s: float = 4 * ALERT_GRACE_S + 30
+) -> None:
+    """Wait until every calls.alerts.samples partition is decided up to `until` (epoch s), as
+    the alert sinks' `callstream_alerts_decided_seconds` say; raises TimeoutError past
+    `within_s`."""
+    urls = [child.metrics for child in children if up.service_of(child) == "alerts"]
+    async with asyncio.timeout(within_s), aiohttp.ClientSession() as session:
+        while True:
+            decided: list[float] = []
+            for url in filter(None, urls):
+                try:
+                    async with session.get(url) as answer:
+                        text = await answer.text()
+                except aiohttp.ClientError:
+                    continue  # restarting after its kill
+                decided += [
+                    sample.value
+                    for family in text_string_to_metric_families(text)
+                    for sample in family.samples
+                    if sample.name == "callstream_alerts_decided_seconds"
+                ]
+            if decided and min(decided) >= until:
+                return
+            await asyncio.sleep(0.5)
 
 
 async def _ingress_metrics(children: list[Child]) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from helpers import drained, normalizer, raw, serving, store_sink
+from helpers import drained, env_for, normalizer, raw, serving, store_sink
 
 from callstream import dlq, samples
 from callstream.progress import Progress
@@ -145,13 +145,13 @@ async def test_redrive_takes_ingress_letters_and_only_the_ids_asked_for(
 LETTERS, LETTER_BYTES = 100_000, 3_000
 
 
-def _measured(*args: str) -> tuple[list[str], int]:
-    """`callstream ARGS` in a process of its own: its first and last lines of output, its line
-    count, and its peak resident memory in bytes."""
+def _measured(kafka: KafkaSettings, *args: str) -> tuple[list[str], int]:
+    """`callstream ARGS` in a process of its own, on `kafka`: its first and last lines of
+    output, its line count, and its peak resident memory in bytes."""
     first = last = ""
     count = 0
     with subprocess.Popen(
-        [sys.executable, "-m", "callstream", *args], stdout=subprocess.PIPE
+        [sys.executable, "-m", "callstream", *args], stdout=subprocess.PIPE, env=env_for(kafka)
     ) as run:
         assert run.stdout is not None
         for count, line in enumerate(run.stdout, 1):  # noqa: B007 - the count is wanted
@@ -162,6 +162,7 @@ def _measured(*args: str) -> tuple[list[str], int]:
     return [first.rstrip(), last.rstrip(), str(count)], usage.ru_maxrss * 1024
 
 
+@pytest.mark.slow
 async def test_list_redrive_and_show_hold_a_batch_not_the_topic(kafka: KafkaSettings) -> None:
     """Letters totalling ~290 MB; each command peaks well below half of that (the whole topic
     read into memory, as `read_all` does, peaks at ~3x the letters' size)."""
@@ -173,24 +174,26 @@ async def test_list_redrive_and_show_hold_a_batch_not_the_topic(kafka: KafkaSett
         for start in range(0, LETTERS, 10_000):
             await kafka_io.send_all(
                 producer,
-                topics.DLQ,
+                kafka.topic(topics.DLQ),
                 (_letter("wavecell", padded[i % 100], "normalize", "old bug")
                  for i in range(start, start + 10_000)),
             )  # fmt: skip
     limit = LETTERS * LETTER_BYTES // 2
     bootstrap = ("--kafka", kafka.bootstrap)
 
-    (header, last, lines), peak = await asyncio.to_thread(_measured, "dlq", "list", *bootstrap)
+    (header, last, lines), peak = await asyncio.to_thread(
+        _measured, kafka, "dlq", "list", *bootstrap
+    )
     assert (header.split(), int(lines)) == (list(dlq.LIST_HEADER), LETTERS + 1)
     assert last.split()[2:5] == ["normalize", "wavecell", str(LETTER_BYTES)]
     assert peak < limit
 
-    (_, result, _), peak = await asyncio.to_thread(_measured, "dlq", "redrive", *bootstrap)
+    (_, result, _), peak = await asyncio.to_thread(_measured, kafka, "dlq", "redrive", *bootstrap)
     assert result.split()[:2] == [f"ok={LETTERS}", "failed=0"]
     assert peak < limit
 
     (shown, _, _), peak = await asyncio.to_thread(
-        _measured, "dlq", "show", last.split()[0], *bootstrap
+        _measured, kafka, "dlq", "show", last.split()[0], *bootstrap
     )
     assert shown == f"id: {last.split()[0]}"
     assert peak < limit
