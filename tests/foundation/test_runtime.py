@@ -172,9 +172,9 @@ async def test_a_paused_broker_is_waited_for_and_nothing_is_lost_or_dead_lettere
 ) -> None:
     broker, kafka = own_broker, own_kafka
     await _publish(kafka, _values())
-    # A produce times out within the pause (and the group's session, 1 s, expires too).
+    # A produce times out within the pause (and the group's session, 2 s, expires too).
     short = msgspec.structs.replace(kafka, request_timeout_ms=1_500)
-    pause_s = 2.5
+    pause_s = 3.0
     metrics = Metrics("copier")
 
     class PausingCopier(Copier):
