@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest_asyncio
+from helpers import env_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from callstream import samples
@@ -36,7 +37,7 @@ async def workers(kafka: KafkaSettings) -> AsyncIterator[Workers]:
     port = free_port()
     command = [sys.executable, "-m", "callstream", "ingress", "--kafka", kafka.bootstrap]
     command += ["--port", str(port), "--workers", str(WORKERS)]
-    env = {**os.environ, "CALLSTREAM_LOG__LEVEL": "warning"}
+    env = env_for(kafka, {"CALLSTREAM_LOG__LEVEL": "warning"})  # its topic prefix too
     process = await asyncio.create_subprocess_exec(*command, env=env)
     try:
         yield Workers(process, f"http://127.0.0.1:{port}")
