@@ -622,13 +622,16 @@ def _dlq(args: argparse.Namespace) -> int:
 
 
 async def _print_letters(found: AsyncIterator[dlq.DeadLetter]) -> None:
-    """`dlq list`: each letter printed as it is read (the lines have fixed columns)."""
-    print(dlq.list_header(), flush=True)
+    """`dlq list`: each letter printed as it is read (the lines have fixed columns), under a
+    header printed once the first answer came (so a broker that is not there is one line)."""
     listed = 0
     async for letter in found:
+        if not listed:
+            print(dlq.list_header(), flush=True)
         print(dlq.list_line(letter))
         listed += 1
     if not listed:
+        print(dlq.list_header())
         print("(none)")
 
 
