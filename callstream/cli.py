@@ -240,6 +240,10 @@ def _add_pipeline_commands(commands: Any) -> None:
         cmd.add_argument(
             "--metrics-port", type=int, default=None, help="serve /metrics here (0: off)"
         )
+        if name == "aggregator":
+            cmd.add_argument(
+                "--state-dir", default=None, help="this instance's state (.callstream/state)"
+            )
         cmd.set_defaults(run=_service)
 
     cmd = commands.add_parser("up", parents=[kafka], help="run the whole pipeline on this machine")
@@ -410,13 +414,20 @@ def _add_bench_commands(commands: Any) -> None:
         ("normalize", "payloads/s of each normalizer vs a plain baseline"),
         ("ingress", "requests/s of the ingress vs a bare aiohttp handler"),
         ("normalizer", "raw records/s through the normalizer service"),
-        ("aggregate", "events/s folded into sessions by the aggregator"),
         ("sink", "events/s written to each store backend"),
     ):
         cmd = bench.add_parser(name, help=help_text)
         cmd.add_argument("--json", action="store_true", help="print one JSON object")
         cmd.add_argument("--seconds", type=float, default=None, help="how long to measure")
         cmd.set_defaults(run=_bench, options=("seconds",))
+    cmd = bench.add_parser(
+        "aggregate", help="events/s folded into sessions by the aggregator, and its peak memory"
+    )
+    cmd.add_argument("--json", action="store_true", help="print one JSON object")
+    cmd.add_argument(
+        "--sessions", type=_count, default=None, help="two-leg sessions pre-loaded (100000)"
+    )
+    cmd.set_defaults(run=_bench, options=("sessions",))
     cmd = bench.add_parser(
         "soak", help="the whole pipeline under traffic and faults, reconciled at the end"
     )
@@ -712,7 +723,9 @@ class _Service(NamedTuple):
 _SERVICES = {
     "ingress": _Service("ingest.server", IngressSettings, ("host", "port", "insecure_no_auth")),
     "normalizer": _Service("normalize.service", NormalizerSettings, ("metrics_port",)),
-    "aggregator": _Service("normalize.aggregator", AggregatorSettings, ("metrics_port",)),
+    "aggregator": _Service(
+        "normalize.aggregator", AggregatorSettings, ("metrics_port", "state_dir")
+    ),
     "store": _Service("sinks.store", StoreSettings, ("url", "metrics_port")),
     "alerts": _Service("sinks.alerts", AlertSettings, ("rules", "metrics_port")),
     "poll": _Service("ingest.pollers.service", PollSettings, ("metrics_port",)),

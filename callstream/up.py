@@ -46,6 +46,13 @@ def store_url(data_dir: Path) -> str:
     return f"sqlite:///{data_dir / 'callstream.sqlite3'}"
 
 
+def state_dir(data_dir: Path) -> Path:
+    """The aggregator's state under `up`'s data directory. A state left by an earlier `up` on
+    the embedded broker, which starts empty, is past the end of its calls.sessions: the
+    aggregator empties it rather than trust it."""
+    return data_dir / "state"
+
+
 def services(
     kafka: KafkaSettings,
     http_port: int,
@@ -76,7 +83,11 @@ def services(
     bootstrap = ("--kafka", kafka.bootstrap)
     children = [
         _measured("normalizer", ("normalizer", *bootstrap), metrics),
-        _measured("aggregator", ("aggregator", *bootstrap), metrics),
+        _measured(
+            "aggregator",
+            ("aggregator", *bootstrap, "--state-dir", str(state_dir(data_dir))),
+            metrics,
+        ),
         _measured("store", ("store", *bootstrap, "--store", store_url(data_dir)), metrics),
         _measured("alerts", ("alerts", *bootstrap), metrics),
         # The ingress sees the pollers' settings: it warns when a call is registered for
