@@ -38,6 +38,7 @@ import structlog
 from aiokafka import TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
 from prometheus_client import Counter, Gauge
+from rocksdict import WriteBatch
 
 from foundation import kafka as kafka_io
 from foundation.errors import CallstreamError
@@ -98,6 +99,8 @@ class _Stored(msgspec.Struct):
 _stored = msgspec.json.Decoder(_Stored)
 
 State = SessionRecord | float
+_NEVER = 1 << 63
+_UNKNOWN = -(1 << 63)
 """A session's state: its latest record, or, once evicted, the received time it was evicted at."""
 
 
@@ -123,6 +126,8 @@ class Partition:
         self.reason = f"no final status within {settings.open_timeout_s:g} s"
         self.pending: dict[str, State | None] = {}
         """What the batch in hand changed: each session's new state (None: forgotten)."""
+        self.pending_due: dict[str, int] = {}
+        """When each pending state is due (µs)."""
         self.stored_due: dict[str, bytes] = {}
         """The due entry of each session read from the database, replaced when it changes."""
         self.encoded: dict[str, bytes] = {}
@@ -137,6 +142,8 @@ class Partition:
         """Every due entry of the database before this one has been handled."""
         self._index: Iterator[tuple[int, str, bytes]] | None = None
         self._head: tuple[int, str, bytes] | None = None
+        self._next_us = _UNKNOWN
+        """No entry is due before this (µs); _UNKNOWN until the database's index is read."""
 
     def get(self, key: str) -> State | None:
         if key in self.pending:
@@ -157,7 +164,9 @@ class Partition:
         """`key`'s new state, pending until the next write; `get(key)` must have read it first."""
         self.pending[key] = state
         if state is not None:
-            heapq.heappush(self.due_pending, (due_us(self.due(state)), key))
+            self.pending_due[key] = us = due_us(self.due(state))
+            heapq.heappush(self.due_pending, (us, key))
+            self._next_us = min(self._next_us, us)
 
     def settle(
         self, key: str, state: State | None, now: float
@@ -185,7 +194,10 @@ class Partition:
         closed: list[SessionRecord] = []
         if now == -math.inf:  # the clock of a partition nothing was read in yet
             return closed
-        limit, now_us = SWEEP_LIMIT - len(self.swept), due_us(now)
+        now_us = due_us(now)
+        if now_us < self._next_us:
+            return closed
+        limit = SWEEP_LIMIT - len(self.swept)
         while limit > 0 and (head := self._earliest(now_us)) is not None:
             us, key, entry = head
             state = self.get(key)
@@ -197,9 +209,11 @@ class Partition:
             self._pop(entry)
             limit -= 1
             closed += self.settle(key, state, now)[1]
+        head = self._earliest()
+        self._next_us = _NEVER if head is None else head[0]
         return closed
 
-    def _earliest(self, now_us: int) -> tuple[int, str, bytes] | None:
+    def _earliest(self, now_us: int = _NEVER) -> tuple[int, str, bytes] | None:
         """The earliest due entry by `now_us`, pending or in the database (b"" if pending)."""
         if self._index is None:
             self._index = self.store.due(self.floor)
@@ -228,29 +242,35 @@ class Partition:
     def write(self, position: int | None) -> None:
         """The pending changes, and `position` (the changelog offset they reach, exclusive; None:
         unchanged), in one WriteBatch; then nothing is pending."""
-        puts: list[tuple[bytes, bytes]] = []
-        deletes = self.swept
+        batch = WriteBatch(raw_mode=True)
+        for entry in self.swept:
+            batch.delete(entry)
+        floor, stored_due, pending_due = self.floor, self.stored_due, self.pending_due
         for key, state in self.pending.items():
-            entry = None
+            stored = stored_due.get(key)
             if state is None:
-                deletes.append(session_entry(key))
-            else:
-                value = evicted_value(state) if isinstance(state, float) else self.encoded[key]
-                entry = due_entry(due_us(self.due(state)), key)
-                puts += ((session_entry(key), value), (entry, b""))
-                self.floor = min(self.floor, entry)
-            stored = self.stored_due.get(key)
+                batch.delete(session_entry(key))
+                if stored is not None:
+                    batch.delete(stored)
+                continue
+            entry = due_entry(pending_due[key], key)
             if stored is not None and stored != entry:
-                deletes.append(stored)
-        if puts or deletes or position is not None:
-            self.store.write(puts, deletes, position)
-        self.pending, self.stored_due, self.encoded = {}, {}, {}
+                batch.delete(stored)
+            value = evicted_value(state) if isinstance(state, float) else self.encoded[key]
+            batch.put(session_entry(key), value)
+            batch.put(entry, b"")
+            floor = min(floor, entry)
+        if position is not None or not batch.is_empty():
+            self.store.write(batch, position)
+        self.floor = floor
+        self.pending, self.pending_due, self.stored_due, self.encoded = {}, {}, {}, {}
         self.due_pending, self.swept = [], []
         self._index = self._head = None
+        self._next_us = _UNKNOWN
 
     def restore(self, records: list[Record]) -> None:
         """Apply stored versions, in offset order (so the last one wins), with their offset."""
-        puts: list[tuple[bytes, bytes]] = []
+        batch, floor = WriteBatch(raw_mode=True), self.floor
         for record in records:
             try:
                 stored = _stored.decode(record.value or b"")
@@ -262,14 +282,15 @@ class Partition:
                     error=str(exc),
                 )
                 continue
-            received = stored.received_at or stored.updated_at
-            entry = due_entry(
-                due_us(_due(stored.final, received, self.settings)), stored.session_key
-            )
-            puts += ((session_entry(stored.session_key), record.value or b""), (entry, b""))
-            self.floor = min(self.floor, entry)
-        self.store.write(puts, (), records[-1].offset + 1)
+            when = _due(stored.final, stored.received_at or stored.updated_at, self.settings)
+            entry = due_entry(due_us(when), stored.session_key)
+            batch.put(session_entry(stored.session_key), record.value or b"")
+            batch.put(entry, b"")
+            floor = min(floor, entry)
+        self.store.write(batch, records[-1].offset + 1)
+        self.floor = floor
         self._index = self._head = None
+        self._next_us = _UNKNOWN
 
 
 def _due(final: bool, received: datetime, settings: AggregatorSettings) -> float:
@@ -367,16 +388,19 @@ class Aggregator(BaseHandler[None]):
         partition = self.partitions[record.partition]
         now, key = event.received_at.timestamp(), event.session_key
         closed = partition.expire(now)
-        state, closing = partition.settle(key, partition.get(key), now)
-        emits = self._closed(partition, closed + closing)
+        state = partition.get(key)
+        if state is not None:
+            state, closing = partition.settle(key, state, now)
+            closed += closing
+        handled: Handled[None] = Handled(self._closed(partition, closed) if closed else [])
         if isinstance(state, float):
             self.late.inc()
-            return Handled(emits)
+            return handled
         folded = fold(state, event)
         if folded is not None:
             partition.put(key, folded)
             partition.changed[key] = folded
-        return Handled(emits)
+        return handled
 
     def _closed(self, partition: Partition, closed: list[SessionRecord]) -> list[Emit]:
         """Closes are produced at once, each its own version (never merged with a report that

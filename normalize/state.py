@@ -21,7 +21,7 @@ import math
 import os
 import shutil
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import rocksdict
@@ -89,6 +89,10 @@ class StateDir:
             rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(buffers, False, cache)
         )
         options.set_write_buffer_size(max(buffers // 4, 1 << 20))
+        # A session's first report looks up a key that is not there: bloom filters on the
+        # memtables too, not only on the files, answer that without a search.
+        options.set_memtable_whole_key_filtering(True)
+        options.set_memtable_prefix_bloom_ratio(0.1)
         self.options = options
         self._lock: int | None = None
 
@@ -153,18 +157,8 @@ class Store:
             yield _US.unpack_from(entry, 1)[0] - _BIAS, entry[9:].decode(), entry
             cursor.next()
 
-    def write(
-        self,
-        puts: Iterable[tuple[bytes, bytes]],
-        deletes: Iterable[bytes],
-        position: int | None,
-    ) -> None:
-        """`deletes`, then `puts`, then the position, in one WriteBatch: atomically."""
-        batch = rocksdict.WriteBatch(raw_mode=True)
-        for entry in deletes:
-            batch.delete(entry)
-        for entry, value in puts:
-            batch.put(entry, value)
+    def write(self, batch: rocksdict.WriteBatch, position: int | None) -> None:
+        """`batch` (`WriteBatch(raw_mode=True)`) and the position, atomically."""
         if position is not None:
             batch.put(POSITION, str(position).encode())
         self.db.write(batch)

@@ -53,15 +53,18 @@ def run(sessions: int = SESSIONS) -> dict[str, float]:
 
 
 async def _run(sessions: int) -> dict[str, float]:
-    async with EmbeddedBroker(free_port()) as broker:
-        kafka = KafkaSettings(bootstrap=broker.bootstrap)
-        await kafka_io.ensure_topics(kafka)
-        events = await _preload(kafka, sessions)
-        with (
-            tempfile.TemporaryDirectory(prefix="callstream-bench-") as state_dir,
-            ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool,
-        ):
-            loop = asyncio.get_running_loop()
+    loop = asyncio.get_running_loop()
+    with (
+        ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool,
+        tempfile.TemporaryDirectory(prefix="callstream-bench-") as state_dir,
+    ):
+        # Started before the pre-load: Linux counts in a process's ru_maxrss the memory of its
+        # parent when it was forked.
+        await loop.run_in_executor(pool, _started)
+        async with EmbeddedBroker(free_port()) as broker:
+            kafka = KafkaSettings(bootstrap=broker.bootstrap)
+            await kafka_io.ensure_topics(kafka)
+            events = await _preload(kafka, sessions)
             results = await loop.run_in_executor(
                 pool, _measure_alone, kafka.bootstrap, events, state_dir
             )
@@ -90,10 +93,14 @@ async def _preload(kafka: KafkaSettings, sessions: int) -> int:
     return events
 
 
+def _started() -> None:
+    """The measuring process, started: its logs as the command's (warnings, on stderr)."""
+    configure_logging(level="warning")
+
+
 def _measure_alone(bootstrap: str, events: int, state_dir: str) -> dict[str, float]:
     """In a process of its own: the aggregator's rate over `events`, the process's peak
     resident memory, and the size of the state it left."""
-    configure_logging(level="warning")
     tune_gc()  # as in the service process it measures
     settings = AggregatorSettings(state_dir=state_dir)
     results = asyncio.run(_measure(KafkaSettings(bootstrap=bootstrap), events, settings))
