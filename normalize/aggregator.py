@@ -268,6 +268,11 @@ class Partition:
         self._index = self._head = None
         self._next_us = _UNKNOWN
 
+    def close(self) -> None:
+        """Close the database (what is pending was not acknowledged: dropped)."""
+        self._index = self._head = None  # an iterator outliving its database is not safe
+        self.store.close()
+
     def restore(self, records: list[Record]) -> None:
         """Apply stored versions, in offset order (so the last one wins), with their offset."""
         batch, floor = WriteBatch(raw_mode=True), self.floor
@@ -445,7 +450,7 @@ class Aggregator(BaseHandler[None]):
         for tp in partitions:
             partition = self.partitions.pop(tp.partition, None)
             if partition is not None:
-                partition.store.close()
+                partition.close()
 
     async def assigned(self, partitions: Collection[TopicPartition]) -> None:
         missing = sorted(tp.partition for tp in partitions if tp.partition not in self.partitions)
@@ -454,7 +459,7 @@ class Aggregator(BaseHandler[None]):
     def close(self) -> None:
         """Close every partition's database (what is pending was not acknowledged: dropped)."""
         for partition in self.partitions.values():
-            partition.store.close()
+            partition.close()
         self.partitions.clear()
 
     def _open(self, number: int, *, empty: bool = False) -> Partition:
@@ -471,19 +476,38 @@ class Aggregator(BaseHandler[None]):
         opened = {number: self._open(number) for number in numbers}
         if not numbers:
             return opened
-        started, read = time.monotonic(), 0
-        starts: dict[int, int | None] = {}
+        started = time.monotonic()
+        starts = {number: partition.store.position for number, partition in opened.items()}
+        try:
+            read = await self._read_tails(opened)
+        except BaseException:
+            for partition in opened.values():
+                partition.close()
+            raise
+        self.restored.inc(read)
+        log.info(
+            "state_restored",
+            partitions=numbers,
+            records=read,
+            from_offsets={p: "beginning" if at is None else at for p, at in starts.items()},
+            seconds=round(time.monotonic() - started, 3),
+        )
+        return opened
+
+    async def _read_tails(self, opened: dict[int, Partition]) -> int:
+        """Read calls.sessions into `opened` (a partition may be replaced by an empty one) up to
+        the highwater; return how many records were read."""
+        read = 0
         consumer = kafka_io.consumer(
             self.kafka, group_id=None, fetch_max_wait_ms=RESTORE_POLL_MS, auto_offset_reset="none"
         )
         await consumer.start()
         try:
             topic = self.kafka.topic(topics.SESSIONS)
-            pending = {TopicPartition(topic, number) for number in numbers}
+            pending = {TopicPartition(topic, number) for number in opened}
             consumer.assign(list(pending))
             for tp in pending:
-                starts[tp.partition] = position = opened[tp.partition].store.position
-                await self._seek(consumer, tp, opened, position)
+                await self._seek(consumer, tp, opened, opened[tp.partition].store.position)
             while pending:
                 try:
                     fetched: Batch = await consumer.getmany(*pending, timeout_ms=RESTORE_POLL_MS)
@@ -502,17 +526,7 @@ class Aggregator(BaseHandler[None]):
                         pending.discard(tp)
         finally:
             await consumer.stop()
-        self.restored.inc(read)
-        log.info(
-            "state_restored",
-            partitions=numbers,
-            records=read,
-            from_offsets={
-                p: "beginning" if start is None else start for p, start in starts.items()
-            },
-            seconds=round(time.monotonic() - started, 3),
-        )
-        return opened
+        return read
 
     async def _seek(
         self,
@@ -532,7 +546,7 @@ class Aggregator(BaseHandler[None]):
                 offset=opened[tp.partition].store.position,
                 detail="restoring the partition from the beginning",
             )
-        opened[tp.partition].store.close()
+        opened[tp.partition].close()
         opened[tp.partition] = self._open(tp.partition, empty=True)
         await consumer.seek_to_beginning(tp)
 
