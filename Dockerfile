@@ -38,10 +38,12 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
  && pip install --no-index --no-deps /wheels/callstream-*.whl \
  && groupadd --system --gid 10001 callstream \
  && useradd --system --uid 10001 --gid callstream --home-dir /app --create-home \
-        --shell /usr/sbin/nologin callstream
+        --shell /usr/sbin/nologin callstream \
+ && install -d -o callstream -g callstream /app/.callstream
 USER callstream:callstream
-# The working directory is the user's: `up`, and `store` with its default SQLite URL, write
-# .callstream/ here.
+# The working directory is the user's: `up`, `store` with its default SQLite URL and the
+# aggregator's state write .callstream/ here (made in the image, so that a volume mounted there
+# is the user's).
 WORKDIR /app
 # 8080: the ingress (also /healthz, /readyz, /metrics); 9100: a service's --metrics-port.
 EXPOSE 8080 9100

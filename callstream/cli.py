@@ -186,6 +186,24 @@ def _kafka_parent() -> argparse.ArgumentParser:
     return kafka
 
 
+def _add_service_commands(commands: Any, kafka: argparse.ArgumentParser) -> None:
+    """The normalizer, the aggregator and the pollers, each a service of its own."""
+    for name, help_text in (
+        ("normalizer", "normalize calls.raw into calls.events"),
+        ("aggregator", "fold calls.events into calls.sessions"),
+        ("poll", "poll the configured pull providers (vpbx, mobile_agent) into calls.raw"),
+    ):
+        cmd = commands.add_parser(name, parents=[kafka], help=help_text)
+        cmd.add_argument(
+            "--metrics-port", type=int, default=None, help="serve /metrics here (0: off)"
+        )
+        if name == "aggregator":
+            cmd.add_argument(
+                "--state-dir", default=None, help="this instance's state (.callstream/state)"
+            )
+        cmd.set_defaults(run=_service)
+
+
 def _add_pipeline_commands(commands: Any) -> None:
     """The broker, the services and `up`, `tail`: everything that talks to Kafka."""
     kafka = _kafka_parent()
@@ -239,16 +257,7 @@ def _add_pipeline_commands(commands: Any) -> None:
     listed.add_argument("--json", action="store_true", help="one JSON object per line")
     listed.set_defaults(run=_alerts_list)
 
-    for name, help_text in (
-        ("normalizer", "normalize calls.raw into calls.events"),
-        ("aggregator", "fold calls.events into calls.sessions"),
-        ("poll", "poll the configured pull providers (vpbx, mobile_agent) into calls.raw"),
-    ):
-        cmd = commands.add_parser(name, parents=[kafka], help=help_text)
-        cmd.add_argument(
-            "--metrics-port", type=int, default=None, help="serve /metrics here (0: off)"
-        )
-        cmd.set_defaults(run=_service)
+    _add_service_commands(commands, kafka)
 
     cmd = commands.add_parser("up", parents=[kafka], help="run the whole pipeline on this machine")
     cmd.add_argument(
@@ -422,13 +431,20 @@ def _add_bench_commands(commands: Any) -> None:
         ("normalize", "payloads/s of each normalizer vs a plain baseline"),
         ("ingress", "requests/s of the ingress vs a bare aiohttp handler"),
         ("normalizer", "raw records/s through the normalizer service"),
-        ("aggregate", "events/s folded into sessions by the aggregator"),
         ("sink", "events/s written to each store backend"),
     ):
         cmd = bench.add_parser(name, help=help_text)
         cmd.add_argument("--json", action="store_true", help="print one JSON object")
         cmd.add_argument("--seconds", type=float, default=None, help="how long to measure")
         cmd.set_defaults(run=_bench, options=("seconds",))
+    cmd = bench.add_parser(
+        "aggregate", help="events/s folded into sessions by the aggregator, and its peak memory"
+    )
+    cmd.add_argument("--json", action="store_true", help="print one JSON object")
+    cmd.add_argument(
+        "--sessions", type=_count, default=None, help="two-leg sessions pre-loaded (100000)"
+    )
+    cmd.set_defaults(run=_bench, options=("sessions",))
     cmd = bench.add_parser(
         "soak", help="the whole pipeline under traffic and faults, reconciled at the end"
     )
@@ -752,7 +768,9 @@ _SERVICES = {
         "ingest.server", IngressSettings, ("host", "port", "insecure_no_auth", "workers")
     ),
     "normalizer": _Service("normalize.service", NormalizerSettings, ("metrics_port",)),
-    "aggregator": _Service("normalize.aggregator", AggregatorSettings, ("metrics_port",)),
+    "aggregator": _Service(
+        "normalize.aggregator", AggregatorSettings, ("metrics_port", "state_dir")
+    ),
     "store": _Service("sinks.store", StoreSettings, ("url", "metrics_port")),
     "alerts": _Service("sinks.alerts", AlertSettings, ("rules", "metrics_port")),
     "poll": _Service("ingest.pollers.service", PollSettings, ("metrics_port",)),

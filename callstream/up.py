@@ -49,6 +49,13 @@ def store_url(data_dir: Path) -> str:
     return f"sqlite:///{data_dir / 'callstream.sqlite3'}"
 
 
+def state_dir(data_dir: Path) -> Path:
+    """The aggregator's state under `up`'s data directory. A state left by an earlier `up` on
+    the embedded broker, which starts empty, is past the end of its calls.sessions: the
+    aggregator empties it rather than trust it."""
+    return data_dir / "state"
+
+
 def services(
     kafka: KafkaSettings,
     http_port: int,
@@ -84,11 +91,18 @@ def services(
     bootstrap = ("--kafka", kafka.bootstrap)
     prefixed = {TOPIC_PREFIX: kafka.topic_prefix}
     workers = () if ingress_workers is None else ("--workers", str(ingress_workers))
-    options = {"store": ("--store", store_url(data_dir))}
+
+    def options(name: str, instance: int) -> tuple[str, ...]:
+        if name == "store":
+            return ("--store", store_url(data_dir))
+        if name == "aggregator":  # each instance its own: a partition's database is locked
+            return ("--state-dir", str(state_dir(data_dir) / str(instance)))
+        return ()
+
     children = [
         _measured(
             name if instances == 1 else f"{name}-{instance}",
-            (name, *bootstrap, *options.get(name, ())),
+            (name, *bootstrap, *options(name, instance)),
             metrics,
             prefixed,
         )

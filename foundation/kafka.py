@@ -244,9 +244,12 @@ async def ensure_topics(kafka: KafkaSettings, names: Iterable[str] = topics.ALL)
             raise for_code(code)(message)
 
 
-async def send_all(client: AIOKafkaProducer, topic: str, records: Iterable[OutRecord]) -> None:
-    """Produce `records` with the batch API, each to its partition (its key's unless it names one);
-    return when all are acked.
+async def send_all(
+    client: AIOKafkaProducer, topic: str, records: Iterable[OutRecord]
+) -> dict[int, int]:
+    """Produce `records` with the batch API, each to its partition (its key's unless it names
+    one); return when all are acked, with the offset of the last record written in each
+    partition that got some.
 
     One `send` per record costs aiokafka ~25 µs; appending to a per-partition batch ~1 µs. A full
     batch is sent at once and a new one opened. Raises what the producer raises if any batch is
@@ -254,7 +257,7 @@ async def send_all(client: AIOKafkaProducer, topic: str, records: Iterable[OutRe
     """
     partitions = sorted(await client.partitions_for(topic))
     open_batches: dict[int, BatchBuilder] = {}
-    acks = []
+    acks: list[tuple[int, int, asyncio.Future[Any]]] = []
     for record in records:
         key, value, headers, partition = record.key, record.value, record.headers, record.partition
         if partition is None:
@@ -271,14 +274,24 @@ async def send_all(client: AIOKafkaProducer, topic: str, records: Iterable[OutRe
                 raise ValueError(f"a record of {len(value or b'')} bytes exceeds the batch size")
     for partition, batch in open_batches.items():
         acks.append(await _send(client, batch, topic, partition))
-    await asyncio.gather(*acks)
+    written = await asyncio.gather(*(ack for _, _, ack in acks))
+    last: dict[int, int] = {}
+    for (partition, count, _), metadata in zip(acks, written, strict=True):
+        last[partition] = max(last.get(partition, -1), metadata.offset + count - 1)
+    return last
 
 
 async def _send(
     client: AIOKafkaProducer, batch: BatchBuilder, topic: str, partition: int
-) -> asyncio.Future[Any]:
+) -> tuple[int, int, asyncio.Future[Any]]:
+    """`batch` sent: its partition, its record count, and the future of its acknowledgement
+    (whose result's offset is that of the batch's first record)."""
     batch.close()
-    return await client.send_batch(batch, topic, partition=partition)
+    return (
+        partition,
+        batch.record_count(),
+        await client.send_batch(batch, topic, partition=partition),
+    )
 
 
 class Overloaded(Unavailable):

@@ -6,7 +6,8 @@ A batch goes through one checkpoint, in this order (Quix Streams' model):
 2. `Handler.handle` each record, in offset order per partition: the records it emits, and for a
    sink the item to write; then `Handler.flush` for what the batch emits as a whole;
 3. write the sink's items (`Sink.write`, all or nothing);
-4. produce the emitted records and the dead letters, and await every acknowledgement;
+4. produce the emitted records and the dead letters, and await every acknowledgement; then
+   `Handler.acknowledged` with the offsets written (a stateful handler checkpoints its state);
 5. commit the batch's offsets.
 Nothing is committed before what it led to is acknowledged, so a crash or a rebalance redoes a
 batch (at least once); event ids, session event counts and idempotent writes make the redo
@@ -31,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
@@ -147,6 +148,13 @@ class Handler(Protocol[T]):
         """Partitions taken away, after the batch in hand was committed."""
         ...
 
+    def acknowledged(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Everything `handle`, `flush` and `tick` emitted since the last call is acknowledged
+        (called once per produce, even an empty one, before the batch's offsets are committed):
+        `offsets` has the offset of the last record written in each partition that got records,
+        by the topic names the handler emitted to. Raising stops the service, uncommitted."""
+        ...
+
 
 class BaseHandler(Generic[T]):
     """Defaults of the optional parts of a Handler."""
@@ -169,6 +177,9 @@ class BaseHandler(Generic[T]):
 
     async def revoked(self, partitions: Collection[TopicPartition]) -> None:
         del partitions
+
+    def acknowledged(self, offsets: Mapping[TopicPartition, int]) -> None:
+        del offsets
 
 
 class Clocks:
@@ -382,15 +393,20 @@ class Runtime(ConsumerRebalanceListener, Generic[T]):
                 out = by_topic[topic] = []
             out.append(record)
 
+        offsets: dict[TopicPartition, int] = {}
+
         async def send() -> None:
-            await asyncio.gather(
+            written = await asyncio.gather(
                 *(
                     kafka_io.send_all(producer, self.kafka.topic(topic), out)
                     for topic, out in by_topic.items()
                 )
             )
+            for topic, last in zip(by_topic, written, strict=True):
+                offsets.update((TopicPartition(topic, p), offset) for p, offset in last.items())
 
         await self._retrying("produce", (), send)
+        self.handler.acknowledged(offsets)
         for topic, out in by_topic.items():
             if topic == topics.DLQ:
                 continue

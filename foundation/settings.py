@@ -200,9 +200,15 @@ class AggregatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     open_timeout_s: float = 7_200.0
     """A session with no final status this long after its last report is closed as unknown."""
     final_retention_s: float = 900.0
-    """A final session is dropped from memory this long after its last report."""
+    """A final session is evicted from the state this long after its last report."""
     sweep_interval_s: float = 30.0
     """How often timeouts and retention are checked."""
+    state_dir: str = ".callstream/state"
+    """Where the state of the assigned partitions is kept (RocksDB, one database per partition);
+    one directory per aggregator instance."""
+    cache_mb: int = 64
+    """Memory of the state, all partitions together: RocksDB's block cache, which the write
+    buffers are charged to (half of it at most)."""
     metrics_port: int = 0
     """Serve Prometheus /metrics on this port (0: off)."""
 

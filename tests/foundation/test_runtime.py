@@ -7,7 +7,7 @@ handler's tick is given."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 
 import msgspec
@@ -141,6 +141,36 @@ async def test_a_record_that_fails_or_is_rejected_is_dead_lettered_and_the_rest_
     assert copied == sorted(v for v in values if v.startswith(b"ok"))
     assert metrics.total("dead_lettered") == 2
     assert metrics.total("received") == COUNT
+
+
+class Acknowledging(Copier):
+    """A Copier that keeps the offsets `acknowledged` is told (each past the one before)."""
+
+    group_id = "test-acknowledging"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.acknowledged_offsets: dict[TopicPartition, int] = {}
+
+    def acknowledged(self, offsets: Mapping[TopicPartition, int]) -> None:
+        for tp, offset in offsets.items():
+            assert offset > self.acknowledged_offsets.get(tp, -1)
+            self.acknowledged_offsets[tp] = offset
+
+
+async def test_acknowledged_is_told_the_offset_of_the_last_record_written_in_each_partition(
+    kafka: KafkaSettings,
+) -> None:
+    values = _values((7, b"bad 7"))
+    await _publish(kafka, values)
+    handler = Acknowledging()
+    await _run_until_committed(kafka, handler, COUNT)
+    last: dict[TopicPartition, int] = {}
+    for record in await kafka_io.read_all(kafka, topics.EVENTS):
+        last[TopicPartition(topics.EVENTS, record.partition)] = record.offset
+    for record in await kafka_io.read_all(kafka, topics.DLQ):
+        last[TopicPartition(topics.DLQ, record.partition)] = record.offset
+    assert handler.acknowledged_offsets == last
 
 
 async def test_a_batch_the_sink_refuses_is_bisected_down_to_the_record(

@@ -17,12 +17,14 @@ from aiokafka import ConsumerRecord
 from helpers import env_for, eventually
 
 from callstream import samples
+from callstream.broker import EmbeddedBroker, free_port
 from foundation import kafka as kafka_io
 from foundation.kafka import OutRecord
 from foundation.runtime import Metrics
 from foundation.settings import AggregatorSettings, KafkaSettings
 from normalize import aggregator, normalize
 from normalize.sessions import fold
+from normalize.state import StateDirInUse
 from schemas import CallEvent, SessionRecord, Status, cloudevents, topics
 
 GOLDEN = Path(__file__).parent.parent / "golden"
@@ -111,10 +113,12 @@ async def _consumed(metrics: Metrics, count: int) -> None:
 
 @contextlib.asynccontextmanager
 async def _running(
-    kafka: KafkaSettings, settings: AggregatorSettings = SETTINGS
+    kafka: KafkaSettings, state_dir: Path, settings: AggregatorSettings = SETTINGS
 ) -> AsyncIterator[Metrics]:
-    """The aggregator in this process; stopped (and awaited) on leaving the block."""
+    """The aggregator in this process, its state in `state_dir`; stopped (and awaited) on
+    leaving the block."""
     metrics, stop = Metrics("aggregator"), asyncio.Event()
+    settings = msgspec.structs.replace(settings, state_dir=str(state_dir))
     task = asyncio.create_task(aggregator.serve(settings, kafka, stop, metrics))
     try:
         yield metrics
@@ -124,13 +128,13 @@ async def _running(
 
 
 async def test_legs_out_of_order_and_duplicated_make_one_correct_session(
-    kafka: KafkaSettings,
+    kafka: KafkaSettings, tmp_path: Path
 ) -> None:
     doc, busy = _golden("doc_sample"), _golden("table_completed_busy")
     busy = [msgspec.structs.replace(event, session_key="wavecell:x:busy") for event in busy]
     arrivals = [doc[1], busy[1], doc[1], doc[0], busy[0], doc[0], busy[1]]
     await _produce(kafka, arrivals)
-    async with _running(kafka) as metrics:
+    async with _running(kafka, tmp_path) as metrics:
         await _consumed(metrics, len(arrivals))
         latest, counts = await _sessions(kafka)
         assert latest == {
@@ -152,11 +156,13 @@ async def test_legs_out_of_order_and_duplicated_make_one_correct_session(
         )
 
 
-async def test_a_late_non_final_report_does_not_regress_the_session(kafka: KafkaSettings) -> None:
+async def test_a_late_non_final_report_does_not_regress_the_session(
+    kafka: KafkaSettings, tmp_path: Path
+) -> None:
     ringing, talking, ended = _poll(1, T0), _poll(2, T0.replace(second=5)), _poll(3, T0, 0)
     ended = msgspec.structs.replace(ended, occurred_at=T0.replace(second=9))
     late_talking = _poll(2, T0.replace(minute=30))
-    async with _running(kafka) as metrics:
+    async with _running(kafka, tmp_path) as metrics:
         await _produce(kafka, [talking, ringing, ended])
         await _consumed(metrics, 3)
         await _produce(kafka, [late_talking, ringing])
@@ -167,11 +173,13 @@ async def test_a_late_non_final_report_does_not_regress_the_session(kafka: Kafka
     assert counts[ended.session_key] <= 2  # ringing, older than talking, changed nothing
 
 
-async def test_records_that_are_not_call_events_go_to_the_dlq(kafka: KafkaSettings) -> None:
+async def test_records_that_are_not_call_events_go_to_the_dlq(
+    kafka: KafkaSettings, tmp_path: Path
+) -> None:
     bad = OutRecord(b"k", b'{"schema": "call_event/1"}', [("origin", b"test")])
     events = _golden("doc_sample")
     await _produce(kafka, [bad, *events])
-    async with _running(kafka) as metrics:
+    async with _running(kafka, tmp_path) as metrics:
         await _consumed(metrics, 3)
     (letter,) = await kafka_io.read_all(kafka, topics.DLQ)
     assert (letter.key, letter.value) == (bad.key, bad.value)
@@ -183,12 +191,15 @@ async def test_records_that_are_not_call_events_go_to_the_dlq(kafka: KafkaSettin
     assert latest == {events[0].session_key: _fold_all(events)}
 
 
-async def _start_aggregator(kafka: KafkaSettings, log: Path) -> asyncio.subprocess.Process:
+async def _start_aggregator(
+    kafka: KafkaSettings, log: Path, state_dir: Path
+) -> asyncio.subprocess.Process:
     env = env_for(
         kafka,
         {
             "CALLSTREAM_AGGREGATOR__MAX_BATCH": "50",
             "CALLSTREAM_AGGREGATOR__FINAL_RETENTION_S": str(FOREVER_S),
+            "CALLSTREAM_AGGREGATOR__STATE_DIR": str(state_dir),
         },
     )
     with log.open("ab") as stderr:
@@ -215,14 +226,14 @@ async def test_a_killed_aggregator_restarts_from_its_stored_sessions(
     sessions = _two_leg_sessions(300)
     keys = {a.session_key for a, _ in sessions}
     log = tmp_path / "aggregator.log"
-    process = await _start_aggregator(kafka, log)
+    process = await _start_aggregator(kafka, log, tmp_path / "state")
     try:
         await _produce(kafka, [a for a, _ in sessions])
         await _all_sessions_have(kafka, keys, "a")
         process.kill()  # SIGKILL: no last batch, no commit, no leaving the group
         await process.wait()
         await _produce(kafka, [b for _, b in sessions[:150]])
-        process = await _start_aggregator(kafka, log)
+        process = await _start_aggregator(kafka, log, tmp_path / "state")
         await _produce(kafka, [a for a, _ in sessions[::3]])  # duplicates
         await _produce(kafka, [b for _, b in sessions[150:]])
         await _all_sessions_have(kafka, keys, "b")
@@ -235,11 +246,11 @@ async def test_a_killed_aggregator_restarts_from_its_stored_sessions(
 
 
 async def test_a_second_instance_takes_over_partitions_with_their_state(
-    kafka: KafkaSettings,
+    kafka: KafkaSettings, tmp_path: Path
 ) -> None:
     sessions = _two_leg_sessions(200)
-    async with _running(kafka) as staying:
-        async with _running(kafka) as leaving:
+    async with _running(kafka, tmp_path / "staying") as staying:
+        async with _running(kafka, tmp_path / "leaving") as leaving:
             produced = 0
             while not (leaving.total("received") and staying.total("received")):
                 assert produced < len(sessions), "the two instances never shared the partitions"
@@ -261,12 +272,12 @@ async def test_a_second_instance_takes_over_partitions_with_their_state(
 
 
 async def test_an_open_session_is_closed_as_unknown_and_a_real_outcome_still_replaces_it(
-    kafka: KafkaSettings,
+    kafka: KafkaSettings, tmp_path: Path
 ) -> None:
     now = datetime.now(UTC)
     ringing, ended = _poll(1, now), _poll(3, now, 0)
     settings = msgspec.structs.replace(SETTINGS, open_timeout_s=0.5)
-    async with _running(kafka, settings) as metrics:
+    async with _running(kafka, tmp_path, settings) as metrics:
         await _produce(kafka, [ringing])
 
         async def closed() -> bool:
@@ -292,37 +303,120 @@ async def test_an_open_session_is_closed_as_unknown_and_a_real_outcome_still_rep
     assert outcome.close_reason is None
 
 
-async def test_evicted_sessions_ignore_late_reports(kafka: KafkaSettings) -> None:
+async def test_evicted_sessions_ignore_late_reports_also_after_a_restart(
+    kafka: KafkaSettings, tmp_path: Path
+) -> None:
     (leg_a,) = _golden("table_completed_null_leg_missing")
     leg_a = msgspec.structs.replace(leg_a, received_at=datetime.now(UTC))  # the clock: caught up
     late_b = msgspec.structs.replace(
         leg_a, leg="b", call_id="b-1", event_id="b-busy", status=Status.BUSY
     )
     settings = msgspec.structs.replace(SETTINGS, final_retention_s=0.5)
-    async with _running(kafka, settings) as metrics:
+    async with _running(kafka, tmp_path, settings) as metrics:
         await _produce(kafka, [leg_a])
         await _consumed(metrics, 1)
 
         async def evicted() -> bool:
-            return (
-                metrics.registry.get_sample_value(
-                    "callstream_aggregator_sessions_in_memory", {"service": "aggregator"}
-                )
-                == 0
-            )
+            return _sample(metrics, "evicted_sessions_total") == 1
 
         await eventually(evicted, "the final session evicted")
         await _produce(kafka, [late_b, leg_a])
         await _consumed(metrics, 3)
-        assert (
-            metrics.registry.get_sample_value(
-                "callstream_aggregator_late_events_total", {"service": "aggregator"}
-            )
-            == 2
-        )
+        assert _sample(metrics, "late_events_total") == 2
+    async with _running(kafka, tmp_path, settings) as metrics:  # the evicted key is on disk
+        await _produce(kafka, [late_b])
+        await _consumed(metrics, 1)
+        assert _sample(metrics, "late_events_total") == 1
+        assert _sample(metrics, "restored_records_total") == 0
     latest, counts = await _sessions(kafka)
     assert latest == {leg_a.session_key: fold(None, leg_a)}
     assert counts[leg_a.session_key] == 1
+
+
+def _sample(metrics: Metrics, name: str) -> float | None:
+    return metrics.registry.get_sample_value(
+        f"callstream_aggregator_{name}", {"service": "aggregator"}
+    )
+
+
+async def test_a_restart_restores_only_the_tail_of_calls_sessions(
+    kafka: KafkaSettings, tmp_path: Path
+) -> None:
+    """A crash after the sessions of a batch were acknowledged and before the state was written
+    leaves calls.sessions ahead of the state: a restart reads that tail, and no more, and the
+    batch's events, redone, fold into it as duplicates."""
+    sessions = _two_leg_sessions(300)
+    async with _running(kafka, tmp_path) as metrics:
+        await _produce(kafka, [a for a, _ in sessions])
+        await _consumed(metrics, len(sessions))
+        assert _sample(metrics, "restored_records_total") == 0
+    before, _ = await _sessions(kafka)
+    crashed = sessions[:40]
+    # What the crashed batch did: its sessions acknowledged on calls.sessions, its events not
+    # committed (so read again), the state not written.
+    await kafka_io.publish(
+        kafka, topics.SESSIONS, [aggregator.session_record(_fold_all([a, b])) for a, b in crashed]
+    )
+    await _produce(kafka, [b for _, b in crashed])
+    async with _running(kafka, tmp_path) as metrics:
+        await _consumed(metrics, len(crashed))
+        assert _sample(metrics, "restored_records_total") == len(crashed)
+        assert metrics.total("produced") == 0  # the redone events changed nothing
+        await _produce(kafka, [b for _, b in sessions[40:]])
+        await _consumed(metrics, len(sessions))
+    latest, counts = await _sessions(kafka)
+    assert latest == {a.session_key: _fold_all([a, b]) for a, b in sessions}
+    assert all(counts[key] == 2 for key in before)
+
+
+async def test_a_partition_moved_and_back_restores_what_the_other_instance_wrote(
+    kafka: KafkaSettings, tmp_path: Path
+) -> None:
+    sessions = _two_leg_sessions(100)
+    async with _running(kafka, tmp_path / "first") as metrics:
+        await _produce(kafka, [a for a, _ in sessions])
+        await _consumed(metrics, len(sessions))
+    async with _running(kafka, tmp_path / "second") as metrics:  # a new machine: all of it
+        await _produce(kafka, [b for _, b in sessions[:30]])
+        await _consumed(metrics, 30)
+        assert _sample(metrics, "restored_records_total") == len(sessions)
+    async with _running(kafka, tmp_path / "first") as metrics:  # back: what "second" wrote
+        await _produce(kafka, [b for _, b in sessions[30:]])
+        await _consumed(metrics, len(sessions) - 30)
+        assert _sample(metrics, "restored_records_total") == 30
+    latest, _ = await _sessions(kafka)
+    assert latest == {a.session_key: _fold_all([a, b]) for a, b in sessions}
+
+
+async def test_a_state_directory_of_another_cluster_is_restored_from_the_beginning(
+    kafka: KafkaSettings, tmp_path: Path
+) -> None:
+    """A state whose offset is past the end of calls.sessions belongs to another history (the
+    embedded broker restarted, another cluster): it is emptied, not trusted."""
+    sessions = _two_leg_sessions(20)
+    async with EmbeddedBroker(free_port()) as other:
+        elsewhere = msgspec.structs.replace(kafka, bootstrap=other.bootstrap)
+        await kafka_io.ensure_topics(elsewhere)
+        await _produce(elsewhere, [a for a, _ in sessions])
+        async with _running(elsewhere, tmp_path) as metrics:
+            await _consumed(metrics, len(sessions))
+    await _produce(kafka, [b for _, b in sessions])
+    async with _running(kafka, tmp_path) as metrics:
+        await _consumed(metrics, len(sessions))
+        assert _sample(metrics, "restored_records_total") == 0
+    latest, _ = await _sessions(kafka)
+    assert latest == {b.session_key: _fold_all([b]) for _, b in sessions}  # no a legs
+
+
+async def test_a_second_instance_on_the_same_state_directory_is_refused(
+    kafka: KafkaSettings, tmp_path: Path
+) -> None:
+    async with _running(kafka, tmp_path) as metrics:
+        await _produce(kafka, _golden("doc_sample"))
+        await _consumed(metrics, 2)  # running on its state directory
+        settings = msgspec.structs.replace(SETTINGS, state_dir=str(tmp_path))
+        with pytest.raises(StateDirInUse, match="give each aggregator instance a state dir"):
+            await aggregator.serve(settings, kafka, asyncio.Event())
 
 
 async def test_topics_that_are_not_co_partitioned_are_refused(kafka: KafkaSettings) -> None:

@@ -1,20 +1,42 @@
-"""The aggregator's per-partition state without a broker: restore, eviction and timeouts, each
-on the partition's received-time clock."""
+"""The aggregator's per-partition state in its RocksDB database, without a broker: restore,
+eviction and timeouts, each on the partition's received-time clock, and what a write keeps."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import msgspec
+import pytest
+from aiokafka import ConsumerRecord
 
 from foundation.settings import AggregatorSettings
-from normalize import normalize
-from normalize.aggregator import EVICTED_HORIZON_S, Partition
+from normalize import aggregator, normalize
+from normalize.aggregator import EVICTED_HORIZON_S, Partition, session_record
 from normalize.sessions import fold
-from schemas import CallEvent, SessionRecord, Status
+from normalize.state import StateDir, StateDirInUse
+from schemas import CallEvent, SessionRecord, Status, topics
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 SETTINGS = AggregatorSettings(open_timeout_s=7_200, final_retention_s=900)
+NAME = "calls.sessions-0"
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Iterator[StateDir]:
+    with StateDir(tmp_path / "state", cache_mb=8) as state:
+        yield state
+
+
+@pytest.fixture
+def partition(state: StateDir) -> Partition:
+    return Partition(SETTINGS, state.open(NAME))
+
+
+def _reopened(state: StateDir, partition: Partition) -> Partition:
+    partition.store.close()
+    return Partition(SETTINGS, state.open(NAME))
 
 
 def _poll(state: int, at: datetime, serial: str, reason: int | None = None) -> CallEvent:
@@ -34,65 +56,146 @@ def _at(seconds: float) -> float:
     return (T0 + timedelta(seconds=seconds)).timestamp()
 
 
-def test_restore_keeps_the_last_version_and_evicts_final_sessions_once_due() -> None:
-    partition = Partition(SETTINGS)
+def _changelog(*sessions: SessionRecord) -> list[ConsumerRecord[bytes, bytes]]:
+    """`sessions` as calls.sessions partition 0 holds them, from offset 0."""
+    records = [session_record(session) for session in sessions]
+    return [
+        ConsumerRecord(
+            topics.SESSIONS,
+            0,
+            offset,
+            0,
+            0,
+            record.key,
+            record.value,
+            None,
+            len(record.key or b""),
+            len(record.value or b""),
+            record.headers,
+        )
+        for offset, record in enumerate(records)
+    ]
+
+
+def _put(partition: Partition, *sessions: SessionRecord) -> None:
+    """Fold `sessions` in as a batch does: read, put, produce."""
+    for session in sessions:
+        partition.get(session.session_key)
+        partition.put(session.session_key, session)
+        partition.emit(session)
+
+
+def test_restore_keeps_the_last_version_and_evicts_final_sessions_once_due(
+    state: StateDir, partition: Partition
+) -> None:
     ringing, ended = _session(1, "1"), _session(3, "1", 0)
-    partition.restore(ringing)
-    partition.restore(ended)
-    partition.restored()
-    assert partition.live == {ended.session_key: ended}
+    partition.restore(_changelog(ringing, ended))
+    assert partition.store.position == 2
+    key = ended.session_key
+    assert partition.get(key) == ended
     assert partition.expire(_at(900)) == []
-    assert partition.live == {ended.session_key: ended}
+    assert partition.get(key) == ended
     assert partition.expire(_at(901)) == []
-    assert partition.live == {}
-    assert list(partition.evicted) == [ended.session_key]
+    assert partition.get(key) == _at(900)  # evicted, at the time it was due
+    partition.write(None)
+
+    partition = _reopened(state, partition)
+    assert partition.store.position == 2  # evictions move no offset: the changelog did not
+    assert partition.get(key) == _at(900)
 
 
-def test_sessions_come_due_on_the_clock_and_evicted_keys_are_forgotten() -> None:
-    partition = Partition(SETTINGS)
+def test_sessions_come_due_on_the_clock_and_evicted_keys_are_forgotten(
+    partition: Partition,
+) -> None:
     open_, final = _session(1, "open"), _session(3, "final", 0)
-    partition.put(open_)
-    partition.put(final)
+    _put(partition, open_, final)
 
     assert partition.expire(_at(900)) == []
-    assert partition.live.keys() == {open_.session_key, final.session_key}
+    assert partition.get(final.session_key) == final
 
     assert partition.expire(_at(901)) == []
-    assert partition.live.keys() == {open_.session_key}
-    assert partition.evicted == {final.session_key: _at(900)}  # evicted when it was due
+    assert partition.get(final.session_key) == _at(900)  # evicted when it was due
+    assert partition.get(open_.session_key) == open_
 
     (closed,) = partition.expire(_at(7_201))
     assert (closed.status, closed.final) == (Status.UNKNOWN, True)
     assert (closed.received_at, closed.updated_at) == (T0 + timedelta(seconds=7_200), T0)
     assert closed.close_reason == "no final status within 7200 s"
-    assert partition.live == {open_.session_key: closed}
+    assert partition.get(open_.session_key) == closed
 
     assert partition.expire(_at(900 + EVICTED_HORIZON_S + 1)) == []
-    assert partition.live == {}  # the closed session, final for longer than the retention
-    assert list(partition.evicted) == [open_.session_key]  # the first eviction is forgotten
+    assert partition.get(final.session_key) is None  # the first eviction is forgotten
+    assert partition.get(open_.session_key) == _at(8_100)  # the closed session, evicted
 
 
-def test_a_report_received_later_moves_the_session_on_and_its_old_due_time_is_skipped() -> None:
-    partition = Partition(SETTINGS)
+def test_what_is_written_is_due_after_a_restart_as_before(
+    state: StateDir, partition: Partition
+) -> None:
+    """The due index is on disk: a reopened database evicts and closes on the same clock."""
+    open_, final = _session(1, "open"), _session(3, "final", 0)
+    _put(partition, open_, final)
+    partition.write(5)
+    assert partition.pending == {}
+
+    partition = _reopened(state, partition)
+    assert partition.store.position == 5
+    assert partition.get(open_.session_key) == open_
+    assert partition.expire(_at(901)) == []
+    assert partition.get(final.session_key) == _at(900)
+    partition.write(None)
+
+    partition = _reopened(state, partition)
+    (closed,) = partition.expire(_at(7_201))
+    assert closed.received_at == T0 + timedelta(seconds=7_200)
+
+
+def test_a_report_received_later_moves_the_session_on_and_its_old_due_time_is_skipped(
+    partition: Partition,
+) -> None:
     ringing = _session(1, "x")
-    partition.put(ringing)
+    _put(partition, ringing)
+    partition.write(1)
     answered = fold(ringing, _poll(2, T0 + timedelta(seconds=7_000), "x"))
     assert answered is not None
-    partition.put(answered)
+    _put(partition, answered)
     assert partition.expire(_at(7_201)) == []  # due again 7,200 s after the newer report
-    assert partition.live == {answered.session_key: answered}
+    assert partition.get(answered.session_key) == answered
+    partition.write(2)
     (closed,) = partition.expire(_at(14_201))
     assert closed.received_at == T0 + timedelta(seconds=14_200)
 
 
-def test_a_provider_timestamp_moves_no_clock() -> None:
+def test_a_provider_timestamp_moves_no_clock(partition: Partition) -> None:
     """A report dated 1970 or 9999 is due by when it was received, not by what it says."""
-    partition = Partition(SETTINGS)
     event = msgspec.structs.replace(
         _poll(1, T0, "dated"), occurred_at=datetime(9999, 12, 31, tzinfo=UTC)
     )
     session = fold(None, event)
     assert session is not None
-    partition.put(session)
+    _put(partition, session)
     assert partition.expire(_at(7_199)) == []
     assert len(partition.expire(_at(7_201))) == 1
+
+
+def test_a_sweep_is_bounded_and_a_session_it_left_due_is_settled_when_read(
+    partition: Partition, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(aggregator, "SWEEP_LIMIT", 2)
+    sessions = [_session(3, str(n), 0) for n in range(5)]
+    partition.restore(_changelog(*sessions))
+    assert partition.expire(_at(901)) == []
+    assert sum(isinstance(s, float) for s in partition.pending.values()) == 2
+    assert partition.expire(_at(902)) == []  # the limit holds until the next write
+    last = sessions[-1].session_key
+    state, closed = partition.settle(last, partition.get(last), _at(902))
+    assert (state, closed) == (_at(900), [])  # as the unbounded sweep would have left it
+    partition.write(None)
+    partition.expire(_at(903))
+    partition.write(None)
+    assert all(partition.get(s.session_key) == _at(900) for s in sessions)
+
+
+def test_a_state_directory_serves_one_instance(state: StateDir) -> None:
+    with pytest.raises(StateDirInUse, match=r"is in use by process \d+: give each aggregator"):  # noqa: SIM117
+        with StateDir(state.path, cache_mb=8):
+            pass

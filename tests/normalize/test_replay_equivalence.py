@@ -92,7 +92,10 @@ async def test_a_throttled_replay_decides_what_the_live_run_decided(
     rules = tmp_path / "rules.toml"
     rules.write_text(RULES)
     live_settings = AggregatorSettings(
-        group_id="live", open_timeout_s=OPEN_TIMEOUT_S, sweep_interval_s=0.2
+        group_id="live",
+        open_timeout_s=OPEN_TIMEOUT_S,
+        sweep_interval_s=0.2,
+        state_dir=str(tmp_path / "live"),
     )
     live_metrics, live_alerting = Metrics("aggregator"), Metrics("alerts")
     alerting = AlertSettings(rules=str(rules), grace_s=GRACE_S, tick_interval_s=0.1)
@@ -133,7 +136,11 @@ async def test_a_throttled_replay_decides_what_the_live_run_decided(
         replay, topics.EVENTS, [OutRecord(r.key, r.value, list(r.headers)) for r in events]
     )
     throttled = AggregatorSettings(
-        group_id="replay", max_batch=3, open_timeout_s=OPEN_TIMEOUT_S, sweep_interval_s=0.05
+        group_id="replay",
+        max_batch=3,
+        open_timeout_s=OPEN_TIMEOUT_S,
+        sweep_interval_s=0.05,
+        state_dir=str(tmp_path / "replay"),
     )
     metrics = Metrics("aggregator")
     async with serving(lambda stop: aggregator.serve(throttled, replay, stop, metrics)):

@@ -5,6 +5,7 @@ with the reason, and nothing behind them is held up."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from helpers import drained, eventually, normalizer, raw, serving, store_sink
 from sink_helpers import Query
@@ -24,7 +25,7 @@ def _wavecell(account: str, session_id: str, **leg_times: str) -> bytes:
 
 
 async def test_colliding_ids_stay_two_sessions_and_impossible_times_are_refused(
-    kafka: KafkaSettings, store_url: str, query: Query
+    kafka: KafkaSettings, store_url: str, query: Query, tmp_path: Path
 ) -> None:
     bodies = [
         _wavecell("acc", "coll:x"),
@@ -34,7 +35,7 @@ async def test_colliding_ids_stay_two_sessions_and_impossible_times_are_refused(
         *samples.payloads("wavecell", 20),
     ]
     await kafka_io.publish(kafka, topics.RAW, [raw("wavecell", body) for body in bodies])
-    settings = AggregatorSettings(group_id="test-aggregator")
+    settings = AggregatorSettings(group_id="test-aggregator", state_dir=str(tmp_path))
     async with (
         serving(normalizer(kafka)) as normalizing,
         serving(lambda stop: aggregator.serve(settings, kafka, stop)),
