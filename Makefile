@@ -34,8 +34,9 @@ lint:
 test:
 	$(BIN)/pytest
 
-bench:  ## every benchmark, as JSON lines
-	for name in normalize normalizer ingress aggregate sink soak; do $(BIN)/callstream bench $$name --json; done
+bench:  ## every benchmark, one after the other: its figures, then each target and whether it is met
+	for name in normalize normalizer ingress aggregate sink soak; do \
+	  echo "== callstream bench $$name"; $(BIN)/callstream bench $$name || exit 1; done
 
 up:
 	$(BIN)/callstream up

@@ -10,7 +10,7 @@ from typing import Any
 
 from schemas import CallEvent, SessionRecord, documents, topics
 from schemas.documents import json_schema_components
-from schemas.records import Alert, Checkpoint, Track
+from schemas.records import Alert, AlertSample, AlertState, AlertWatermark, Checkpoint, Track
 from schemas.topics import Stage
 
 _REF = "#/components/schemas/{name}"
@@ -59,29 +59,59 @@ _DLQ_HEADERS = {
 _RAW_BODY = {"description": "The body exactly as the provider sent it (bytes; usually JSON)."}
 _NO_HEADERS: dict[str, Any] = {"type": "object"}
 
-_MESSAGES: dict[str, tuple[str, str, dict[str, Any], dict[str, Any], str]] = {
-    # topic: (message name, key, payload schema, headers schema, what it is)
-    topics.RAW: ("RawReport", "none", _RAW_BODY, _RAW_HEADERS, "A provider report as received."),
-    topics.EVENTS: ("CallEvent", "session_key", {"$ref": _REF.format(name="CallEvent")},
-                    _CLOUDEVENTS, "One leg of one provider report, in the canonical vocabulary."),
-    topics.SESSIONS: ("SessionRecord", "session_key", {"$ref": _REF.format(name="SessionRecord")},
-                      _CLOUDEVENTS, "The latest state of one call (compacted by key)."),
-    topics.ALERTS: ("Alert", "rule:scope", {"$ref": _REF.format(name="Alert")}, _CLOUDEVENTS,
-                    "A KPI alert rule starting or ending an episode."),
-    topics.DLQ: ("DeadLetter", "the failed record's", _RAW_BODY, _DLQ_HEADERS,
-                 "A record that could not be processed, with where and why."),
-    topics.TRACK: ("TrackedCall", "callSerialNo", {"$ref": _REF.format(name="Track")},
-                   _NO_HEADERS, "A mobile_agent call to poll, and the last state published for "
-                   "it (compacted; a tombstone ends its tracking)."),
-    topics.CHECKPOINTS: ("Checkpoint", "provider:account",
-                         {"$ref": _REF.format(name="Checkpoint")}, _NO_HEADERS,
-                         "How far a poller has read an account's calls (compacted)."),
+_Message = tuple[str, str, dict[str, Any], dict[str, Any]]
+"""(message name, key, payload schema, headers schema)"""
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF.format(name=name)}
+
+
+_CHANNELS: dict[str, tuple[str, tuple[_Message, ...]]] = {
+    # topic: (what it is, its messages)
+    topics.RAW: ("A provider report as received.",
+                 (("RawReport", "none", _RAW_BODY, _RAW_HEADERS),)),
+    topics.EVENTS: ("One leg of one provider report, in the canonical vocabulary.",
+                    (("CallEvent", "session_key", _ref("CallEvent"), _CLOUDEVENTS),)),
+    topics.SESSIONS: ("The latest state of one call (compacted by key).",
+                      (("SessionRecord", "session_key", _ref("SessionRecord"), _CLOUDEVENTS),)),
+    topics.ALERTS: ("A KPI alert rule starting or ending an episode.",
+                    (("Alert", "rule:scope", _ref("Alert"), _CLOUDEVENTS),)),
+    topics.ALERT_SAMPLES: (
+        "The alert sink's repartition topic: final sessions as samples of their scopes, keyed by "
+        "scope, and each calls.sessions partition's watermark, to every partition (internal).",
+        (("AlertSample", "the scope, e.g. provider=wavecell,account=acc1", _ref("AlertSample"),
+          _NO_HEADERS),
+         ("AlertWatermark", "none", _ref("AlertWatermark"), _NO_HEADERS)),
+    ),
+    topics.ALERT_STATE: (
+        "Where the alert windows of each calls.alerts.samples partition stand, in the same "
+        "partition (internal, compacted).",
+        (("AlertState", "the partition number", _ref("AlertState"), _NO_HEADERS),),
+    ),
+    topics.DLQ: ("A record that could not be processed, with where and why.",
+                 (("DeadLetter", "the failed record's", _RAW_BODY, _DLQ_HEADERS),)),
+    topics.TRACK: ("A mobile_agent call to poll, and the last state published for it "
+                   "(compacted; a tombstone ends its tracking).",
+                   (("TrackedCall", "callSerialNo", _ref("Track"), _NO_HEADERS),)),
+    topics.CHECKPOINTS: ("How far a poller has read an account's calls (compacted).",
+                         (("Checkpoint", "provider:account", _ref("Checkpoint"), _NO_HEADERS),)),
 }  # fmt: skip
 
 
 def document() -> dict[str, Any]:
     _, schemas = json_schema_components(
-        [CallEvent, SessionRecord, Alert, Track, Checkpoint], ref_template=_REF
+        [
+            CallEvent,
+            SessionRecord,
+            Alert,
+            AlertSample,
+            AlertWatermark,
+            AlertState,
+            Track,
+            Checkpoint,
+        ],
+        ref_template=_REF,
     )
     return {
         "asyncapi": "3.0.0",
@@ -102,12 +132,14 @@ def document() -> dict[str, Any]:
             topic: {
                 "address": topic,
                 "description": what,
-                "messages": {name: {"$ref": f"#/components/messages/{name}"}},
+                "messages": {
+                    name: {"$ref": f"#/components/messages/{name}"} for name, *_ in messages
+                },
                 "bindings": {"kafka": {"topicConfiguration": {"cleanup.policy": ["compact"]}}}
                 if topic in topics.CONFIGS
                 else {},
             }
-            for topic, (name, _, _, _, what) in _MESSAGES.items()
+            for topic, (what, messages) in _CHANNELS.items()
         },
         "components": {
             "messages": {
@@ -118,7 +150,8 @@ def document() -> dict[str, Any]:
                     "headers": headers,
                     "bindings": {"kafka": {"key": {**_STRING, "description": f"Key: {key}."}}},
                 }
-                for name, key, payload, headers, _ in _MESSAGES.values()
+                for _, messages in _CHANNELS.values()
+                for name, key, payload, headers in messages
             },
             "schemas": schemas,
         },

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import signal
 import socket
 import subprocess
@@ -123,7 +124,30 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_PORT = 10_000
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port free now on `host`, for a server started later (a child's metrics, the broker).
+
+    Taken below the kernel's ephemeral range where there is room: a port from that range (what
+    binding port 0 gives) may be handed to some client's outgoing connection before the server
+    binds it, and a child restarted on it would fail again and again.
+    """
+    low = _ephemeral_low()
+    if low > LOWEST_PORT:
+        for port in random.sample(range(LOWEST_PORT, low), 50):
+            if port_free(host, port):
+                return port
     with socket.socket() as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel gives outgoing connections (0 where it cannot be read)."""
+    try:
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0

@@ -8,7 +8,7 @@ import difflib
 import importlib
 import re
 import sys
-from collections.abc import Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaError
 
 from callstream import dlq, reports, status, up
 from callstream.asyncapi import render
+from callstream.bench import Target, verdicts
 from callstream.broker import EmbeddedBroker, port_free
 from callstream.replay import replay
 from callstream.reports import since
@@ -207,7 +208,14 @@ def _add_pipeline_commands(commands: Any) -> None:
         "--insecure-no-auth", action="store_true", default=None,
         help="allow a non-loopback address while a provider has no authentication",
     )  # fmt: skip
-    cmd.set_defaults(run=_service)
+    cmd.add_argument(
+        "--workers", type=int, default=None, metavar="N",
+        help="processes serving the port, each with its own producer (default 1)",
+    )  # fmt: skip
+    # Given by `--workers N` to the processes it runs, not by people.
+    cmd.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    cmd.add_argument("--peers", type=Path, default=None, help=argparse.SUPPRESS)
+    cmd.set_defaults(run=_ingress)
 
     cmd = commands.add_parser("store", parents=[kafka], help="write events and sessions to a store")
     cmd.add_argument("--store", dest="url", default=None, help="sqlite:///PATH or postgresql://…")
@@ -252,6 +260,10 @@ def _add_pipeline_commands(commands: Any) -> None:
         help="every service's metrics on one endpoint, on 127.0.0.1 (0: off)",
     )  # fmt: skip
     cmd.add_argument("--data-dir", type=Path, default=up.DEFAULT_DATA_DIR, help="local state")
+    cmd.add_argument(
+        "--ingress-workers", type=int, default=None, metavar="N",
+        help="ingress processes on its port (default: $CALLSTREAM_INGRESS__WORKERS or 1)",
+    )  # fmt: skip
     cmd.add_argument(
         "--demo", action="store_true",
         help="also run the provider simulator, with the pollers and its traffic pointed at it",
@@ -423,7 +435,12 @@ def _add_bench_commands(commands: Any) -> None:
     cmd.add_argument("--json", action="store_true", help="print one JSON object")
     cmd.add_argument("--duration", type=_positive, default=None, help="seconds of traffic (120)")
     cmd.add_argument("--rate", type=_positive, default=None, help="callbacks a second (2000)")
-    cmd.set_defaults(run=_bench, options=("duration", "rate"))
+    cmd.add_argument(
+        "--faults", choices=("all", "none"), default=None,
+        help="kill one instance of each consumer in turn and pause the broker (all), or not",
+    )  # fmt: skip
+    cmd.add_argument("--instances", type=_count, default=None, help="of each consumer service (1)")
+    cmd.set_defaults(run=_bench, options=("duration", "rate", "faults", "instances"))
 
 
 def _positive(text: str) -> float:
@@ -514,7 +531,11 @@ def _bench(args: argparse.Namespace) -> int:
     tune_gc()  # as in the service processes it measures
     options = {name: getattr(args, name) for name in args.options}
     results = bench.run(**{name: value for name, value in options.items() if value is not None})
-    print(_encoder.encode(results).decode() if args.json else bench.report(results))
+    targets: tuple[Target, ...] = getattr(bench, "TARGETS", ())
+    if args.json:
+        print(_encoder.encode({**results, **verdicts(targets, results)}).decode())
+    else:
+        print("\n".join([bench.report(results), *(target.line(results) for target in targets)]))
     return 0
 
 
@@ -589,7 +610,7 @@ def _dlq(args: argparse.Namespace) -> int:
             kafka, stage=args.stage, provider=args.provider, since=args.since,
             include_redriven=args.all,
         )  # fmt: skip
-        print(dlq.render_list(asyncio.run(found)))
+        asyncio.run(_print_letters(found))
     else:
         run_until_signalled(
             lambda stop: _print_result(
@@ -598,6 +619,20 @@ def _dlq(args: argparse.Namespace) -> int:
             )
         )  # fmt: skip
     return 0
+
+
+async def _print_letters(found: AsyncIterator[dlq.DeadLetter]) -> None:
+    """`dlq list`: each letter printed as it is read (the lines have fixed columns), under a
+    header printed once the first answer came (so a broker that is not there is one line)."""
+    listed = 0
+    async for letter in found:
+        if not listed:
+            print(dlq.list_header(), flush=True)
+        print(dlq.list_line(letter))
+        listed += 1
+    if not listed:
+        print(dlq.list_header())
+        print("(none)")
 
 
 async def _print_result(result: Awaitable[Any]) -> None:
@@ -628,7 +663,10 @@ def _up(args: argparse.Namespace) -> int:
         embedded = EmbeddedBroker(args.broker_port, log_file=args.data_dir / "broker.log")
     bootstrap = args.kafka if embedded is None else embedded.bootstrap
     kafka = load(KafkaSettings, "kafka", {"bootstrap": bootstrap})
-    children = up.services(kafka, args.http_port, args.data_dir, demo=args.demo)
+    load(IngressSettings, "ingress", {"workers": args.ingress_workers})  # wrong: stop here
+    children = up.services(
+        kafka, args.http_port, args.data_dir, demo=args.demo, ingress_workers=args.ingress_workers
+    )
     run_until_signalled(
         lambda stop: up.serve(
             kafka, embedded, children, stop, http_port=args.http_port,
@@ -710,7 +748,9 @@ class _Service(NamedTuple):
 
 
 _SERVICES = {
-    "ingress": _Service("ingest.server", IngressSettings, ("host", "port", "insecure_no_auth")),
+    "ingress": _Service(
+        "ingest.server", IngressSettings, ("host", "port", "insecure_no_auth", "workers")
+    ),
     "normalizer": _Service("normalize.service", NormalizerSettings, ("metrics_port",)),
     "aggregator": _Service("normalize.aggregator", AggregatorSettings, ("metrics_port",)),
     "store": _Service("sinks.store", StoreSettings, ("url", "metrics_port")),
@@ -724,7 +764,32 @@ def _service(args: argparse.Namespace) -> int:
     spec = _SERVICES[args.command]
     serve = importlib.import_module(spec.module).serve  # each service imports only what it runs
     _service_logging()
-    settings = load(spec.settings, args.command, {flag: getattr(args, flag) for flag in spec.flags})
+    settings = _settings(args)
     kafka = _kafka(args)
     run_until_signalled(lambda stop: serve(settings, kafka, stop))
+    return 0
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    spec = _SERVICES[args.command]
+    return load(spec.settings, args.command, {flag: getattr(args, flag) for flag in spec.flags})
+
+
+def _ingress(args: argparse.Namespace) -> int:
+    """The ingress: one process, N workers (their parent), or worker I of N."""
+    settings = _settings(args)
+    if args.worker is None and settings.workers == 1:
+        return _service(args)
+    _service_logging()
+    kafka = _kafka(args)
+    if args.worker is None:
+        from callstream import ingress_workers  # noqa: PLC0415 - a service imports what it runs
+
+        run_until_signalled(lambda stop: ingress_workers.serve(settings, kafka, stop))
+        return 0
+    from ingest.server import serve  # noqa: PLC0415
+    from ingest.workers import Worker  # noqa: PLC0415
+
+    worker = Worker(args.worker, settings.workers, args.peers)
+    run_until_signalled(lambda stop: serve(settings, kafka, stop, worker=worker))
     return 0

@@ -8,33 +8,40 @@ letters with such a follow-up and the markers (unless `include_redriven`), and `
 takes them, so each letter is redriven at most once; the failed-again copy is the one to redrive
 next time. Only letters of raw records (stages ingress, poll, normalize, replay, redrive) can be
 redriven; those of the store, aggregator and alerts hold events or sessions, not raw reports.
+
+Memory stays bounded whatever calls.dlq holds: `list` and `redrive` stream it a batch at a time
+(`foundation.kafka.TopicScan`), keeping only the ids of letters already redriven (one first
+pass over the follow-ups), and `show` fetches the one record at its offset.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import NamedTuple
 
 import msgspec
 import structlog
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from callstream.progress import Progress
 from callstream.replay import provider_of
-from callstream.reports import table
 from foundation import kafka as kafka_io
 from foundation.errors import CallstreamError
-from foundation.kafka import OutRecord, Record
+from foundation.kafka import POLL_MS, OutRecord, Record, TopicScan
 from foundation.settings import KafkaSettings
 from foundation.text import printable
 from normalize.service import route
 from schemas import topics
+from schemas.providers import PROVIDERS
 from schemas.topics import RAW_STAGES, Stage
+from sinks.backend import time_text
 
-"""Stages whose dead letters hold a raw report with its raw headers."""
 BATCH = 1_000
+"""Letters read, and redriven, at a time."""
+SHOW_WITHIN_S = 30.0
 LIST_HEADER = ("id", "time", "stage", "provider", "size", "reason")
 
 log = structlog.get_logger("callstream.dlq")
@@ -93,41 +100,103 @@ async def letters(
     provider: str | None = None,
     since: datetime | None = None,
     include_redriven: bool = False,
-) -> list[DeadLetter]:
-    """The dead letters of calls.dlq matching every filter given, oldest first per partition.
+    scan: TopicScan | None = None,
+) -> AsyncIterator[DeadLetter]:
+    """The dead letters of calls.dlq matching every filter given, oldest first per partition,
+    streamed: one batch of BATCH letters in memory at a time.
 
     Letters already redriven and the markers of successful redrives are left out unless
-    `include_redriven`.
+    `include_redriven`. A follow-up may be in another partition than its letter, so knowing
+    which were redriven takes a first pass over calls.dlq that keeps only the ids the
+    follow-ups point at: memory for that grows with the number of redrives (some 100 bytes
+    each), never with the letters. Both passes read up to the same end (`scan`'s, if given).
     """
-    found = [_letter(record) for record in await kafka_io.read_all(kafka, topics.DLQ)]
-    redriven = {
-        letter.headers[topics.REDRIVE_OF] for letter in found if topics.REDRIVE_OF in letter.headers
-    }
-    return [
-        letter
-        for letter in found
-        if (include_redriven or (letter.id not in redriven and letter.stage != Stage.REDRIVEN))
-        and (stage is None or letter.stage == stage)
-        and (provider is None or letter.provider == provider)
-        and (since is None or letter.time >= since)
-    ]
+    scan = scan or TopicScan(kafka, topics.DLQ, max_records=BATCH)
+    redriven = set() if include_redriven else await _redriven_ids(scan)
+    async with aclosing(scan.batches()) as batches:  # its consumer closed if we stop early
+        async for batch in batches:
+            for letter in map(_letter, batch):
+                hidden = letter.id in redriven or letter.stage == Stage.REDRIVEN
+                if (
+                    (include_redriven or not hidden)
+                    and (stage is None or letter.stage == stage)
+                    and (provider is None or letter.provider == provider)
+                    and (since is None or letter.time >= since)
+                ):
+                    yield letter
+
+
+async def _redriven_ids(scan: TopicScan) -> set[str]:
+    """The ids of the letters that a follow-up record (`cs-redrive-of`) points at."""
+    found: set[str] = set()
+    async for batch in scan.batches():
+        for record in batch:
+            for name, value in record.headers:
+                if name == topics.REDRIVE_OF:
+                    found.add(value.decode(errors="replace"))
+    return found
 
 
 def render_list(found: Iterable[DeadLetter]) -> str:
-    """A table of letters, one line each, the reason cut to 80 characters."""
-    return table(
-        LIST_HEADER,
-        [[d.id, d.time, d.stage, d.provider, d.size, _cut(d.reason, 80)] for d in found],
-    )
+    """A table of letters, one line each: `list_header()`, then `list_line()` of each."""
+    lines = [list_header(), *(list_line(letter) for letter in found)]
+    return "\n".join(lines if len(lines) > 1 else [*lines, "(none)"])
+
+
+_WIDTHS = (
+    len("0:0000000"),
+    len(time_text(datetime.now(UTC))),
+    max(len(stage) for stage in Stage),
+    max(len(provider) for provider in PROVIDERS),
+    len("size") + 4,
+)
+"""Columns of fixed widths, so that lines are printed as they are read; a longer value only
+shifts the rest of its own line."""
+
+
+def list_header() -> str:
+    return _columns(LIST_HEADER)
+
+
+def list_line(letter: DeadLetter) -> str:
+    """One letter as a line of the list, the reason cut to 80 characters; control characters
+    escaped (`foundation.text.printable`)."""
+    return _columns(
+        (letter.id, time_text(letter.time), letter.stage, letter.provider or "-",
+         str(letter.size), _cut(letter.reason, 80))
+    )  # fmt: skip
+
+
+def _columns(cells: Sequence[str]) -> str:
+    *fixed, reason = (printable(cell) for cell in cells)
+    padded = [
+        cell.rjust(width) if column == len(_WIDTHS) - 1 else cell.ljust(width)
+        for column, (cell, width) in enumerate(zip(fixed, _WIDTHS, strict=True))
+    ]
+    return "  ".join([*padded, printable(reason)]).rstrip()
 
 
 async def show(kafka: KafkaSettings, id: str) -> DeadLetter:
-    """The letter at `id` ("partition:offset"), markers and redriven letters included."""
+    """The letter at `id` ("partition:offset"), markers and redriven letters included: the one
+    record fetched from its offset."""
     partition, offset = _parse_id(id)
-    for letter in await letters(kafka, include_redriven=True):
-        if (letter.record.partition, letter.record.offset) == (partition, offset):
-            return letter
-    raise DlqError(f"no dead letter {id} in {kafka.topic(topics.DLQ)}")
+    dlq = kafka.topic(topics.DLQ)
+    async with kafka_io.consumer(kafka, group_id=None, fetch_max_wait_ms=50) as client:
+        tp = TopicPartition(dlq, partition)
+        if tp not in await kafka_io.partitions_of(client, dlq):
+            raise DlqError(f"no dead letter {id} in {dlq}: it has no partition {partition}")
+        client.assign([tp])
+        start = (await client.beginning_offsets([tp]))[tp]
+        if offset >= start:
+            client.seek(tp, offset)
+            async with asyncio.timeout(SHOW_WITHIN_S):
+                while (highwater := client.highwater(tp)) is None or offset < highwater:
+                    fetched = (await client.getmany(tp, timeout_ms=POLL_MS, max_records=1)).get(tp)
+                    if fetched:
+                        if fetched[0].offset == offset:
+                            return _letter(fetched[0])
+                        break
+    raise DlqError(f"no dead letter {id} in {dlq}")
 
 
 def render_show(letter: DeadLetter) -> str:
@@ -151,40 +220,50 @@ async def redrive(
     """Normalize the matching letters again: events to calls.events, failures back to calls.dlq.
 
     Takes the letters of raw stages not redriven before that match every filter (and, if `ids`
-    are given, only those). Events are acknowledged before the follow-up records are written,
-    so a crash in between only means those letters get redriven once more, harmlessly.
+    are given, only those), up to the end calls.dlq had at the start, BATCH at a time: a batch's
+    events are acknowledged before its follow-up records are written, and those before the next
+    batch is taken, so a crash in between only means those letters get redriven once more,
+    harmlessly. On `stop`, the batch in hand is finished. Progress counts the letters scanned.
     """
     if stage is not None and stage not in RAW_STAGES:
         raise DlqError(f"letters of stage {stage!r} hold no raw report; redrive takes "
                        f"{', '.join(sorted(RAW_STAGES))}")  # fmt: skip
     wanted = {_parse_id(i) for i in ids}
-    todo = [
-        letter
-        for letter in await letters(kafka, stage=stage, provider=provider, since=since)
-        if letter.stage in RAW_STAGES
-        and (not wanted or (letter.record.partition, letter.record.offset) in wanted)
-    ]
+    scan = TopicScan(kafka, topics.DLQ, max_records=BATCH)
+    found = letters(kafka, stage=stage, provider=provider, since=since, scan=scan)
     progress = progress or Progress("redrive")
-    progress.total = len(todo)
-    ok = failed = events = 0
-    async with kafka_io.producer(kafka) as producer:
-        for start in range(0, len(todo), BATCH):
+    counts = RedriveResult(0, 0, 0)
+    async with kafka_io.producer(kafka) as producer, aclosing(found):
+        chunk: list[DeadLetter] = []
+        async for letter in found:
             if stop is not None and stop.is_set():
+                chunk.clear()
                 break
-            chunk = todo[start : start + BATCH]
-            batch_ok, batch_failed, batch_events = await _redrive(kafka, producer, chunk)
-            ok, failed, events = ok + batch_ok, failed + batch_failed, events + batch_events
-            progress.advance(len(chunk))
+            if letter.stage in RAW_STAGES and (
+                not wanted or (letter.record.partition, letter.record.offset) in wanted
+            ):
+                chunk.append(letter)
+            if len(chunk) == BATCH:
+                counts = _add(counts, await _redrive(kafka, producer, chunk))
+                chunk.clear()
+            progress.total = scan.total
+            progress.advance(scan.read - progress.done)
+        if chunk:
+            counts = _add(counts, await _redrive(kafka, producer, chunk))
+    progress.advance(scan.read - progress.done)
     progress.close()
-    result = RedriveResult(ok, failed, events)
-    log.info("redrive_finished", **result._asdict())
-    return result
+    log.info("redrive_finished", **counts._asdict())
+    return counts
+
+
+def _add(a: RedriveResult, b: RedriveResult) -> RedriveResult:
+    return RedriveResult(*(x + y for x, y in zip(a, b, strict=True)))
 
 
 async def _redrive(
     kafka: KafkaSettings, producer: AIOKafkaProducer, chunk: list[DeadLetter]
-) -> tuple[int, int, int]:
-    """One chunk: its events (acked), then a follow-up record per letter. (ok, failed, events)"""
+) -> RedriveResult:
+    """One chunk: its events (acked), then a follow-up record per letter (acked)."""
     outcomes: list[OutRecord] = []
     produced: list[OutRecord] = []
     failed = 0
@@ -200,7 +279,7 @@ async def _redrive(
             outcomes.append(OutRecord(letter.record.key, b"", marker))
     await kafka_io.send_all(producer, kafka.topic(topics.EVENTS), produced)
     await kafka_io.send_all(producer, kafka.topic(topics.DLQ), outcomes)
-    return len(chunk) - failed, failed, len(produced)
+    return RedriveResult(len(chunk) - failed, failed, len(produced))
 
 
 def _parse_id(text: str) -> tuple[int, int]:

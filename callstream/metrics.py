@@ -17,63 +17,24 @@ from collections.abc import Iterable, Mapping
 import aiohttp
 import structlog
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.parser import text_string_to_metric_families
+
+from foundation import metrics
 
 log = structlog.get_logger("callstream.up")
 
-SCRAPE_TIMEOUT_S = 2.0
+UP = ("callstream_up", "1 if the service's metrics could be scraped by `up`, else 0.")
 
 
 async def scrape(session: aiohttp.ClientSession, targets: Mapping[str, str]) -> bytes:
     """One exposition of every target's metrics (`service name → /metrics URL`)."""
-    texts = await asyncio.gather(*(_fetch(session, url) for url in targets.values()))
+    texts = await asyncio.gather(*(metrics.fetch(session, url) for url in targets.values()))
     return merge(zip(targets, texts, strict=True))
 
 
 def merge(scraped: Iterable[tuple[str, str | None]]) -> bytes:
     """The expositions of several services as one; None: the service did not answer."""
-    families: dict[str, Metric] = {}
-    answered = GaugeMetricFamily(
-        "callstream_up", "1 if the service's metrics could be scraped by `up`, else 0.",
-        labels=["service"],
-    )  # fmt: skip
-    for service, text in scraped:
-        answered.add_metric([service], 0.0 if text is None else 1.0)
-        for family in text_string_to_metric_families(text or ""):
-            merged = families.get(family.name)
-            if merged is None:
-                merged = families[family.name] = Metric(
-                    family.name, family.documentation, family.type, family.unit
-                )
-            for sample in family.samples:
-                labels = sample.labels
-                if "service" not in labels:
-                    labels = {"service": service, **labels}
-                merged.samples.append(sample._replace(labels=labels))
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Fixed([answered, *families.values()]))
-    return generate_latest(registry)
-
-
-class _Fixed:
-    def __init__(self, families: list[Metric]) -> None:
-        self.families = families
-
-    def collect(self) -> list[Metric]:
-        return self.families
-
-
-async def _fetch(session: aiohttp.ClientSession, url: str) -> str | None:
-    try:
-        async with asyncio.timeout(SCRAPE_TIMEOUT_S), session.get(url) as answer:
-            if answer.status != 200:
-                return None
-            return await answer.text()
-    except (aiohttp.ClientError, TimeoutError, ValueError):
-        return None
+    return metrics.merge(scraped, "service", UP)
 
 
 async def serve(port: int, targets: Mapping[str, str]) -> web.AppRunner:

@@ -52,7 +52,8 @@ KNOWN_GROUPS: dict[str, tuple[str, ...]] = {
     NormalizerSettings().group_id: (topics.RAW,),
     AggregatorSettings().group_id: (topics.EVENTS,),
     StoreSettings().group_id: (topics.EVENTS, topics.SESSIONS),
-    AlertSettings().group_id: (topics.SESSIONS, topics.EVENTS),
+    AlertSettings().group_id: (topics.SESSIONS,),
+    AlertSettings().windows_group_id: (topics.ALERT_SAMPLES,),
     VpbxPollSettings().group_id: (topics.CHECKPOINTS,),
     MobileAgentPollSettings().group_id: (topics.TRACK,),
 }
@@ -142,7 +143,7 @@ async def collect(kafka: KafkaSettings, store_url: str | None = None) -> Status:
     if any(end is None for end in ends.values()):
         notes.append("end offsets: the broker did not report some within the request timeout")
     groups = await _groups(kafka, present, ends, starts, notes)
-    letters = Counter(letter.stage for letter in await dlq.letters(kafka))
+    letters = Counter([letter.stage async for letter in dlq.letters(kafka)])
     firing = [alert for alert in await latest_alerts(kafka) if alert.state == "firing"]
     return Status(
         kafka=kafka.bootstrap,

@@ -68,10 +68,13 @@ class Child:
         log.info("child_stopped", child=self.name, code=process.returncode)
 
 
-async def supervise(children: Sequence[Child], stop: asyncio.Event) -> None:
+async def supervise(
+    children: Sequence[Child], stop: asyncio.Event, *, together: bool = False
+) -> None:
     """Run every child until `stop` is set, restarting those that exit; then stop them all,
     in the reverse order of `children`, each once the one after it has exited (a source
-    stops before what it feeds, which then finds nobody gone from under it)."""
+    stops before what it feeds, which then finds nobody gone from under it); or, `together`,
+    all at once (peers, such as ingress workers)."""
     for child in children:
         await child.start()
     keepers = [
@@ -81,6 +84,9 @@ async def supervise(children: Sequence[Child], stop: asyncio.Event) -> None:
     for keeper in keepers:
         keeper.cancel()
     await asyncio.gather(*keepers, return_exceptions=True)
+    if together:
+        await asyncio.gather(*(child.stop() for child in children))
+        return
     for child in reversed(children):
         await child.stop()
 

@@ -40,6 +40,8 @@ time scale (0.05: the schedule's 1 min, 10 min, 1 h and 4 h, and the 15-minute a
 
 DEFAULT_DATA_DIR = Path(".callstream")
 TOPIC_PREFIX = "CALLSTREAM_KAFKA__TOPIC_PREFIX"
+CONSUMERS = ("normalizer", "aggregator", "store", "alerts")
+"""The consumer services, each a member of its own consumer group."""
 
 
 def store_url(data_dir: Path) -> str:
@@ -54,12 +56,16 @@ def services(
     *,
     demo: bool = False,
     metrics: bool = True,
+    ingress_workers: int | None = None,
+    instances: int = 1,
 ) -> list[Child]:
     """The services `up` runs, each the same `callstream <service>` command a container runs:
     the pollers too when some are configured (CALLSTREAM_POLL__*), and with `demo` the provider
     simulator, with the pollers and its traffic pointed at it. With `metrics`, each service
     serves its metrics on a free port (`Child.metrics`), which `serve` gathers into one. Each
-    is given `kafka`'s bootstrap and topic prefix.
+    is given `kafka`'s bootstrap and topic prefix. With `instances` above 1, that many of each
+    consumer service run as members of its group, named `normalizer-1`, `normalizer-2`…
+    `ingress_workers`: the ingress's `--workers` (None: CALLSTREAM_INGRESS__WORKERS, else 1).
 
     They are listed in the order they start; they stop in the reverse order, one after the
     other: the pollers before the simulator they ask, the simulator before the ingress it
@@ -77,18 +83,24 @@ def services(
         polling = poll_env(f"http://127.0.0.1:{port}") | DEMO_POLLING
     bootstrap = ("--kafka", kafka.bootstrap)
     prefixed = {TOPIC_PREFIX: kafka.topic_prefix}
+    workers = () if ingress_workers is None else ("--workers", str(ingress_workers))
+    options = {"store": ("--store", store_url(data_dir))}
     children = [
-        _measured("normalizer", ("normalizer", *bootstrap), metrics, prefixed),
-        _measured("aggregator", ("aggregator", *bootstrap), metrics, prefixed),
         _measured(
-            "store", ("store", *bootstrap, "--store", store_url(data_dir)), metrics, prefixed
-        ),
-        _measured("alerts", ("alerts", *bootstrap), metrics, prefixed),
+            name if instances == 1 else f"{name}-{instance}",
+            (name, *bootstrap, *options.get(name, ())),
+            metrics,
+            prefixed,
+        )
+        for name in CONSUMERS
+        for instance in range(1, instances + 1)
+    ]
+    children += [
         # The ingress sees the pollers' settings: it warns when a call is registered for
         # polling and no poller of its provider is configured.
         Child(
             "ingress",
-            ("ingress", *bootstrap, "--port", str(http_port)),
+            ("ingress", *bootstrap, "--port", str(http_port), *workers),
             env=polling | prefixed,
             metrics=f"http://127.0.0.1:{http_port}/metrics" if metrics else None,
         ),
@@ -97,6 +109,11 @@ def services(
     if polling or load(PollSettings, "poll").configured:
         children.append(_measured("poll", ("poll", *bootstrap), metrics, polling | prefixed))
     return children
+
+
+def service_of(child: Child) -> str:
+    """The `callstream` command a child runs: its service, whichever instance it is."""
+    return child.args[0]
 
 
 def _measured(name: str, args: tuple[str, ...], metrics: bool, env: dict[str, str]) -> Child:

@@ -5,7 +5,7 @@ cannot). Consumers never auto-commit: services commit after what they produced i
 
 Topic names, one rule: a function given the `KafkaSettings` takes a topic's `schemas.topics`
 name (`calls.raw`) and a group's own id, and puts `KAFKA__TOPIC_PREFIX` before them itself
-(`consumer`, `ensure_topics`, `publish`, `read_all`); a function given only a client
+(`consumer`, `ensure_topics`, `publish`, `read_all`, `TopicScan`); a function given only a client
 (`send_all`, `partitions_of`, a client's own methods) takes the name the cluster knows,
 `kafka.topic(topics.RAW)`. A record read carries the cluster's name in `.topic`.
 """
@@ -13,10 +13,13 @@ name (`calls.raw`) and a group's own id, and puts `KAFKA__TOPIC_PREFIX` before t
 from __future__ import annotations
 
 import asyncio
+import copy
+import itertools
 import logging
 import random
+import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -27,6 +30,7 @@ from aiokafka.errors import (
     CommitFailedError,
     IllegalStateError,
     KafkaConnectionError,
+    ProducerClosed,
     TopicAlreadyExistsError,
     for_code,
 )
@@ -45,6 +49,9 @@ Batch = dict[TopicPartition, list[Record]]
 """What one fetch (`getmany`) gives: each partition's records, in offset order."""
 POLL_MS = 200
 """How long one fetch waits for records, so also how soon an idle consumer notices a stop."""
+RESTORE_POLL_MS = 20
+"""How long a fetch of `read_ranges` waits: once a partition is read to its end, fetches return
+nothing after this long, so it bounds how long reaching the end takes to notice."""
 MAX_BATCH_BYTES = 1 << 20
 
 
@@ -151,6 +158,8 @@ class OutRecord(msgspec.Struct, frozen=True, gc=False):
     value: bytes | None
     """None: a tombstone (on a compacted topic, it deletes the key)."""
     headers: topics.Headers
+    partition: int | None = None
+    """Where it goes; None: its key's partition (`partition_for`), or any for no key."""
 
 
 def partition_for(key: bytes, partitions: Sequence[int]) -> int:
@@ -202,6 +211,7 @@ def consumer(
         "heartbeat_interval_ms": kafka.heartbeat_interval_ms,
         "request_timeout_ms": kafka.request_timeout_ms,
         "max_partition_fetch_bytes": 4 * MAX_BATCH_BYTES,
+        "fetch_max_wait_ms": kafka.fetch_max_wait_ms,
     }
     return Consumer(*map(kafka.topic, subscribe), **(options | overrides))
 
@@ -235,7 +245,8 @@ async def ensure_topics(kafka: KafkaSettings, names: Iterable[str] = topics.ALL)
 
 
 async def send_all(client: AIOKafkaProducer, topic: str, records: Iterable[OutRecord]) -> None:
-    """Produce `records` with the batch API, each to its key's partition; return when all are acked.
+    """Produce `records` with the batch API, each to its partition (its key's unless it names one);
+    return when all are acked.
 
     One `send` per record costs aiokafka ~25 µs; appending to a per-partition batch ~1 µs. A full
     batch is sent at once and a new one opened. Raises what the producer raises if any batch is
@@ -245,8 +256,11 @@ async def send_all(client: AIOKafkaProducer, topic: str, records: Iterable[OutRe
     open_batches: dict[int, BatchBuilder] = {}
     acks = []
     for record in records:
-        key, value, headers = record.key, record.value, record.headers
-        partition = partition_for(key, partitions) if key is not None else random.choice(partitions)
+        key, value, headers, partition = record.key, record.value, record.headers, record.partition
+        if partition is None:
+            partition = (
+                partition_for(key, partitions) if key is not None else random.choice(partitions)
+            )
         batch = open_batches.get(partition)
         if batch is None:
             batch = open_batches[partition] = client.create_batch()
@@ -265,6 +279,214 @@ async def _send(
 ) -> asyncio.Future[Any]:
     batch.close()
     return await client.send_batch(batch, topic, partition=partition)
+
+
+class Overloaded(Unavailable):
+    """A record refused at once: the records already waiting for the broker's ack hold the
+    Batcher's `max_pending_bytes`."""
+
+
+class _Generation:
+    """The batches opened together, handed to the producer together, and the deadline of the
+    sends waiting for them."""
+
+    __slots__ = ("batches", "deadline", "unsettled")
+
+    def __init__(self) -> None:
+        self.batches: list[_Batch] = []
+        self.unsettled = 0
+        self.deadline: asyncio.TimerHandle | None = None
+
+
+class _Batch:
+    """A batch of one partition and the sends waiting for its acknowledgement."""
+
+    __slots__ = ("builder", "generation", "size", "waiters", "where")
+
+    def __init__(
+        self, where: tuple[str, int], builder: BatchBuilder, generation: _Generation
+    ) -> None:
+        self.where, self.builder, self.generation = where, builder, generation
+        self.waiters: list[asyncio.Future[None]] = []
+        self.size = 0
+        """Bytes of its keys and values."""
+
+
+class Batcher:
+    """Records sent one at a time by many concurrent tasks, produced as batches.
+
+    `send` adds its record to the open batch of the record's partition (the one it names, else its
+    key's by `partition_for`; records without either all go to one partition of the topic, the next
+    generation's to the next partition) and returns once the broker acknowledged that batch, or
+    raises what the producer raised for it. The open batches form a generation, handed to the
+    producer together (aiokafka's batch API: one `send_batch` each, one produce request per broker)
+    `linger_s` after its first record, and not before every batch handed earlier was acknowledged or
+    failed: while the broker works on one produce request the next one fills, so batches grow with
+    the load rather than their number, and each costs once what its records share (the request, its
+    encoding, compression, the acknowledgement). A batch that fills up goes at once. Batches of a
+    partition are produced in the order they were opened. A send cancelled while it waits withdraws
+    nothing: its record is produced with its batch.
+
+    With `ack_timeout_s`, a send still waiting that long after its generation was opened (so at
+    most that long after the send) raises TimeoutError: one timer a generation rather than one
+    a send. Its record is not withdrawn (it may still be written), and its bytes stay pending
+    until the producer is done with them.
+
+    Memory is bounded: while the records not yet acknowledged (or failed) hold
+    `max_pending_bytes` of keys and values, `send` raises Overloaded at once.
+
+    One `producer.send` costs aiokafka ~24 µs; one append to a batch ~1 µs.
+    """
+
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        *,
+        linger_s: float = 0.001,
+        max_pending_bytes: int,
+        ack_timeout_s: float | None = None,
+    ) -> None:
+        self._producer, self._linger_s, self._ack_timeout_s = producer, linger_s, ack_timeout_s
+        self.max_pending_bytes = max_pending_bytes
+        self.pending_bytes = 0
+        """Bytes of keys and values sent and not yet acknowledged or failed."""
+        self._generation: _Generation | None = None
+        """The open generation, from its first record until it is handed over."""
+        self._open: dict[tuple[str, int], _Batch] = {}
+        """Its batches being filled, by topic and partition."""
+        self._lingered = False
+        self._unacked = 0
+        """Batches handed to the producer and not yet acknowledged or failed."""
+        self._partitions: dict[str, list[int]] = {}
+        self._keyless: dict[str, int] = {}
+        """The partition of each topic that this generation's records without a key go to."""
+        self._turn = itertools.count()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def send(self, topic: str, record: OutRecord) -> None:
+        """Return once the broker acknowledged `record` (in its batch); raises the producer's
+        error for the batch, TimeoutError past `ack_timeout_s`, or Overloaded."""
+        key, value, headers = record.key, record.value, record.headers
+        size = len(key or b"") + len(value or b"")
+        if self.pending_bytes and self.pending_bytes + size > self.max_pending_bytes:
+            raise Overloaded(
+                f"{self.pending_bytes} bytes are waiting for the broker's acknowledgement"
+            )
+        if (partition := record.partition) is None:
+            partitions = self._partitions.get(topic) or await self._learn(topic)
+            partition = self._place(topic, key, partitions)
+        where = (topic, partition)
+        batch = self._open.get(where) or self._opened(where)
+        if batch.builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
+            self._hand_over([self._open.pop(where)])  # full; a batch's first record always fits
+            batch = self._opened(where)
+            batch.builder.append(key=key, value=value, timestamp=None, headers=headers)
+        waiter = asyncio.get_running_loop().create_future()
+        batch.waiters.append(waiter)
+        batch.size += size
+        self.pending_bytes += size
+        await waiter
+
+    async def close(self) -> None:
+        """Hand every batch to the producer now and return once the producer has them all (its
+        own `stop` then waits for their acks)."""
+        self._end_generation()
+        while self._tasks:
+            await asyncio.gather(*self._tasks)
+
+    def _place(self, topic: str, key: bytes | None, partitions: list[int]) -> int:
+        """The key's partition, or this generation's for records without a key."""
+        if key is not None:
+            return partition_for(key, partitions)
+        if (partition := self._keyless.get(topic, -1)) < 0:
+            partition = self._keyless[topic] = partitions[next(self._turn) % len(partitions)]
+        return partition
+
+    async def _learn(self, topic: str) -> list[int]:
+        """The partitions of `topic`, as first known: partition counts do not change while
+        callstream runs (co-partitioning depends on them)."""
+        known = self._partitions[topic] = sorted(await self._producer.partitions_for(topic))
+        return known
+
+    def _opened(self, where: tuple[str, int]) -> _Batch:
+        generation = self._generation
+        if generation is None:
+            generation = self._generation = _Generation()
+            loop = asyncio.get_running_loop()
+            loop.call_later(self._linger_s, self._linger_over, generation)
+            if self._ack_timeout_s is not None:
+                generation.deadline = loop.call_later(
+                    self._ack_timeout_s, _expire, generation, TimeoutError()
+                )
+        batch = self._open[where] = _Batch(where, self._producer.create_batch(), generation)
+        generation.batches.append(batch)
+        generation.unsettled += 1
+        return batch
+
+    def _linger_over(self, generation: _Generation) -> None:
+        if generation is not self._generation:  # handed over already (close)
+            return
+        self._lingered = True
+        if not self._unacked:
+            self._end_generation()
+
+    def _end_generation(self) -> None:
+        """Hand the open generation's batches to the producer; the next record opens another."""
+        batches = list(self._open.values())
+        self._generation, self._lingered = None, False
+        self._open.clear()
+        self._keyless.clear()
+        if batches:
+            self._hand_over(batches)
+
+    def _hand_over(self, batches: list[_Batch]) -> None:
+        self._unacked += len(batches)
+        task = asyncio.create_task(self._produce(batches))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _produce(self, batches: list[_Batch]) -> None:
+        for batch in batches:
+            batch.builder.close()
+            topic, partition = batch.where
+            try:
+                acked = await self._producer.send_batch(batch.builder, topic, partition=partition)
+            except Exception as exc:  # every sender of the batch gets it
+                self._settle(batch, exc)
+            else:
+                acked.add_done_callback(lambda ack, batch=batch: self._acked(batch, ack))
+
+    def _acked(self, batch: _Batch, ack: asyncio.Future[Any]) -> None:
+        self._settle(batch, ProducerClosed() if ack.cancelled() else ack.exception())
+
+    def _settle(self, batch: _Batch, error: BaseException | None) -> None:
+        self.pending_bytes -= batch.size
+        generation = batch.generation
+        generation.unsettled -= 1
+        if not generation.unsettled and generation.deadline is not None:
+            generation.deadline.cancel()  # and lets go of the generation
+        if error is None:
+            for waiter in batch.waiters:
+                if not waiter.done():  # else its sender gave up waiting
+                    waiter.set_result(None)
+        else:
+            _fail(batch, error)
+        self._unacked -= 1
+        if not self._unacked and self._lingered:
+            self._end_generation()
+
+
+def _expire(generation: _Generation, error: BaseException) -> None:
+    for batch in generation.batches:
+        _fail(batch, error)
+
+
+def _fail(batch: _Batch, error: BaseException) -> None:
+    """`error` raised in every sender of `batch` still waiting (a copy each: one exception
+    raised in many tasks would grow one traceback)."""
+    for waiter in batch.waiters:
+        if not waiter.done():
+            waiter.set_exception(copy.copy(error))
 
 
 async def commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
@@ -315,20 +537,114 @@ async def at_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
     return highwater is not None and await consumer.position(tp) >= highwater
 
 
+async def read_ranges(
+    kafka: KafkaSettings, ranges: Mapping[TopicPartition, tuple[int | None, int | None]]
+) -> AsyncIterator[tuple[TopicPartition, list[Record]]]:
+    """The records of each partition from its start offset (None: its first) to before its end
+    offset (None: the highwater once it is reached), batch by batch, in offset order per
+    partition; no group. What a service restores its state from."""
+    if not ranges:
+        return  # (a consumer stopped before it ever waited fails in aiokafka 0.14)
+    client = consumer(kafka, group_id=None, fetch_max_wait_ms=RESTORE_POLL_MS)
+    await client.start()
+    try:
+        client.assign(list(ranges))
+        for tp, (start, _) in ranges.items():
+            if start is None:
+                await client.seek_to_beginning(tp)
+            else:
+                client.seek(tp, start)
+        pending = set(ranges)
+        while pending:
+            fetched: Batch = await client.getmany(*pending, timeout_ms=RESTORE_POLL_MS)
+            for tp, records in fetched.items():
+                end = ranges[tp][1]
+                wanted = records if end is None else [r for r in records if r.offset < end]
+                if wanted:
+                    yield tp, wanted
+            pending = {tp for tp in pending if not await _read_to(client, tp, ranges[tp][1])}
+    finally:
+        await client.stop()
+
+
+async def _read_to(client: AIOKafkaConsumer, tp: TopicPartition, end: int | None) -> bool:
+    if end is not None and await client.position(tp) >= end:
+        return True
+    return await at_end(client, tp)
+
+
+async def committed(
+    kafka: KafkaSettings, group_id: str, partitions: Iterable[TopicPartition]
+) -> dict[TopicPartition, int | None]:
+    """Group `group_id`'s committed offset of each partition (None where it has none), without
+    joining the group. `group_id` as a service names it: `consumer` applies `kafka.group`."""
+    async with consumer(kafka, group_id=group_id) as client:
+        return {tp: await client.committed(tp) for tp in partitions}
+
+
+class TopicScan:
+    """Reads every partition of topic `topic` (a `schemas.topics` name, prefixed here) with no
+    consumer group, from its start up to the end it had when the scan began, one bounded batch
+    at a time.
+
+    A partition's end is the highwater its first fetch reports (not end_offsets(): the embedded
+    broker answers it with the start of the last batch); later records are not read, so a job
+    that appends to the topic it scans does not read what it wrote. Scanning again with the same
+    object reads the same records: the ends are kept. Memory is one batch in hand plus what the
+    consumer prefetches (MAX_BATCH_BYTES x 4 per partition at most).
+    """
+
+    def __init__(
+        self, kafka: KafkaSettings, topic: str, *, max_records: int = 1_000, stall_s: float = 30.0
+    ) -> None:
+        self.kafka, self.topic, self.max_records, self.stall_s = kafka, topic, max_records, stall_s
+        self.ends: dict[TopicPartition, int] | None = None
+        """Each partition's end, once a first scan has read to each."""
+        self.total: int | None = None
+        """Records between the partitions' starts and ends, once the ends are known."""
+        self.read = 0
+        """Records yielded by the scan under way."""
+
+    async def batches(self) -> AsyncIterator[list[Record]]:
+        """The records, in offset order per partition, at most `max_records` a batch.
+
+        Raises TimeoutError if `stall_s` pass without a record or a partition's end.
+        """
+        async with consumer(self.kafka, group_id=None, fetch_max_wait_ms=50) as client:
+            partitions = await partitions_of(client, self.kafka.topic(self.topic))
+            client.assign(partitions)
+            await client.seek_to_beginning(*partitions)
+            starts = {tp: await client.position(tp) for tp in partitions}
+            ends = self.ends if self.ends is not None else {}
+            self.read = 0
+            pending, moved = set(partitions), time.monotonic()
+            while pending:
+                fetched = await client.getmany(
+                    *pending, timeout_ms=POLL_MS, max_records=self.max_records
+                )
+                for tp in pending - ends.keys():
+                    if (highwater := client.highwater(tp)) is not None:
+                        ends[tp] = highwater
+                if self.total is None and ends.keys() == starts.keys():
+                    self.total = sum(ends[tp] - starts[tp] for tp in partitions)
+                batch = [r for tp, rs in fetched.items() for r in rs if r.offset < ends.get(tp, 0)]
+                done = {tp for tp in pending & ends.keys() if await client.position(tp) >= ends[tp]}
+                client.pause(*done)  # read to their end: fetch them no more
+                pending -= done
+                if batch or done:
+                    moved = time.monotonic()
+                elif time.monotonic() - moved > self.stall_s:
+                    raise TimeoutError(f"{self.topic} gave nothing for {self.stall_s:.0f} s")
+                if batch:
+                    self.read += len(batch)
+                    yield batch
+            self.ends = ends
+
+
 async def read_all(kafka: KafkaSettings, topic: str, *, within_s: float = 30.0) -> list[Record]:
     """Every record of `topic` written so far, in offset order per partition (no group).
 
     Raises TimeoutError if the topic cannot be read to its end within `within_s`.
     """
-    records: list[Record] = []
-    async with consumer(kafka, group_id=None, fetch_max_wait_ms=50) as client:
-        partitions = await partitions_of(client, kafka.topic(topic))
-        client.assign(partitions)
-        await client.seek_to_beginning(*partitions)
-        async with asyncio.timeout(within_s):
-            pending = set(partitions)
-            while pending:
-                for batch in (await client.getmany(*pending, timeout_ms=50)).values():
-                    records.extend(batch)
-                pending = {tp for tp in pending if not await at_end(client, tp)}
-    return records
+    async with asyncio.timeout(within_s):
+        return [record async for batch in TopicScan(kafka, topic).batches() for record in batch]

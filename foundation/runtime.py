@@ -252,13 +252,16 @@ class Runtime(ConsumerRebalanceListener, Generic[T]):
         metrics_port: int = 0,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
+        """`clock` times ticks and progress; `wall` is the wall clock of the received-time
+        clocks (`Clocks`), in epoch seconds."""
         self.handler, self.kafka, self.metrics_port = handler, kafka, metrics_port
         self.named = {kafka.topic(name): name for name in handler.subscribe}
         """The `schemas.topics` name of each subscribed topic, by the cluster's name."""
         self.metrics = metrics or Metrics(handler.service)
         self.clock = clock
-        self.clocks = Clocks()
+        self.clocks = Clocks(wall)
         self.log = structlog.get_logger(f"callstream.{handler.service}")
         self.lock = asyncio.Lock()
         """Keeps a rebalance out of a batch in hand."""
@@ -301,7 +304,7 @@ class Runtime(ConsumerRebalanceListener, Generic[T]):
             if batch:
                 await self._checkpoint(consumer, producer, batch)
             if next_tick is not None and self.clock() >= next_tick:
-                await self._tick(producer)
+                await self._tick(consumer, producer)
                 next_tick = self.clock() + (every or 0.0)
             self.progress.maybe_log()
 
@@ -374,7 +377,10 @@ class Runtime(ConsumerRebalanceListener, Generic[T]):
     async def _produce(self, producer: AIOKafkaProducer, emits: list[Emit]) -> None:
         by_topic: dict[str, list[OutRecord]] = {}
         for topic, record in emits:
-            by_topic.setdefault(topic, []).append(record)
+            out = by_topic.get(topic)
+            if out is None:  # not setdefault(): it would make a list for every record
+                out = by_topic[topic] = []
+            out.append(record)
 
         async def send() -> None:
             await asyncio.gather(
@@ -430,8 +436,11 @@ class Runtime(ConsumerRebalanceListener, Generic[T]):
         self.metrics.error(stage, kind)
         return kafka_io.dead_letter(record, stage, reason)
 
-    async def _tick(self, producer: AIOKafkaProducer) -> None:
+    async def _tick(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
         async with self.lock:
+            for tp in self.owned:  # a partition no batch came from lately may be at its end
+                if consumer.highwater(tp) is not None:
+                    self.clocks.note(tp, None, await kafka_io.at_end(consumer, tp))
             emits = await self.handler.tick(self.clocks)
             await self._produce(producer, emits)
 
@@ -482,6 +491,31 @@ class Runtime(ConsumerRebalanceListener, Generic[T]):
                 self.listener_failed = exc
                 raise
             self.owned.update(assigned)
+
+
+async def run_together(stop: asyncio.Event, *runtimes: Runtime[Any]) -> None:
+    """Run `runtimes` side by side (one service's stages) until `stop` is set or one of them
+    ends, which stops the others; then raise what the first to fail raised, if any."""
+    together = asyncio.Event()
+
+    async def run(runtime: Runtime[Any]) -> None:
+        try:
+            await runtime.run(together)
+        finally:
+            together.set()
+
+    async def relay() -> None:
+        await stop.wait()
+        together.set()
+
+    relaying = asyncio.create_task(relay())
+    try:
+        outcomes = await asyncio.gather(*(run(r) for r in runtimes), return_exceptions=True)
+    finally:
+        relaying.cancel()
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 class _Stopping(CallstreamError):  # noqa: N818 - asked to stop during a transient failure

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -54,6 +54,12 @@ class KafkaSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     session_timeout_ms: int = 10_000
     """Consumer group session timeout: how long a dead member holds its partitions."""
     heartbeat_interval_ms: int = 3_000
+    fetch_max_wait_ms: int = 50
+    """How long the broker may hold a consumer's fetch while it has no new records. Apache Kafka
+    answers as soon as a record arrives, so there this only sets how often an idle consumer
+    asks; the embedded broker holds a fetch about this long even when records arrive, so it
+    bounds each hop's latency (one hop p50/p99: 16/42 ms at 50, 10/21 at 20, 136/262 at 500)
+    and an idle `up`'s CPU (12 %, 25 %, 3 % of a core)."""
     topic_prefix: str = ""
     """Put before every topic and consumer group name (`staging.` → `staging.calls.raw`), so that
     environments, or tests, share one cluster without seeing each other's records."""
@@ -143,6 +149,16 @@ class IngressSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Larger bodies are refused with 413."""
     publish_timeout_s: float = 5.0
     """How long a callback waits for the broker's ack before it is answered 503."""
+    linger_ms: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    """Callbacks arriving within this long of each other go to the broker as one batch per
+    partition (sooner when a batch is full, later while the partition's previous batch waits
+    for the producer); each is answered once its batch is acknowledged."""
+    max_pending_bytes: Annotated[int, msgspec.Meta(ge=1)] = 64 << 20
+    """While bodies of this many bytes wait for the broker's ack, further callbacks are answered
+    503 at once: the memory the ingress holds for a slow broker is bounded."""
+    workers: Annotated[int, msgspec.Meta(ge=1)] = 1
+    """Processes serving the port (SO_REUSEPORT), each with its own producer; /readyz and
+    /metrics answer for them all."""
     retry_after_s: int = 5
     """The Retry-After of a 503."""
     idle_timeout_s: float = 15.0
@@ -205,9 +221,23 @@ class AlertSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rules: str | None = None
     """A TOML file of alert rules; the documented defaults when unset."""
     group_id: str = "callstream-alerts"
+    """Consumer group on calls.sessions; the windows' group on calls.alerts.samples is this
+    followed by `-windows`."""
     max_batch: int = 5_000
+    grace_s: float = 60.0
+    """How long after a session's received time its sample is counted, on the slowest
+    calls.sessions partition's clock: longer than a session can take to reach the windows
+    (the aggregator's SWEEP_INTERVAL_S for a timeout close, plus the pipeline's lag). A sample
+    that takes longer is still counted, but a replay may then decide differently."""
+    tick_interval_s: float = 5.0
+    """How often each instance says how far it has read calls.sessions (the windows decide no
+    further than that), and writes its windows' state to calls.alerts.state."""
     metrics_port: int = 0
     """Serve Prometheus /metrics on this port (0: off)."""
+
+    @property
+    def windows_group_id(self) -> str:
+        return f"{self.group_id}-windows"
 
 
 class PollerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -18,12 +19,21 @@ from ingest.auth import Clock, guards
 from ingest.ingress import PROVIDERS, Handler, Ingress, error_response
 from ingest.track import Tracking
 from ingest.tracked import TRACKED
+from ingest.workers import Peers, Worker
+
+INGRESS = web.AppKey("ingress", Ingress)
 
 
 def create_app(
-    settings: IngressSettings, kafka: KafkaSettings, *, clock: Clock = time.time
+    settings: IngressSettings,
+    kafka: KafkaSettings,
+    *,
+    clock: Clock = time.time,
+    worker: Worker | None = None,
 ) -> web.Application:
     """The app; its producer starts with the app and stops after the last request is answered.
+    As `worker` of several, its /readyz and /metrics answer for all (ingest.workers), and
+    `status_app` is what it serves its siblings.
 
     Slow clients: aiohttp (>= 3.14.4) closes a connection that has not sent a complete request
     head within keepalive_timeout of opening or of its last answer, which covers idle
@@ -35,10 +45,13 @@ def create_app(
     ingress = Ingress(settings, kafka, {name: every[name] for name in PROVIDERS})
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[_json_errors],
         handler_args={"keepalive_timeout": settings.idle_timeout_s, "logger": _http_log},
     )
+    app[INGRESS] = ingress
     app.cleanup_ctx.append(ingress.producing)
+    if worker is not None:
+        ingress.peers = Peers(worker)
+        app.cleanup_ctx.append(_asking(ingress.peers))
     app.router.add_post("/v1/callbacks/{provider}", ingress.callback)
     tracking = Tracking(ingress, {name: every[name] for name in TRACKED})
     app.router.add_post("/v1/track/{provider}", tracking.track)
@@ -46,7 +59,28 @@ def create_app(
     app.router.add_get("/readyz", ingress.readyz)
     app.router.add_get("/metrics", ingress.metrics_text)
     app.router.add_get("/openapi.json", _document(openapi.render(PROVIDERS, TRACKED)))
+    _refuse_the_rest(app.router)
     return app
+
+
+def status_app(app: web.Application) -> web.Application:
+    """What a worker serves its siblings on its private socket: its own readiness and metrics."""
+    ingress = app[INGRESS]
+    status = web.Application()
+    status.router.add_get("/readyz", ingress.own_readyz)
+    status.router.add_get("/metrics", ingress.own_metrics)
+    return status
+
+
+def _asking(peers: Peers) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def asking(_app: web.Application) -> AsyncIterator[None]:
+        await peers.start()
+        try:
+            yield
+        finally:
+            await peers.close()
+
+    return asking
 
 
 async def _healthz(_request: web.Request) -> web.Response:
@@ -79,18 +113,22 @@ _http_log = logging.getLogger("callstream.ingest.http")
 _http_log.addFilter(_WithoutRequestBytes())
 
 
-@web.middleware
-async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """aiohttp's own refusals (no such path, wrong method) answered in JSON like ours."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        allow = exc.headers.get(hdrs.ALLOW)
-        return error_response(
-            exc.status,
-            exc.reason.lower().replace(" ", "_"),
-            f"{exc.reason}: {request.method} {request.path}.",
-            {hdrs.ALLOW: allow} if allow is not None else None,
-        )
+def _refuse_the_rest(router: web.UrlDispatcher) -> None:
+    """What aiohttp would refuse itself (no such path, wrong method), answered in JSON like our
+    refusals, by routes of their own rather than a middleware: a middleware costs every request
+    ~4 µs. Each path's other methods get 405 with Allow; any other path 404."""
+    for resource in list(router.resources()):
+        allowed = sorted(route.method for route in resource)
+        resource.add_route(hdrs.METH_ANY, _refusal(405, "Method Not Allowed", ",".join(allowed)))
+    router.add_route(hdrs.METH_ANY, "/{path:.*}", _refusal(404, "Not Found"))
+
+
+def _refusal(status: int, reason: str, allow: str | None = None) -> Handler:
+    headers = {hdrs.ALLOW: allow} if allow is not None else None
+    error = reason.lower().replace(" ", "_")
+
+    async def refuse(request: web.Request) -> web.Response:
+        detail = f"{reason}: {request.method} {request.path}."
+        return error_response(status, error, detail, headers)
+
+    return refuse

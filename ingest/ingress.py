@@ -25,6 +25,7 @@ from ingest.auth import Guard, Lockout
 from ingest.bodies import not_a_json_object
 from ingest.health import Metrics, Readiness
 from ingest.tracked import TRACKED
+from ingest.workers import Peers
 from schemas import topics
 from schemas.providers import WEBHOOK
 from schemas.raw import RawMeta, dead_letter_headers, raw_headers
@@ -91,7 +92,10 @@ class Ingress:
     """The handlers and what they share: settings, guards, metrics and the producer."""
 
     producer: AIOKafkaProducer
-    """Set while the app runs (producing)."""
+    batcher: kafka_io.Batcher
+    """Both set while the app runs (producing)."""
+    peers: Peers | None = None
+    """The ingress's workers, when it is one of several (`--workers N`)."""
 
     def __init__(
         self, settings: IngressSettings, kafka: KafkaSettings, guards: Mapping[str, Guard]
@@ -106,9 +110,16 @@ class Ingress:
     async def producing(self, _app: web.Application) -> AsyncIterator[None]:
         self.producer = kafka_io.producer(self.kafka)
         await self.producer.start()
+        self.batcher = kafka_io.Batcher(
+            self.producer,
+            linger_s=self.settings.linger_ms / 1000,
+            max_pending_bytes=self.settings.max_pending_bytes,
+            ack_timeout_s=self.settings.publish_timeout_s,
+        )
         try:
             yield
         finally:
+            await self.batcher.close()
             await self.producer.stop()
 
     async def _ask_broker(self) -> None:
@@ -179,22 +190,24 @@ class Ingress:
     async def _read(self, request: web.Request) -> bytes:
         """The body, refused up front by Content-Length and while reading (chunked bodies), and
         refused when it does not arrive in full within body_timeout_s."""
-        limit = self.settings.max_body_bytes
-        too_large = Refusal(413, "body_too_large", f"The body exceeds {limit} bytes.")
-        if (request.content_length or 0) > limit:
-            raise too_large
+        if (request.content_length or 0) > self.settings.max_body_bytes:
+            raise self._too_large()
         try:
             if request.content.is_eof():  # it came with the head, as small callbacks do
                 return await request.read()
             async with asyncio.timeout(self.settings.body_timeout_s):
                 return await request.read()  # enforces client_max_size as it reads
         except web.HTTPRequestEntityTooLarge:
-            raise too_large from None
+            raise self._too_large() from None
         except TimeoutError:
             timeout = self.settings.body_timeout_s
             raise Refusal(
                 408, "body_timeout", f"The body did not arrive within {timeout} s.", close=True
             ) from None
+
+    def _too_large(self) -> Refusal:
+        limit = self.settings.max_body_bytes
+        return Refusal(413, "body_too_large", f"The body exceeds {limit} bytes.")
 
     async def reject(
         self, body: bytes, headers: topics.Headers, stage: str, reason: str, detail: str
@@ -214,15 +227,21 @@ class Ingress:
     async def publish(
         self, topic: str, value: bytes | None, headers: topics.Headers, key: bytes | None = None
     ) -> None:
-        """Return once the broker acknowledged the record on `topic` (a `schemas.topics` name);
-        Refusal 503 if not within the bound."""
+        """Return once the broker acknowledged the record on `topic` (a `schemas.topics` name),
+        in a batch with the records published about the same time; Refusal 503 if not within
+        the bound, or at once while too many bytes wait for the broker."""
         started = time.perf_counter()
+        record = kafka_io.OutRecord(key, value, headers)
         try:
-            async with asyncio.timeout(self.settings.publish_timeout_s):
-                sent = await self.producer.send(
-                    self.kafka.topic(topic), value, key=key, headers=headers
-                )
-                await sent
+            await self.batcher.send(self.kafka.topic(topic), record)  # publish_timeout_s bounds it
+        except kafka_io.Overloaded as exc:
+            self._publish_failures.failed(topic, exc)
+            raise Refusal(
+                503,
+                "overloaded",
+                "Too many callbacks wait for the broker; send it again later.",
+                self._retry_after,
+            ) from None
         except (TimeoutError, KafkaError) as exc:
             self._publish_failures.failed(topic, exc)
             raise Refusal(
@@ -234,15 +253,34 @@ class Ingress:
         self.metrics.publish_seconds.observe(time.perf_counter() - started)
 
     async def readyz(self, _request: web.Request) -> web.Response:
-        if await self.readiness.ready():
-            return web.Response(body=b'{"status":"ready"}', content_type="application/json")
-        return error_response(503, "not_ready", "The broker does not answer.")
+        """GET /readyz: whether the broker answers; for a worker, every worker's broker."""
+        return _readiness(
+            await (self.readiness.ready() if self.peers is None else self.peers.ready())
+        )
 
     async def metrics_text(self, _request: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(self.metrics.registry),
-            headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST},
-        )
+        """GET /metrics: this process's; for a worker, every worker's, labelled `worker`."""
+        if self.peers is None:
+            return _exposition(generate_latest(self.metrics.registry))
+        return _exposition(await self.peers.metrics())
+
+    async def own_readyz(self, _request: web.Request) -> web.Response:
+        """A worker's own readiness, on its private socket."""
+        return _readiness(await self.readiness.ready())
+
+    async def own_metrics(self, _request: web.Request) -> web.Response:
+        """A worker's own metrics, on its private socket."""
+        return _exposition(generate_latest(self.metrics.registry))
+
+
+def _readiness(ready: bool) -> web.Response:
+    if ready:
+        return web.Response(body=b'{"status":"ready"}', content_type="application/json")
+    return error_response(503, "not_ready", "The broker does not answer.")
+
+
+def _exposition(body: bytes) -> web.Response:
+    return web.Response(body=body, headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST})
 
 
 class _FailureLog:

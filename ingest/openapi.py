@@ -62,8 +62,10 @@ REFUSALS: dict[int, tuple[str, tuple[str, ...]]] = {
     413: ("The body exceeds INGRESS__MAX_BODY_BYTES.", ("body_too_large",)),
     429: ("The caller's address failed authentication INGRESS__AUTH_FAILURES times within "
           "INGRESS__AUTH_WINDOW_S; try again after Retry-After seconds.", ("too_many_failures",)),
-    503: ("The broker did not take the callback in time, or does not answer; try again after "
-          "Retry-After seconds.", ("broker_unavailable", "not_ready")),
+    503: ("The broker did not take the callback in time, or does not answer (broker_unavailable),"
+          " or the bodies waiting for it fill INGRESS__MAX_PENDING_BYTES (overloaded, answered at"
+          " once); try again after Retry-After seconds.",
+          ("broker_unavailable", "overloaded", "not_ready")),
 }  # fmt: skip
 """Status → (what it means, the `error` codes its body may carry)."""
 
@@ -92,7 +94,13 @@ def document(providers: Iterable[str], tracked: Iterable[str]) -> dict[str, Any]
             "/v1/callbacks/{provider}": {"post": _callback(sorted(providers))},
             "/v1/track/{provider}": {"post": _track(sorted(tracked))},
             "/healthz": {"get": _probe("The process is up.")},
-            "/readyz": {"get": _probe("The broker answers (asked at most once a second).", (503,))},
+            "/readyz": {
+                "get": _probe(
+                    "The broker answers (asked at most once a second); with several workers, "
+                    "every worker's.",
+                    (503,),
+                )
+            },
             "/metrics": {"get": _metrics()},
             "/openapi.json": {"get": _itself()},
         },

@@ -32,7 +32,7 @@ from prometheus_client import Counter, Gauge
 
 from foundation import kafka as kafka_io
 from foundation.errors import CallstreamError
-from foundation.kafka import Batch, OutRecord
+from foundation.kafka import OutRecord
 from foundation.runtime import (
     BaseHandler,
     Clocks,
@@ -48,9 +48,6 @@ from normalize.sessions import close, fold
 from schemas import CallEvent, SessionRecord, cloudevents, topics
 from schemas.topics import Stage
 
-RESTORE_POLL_MS = 20
-"""How long a restore fetch waits: once a partition is read to its end, fetches return nothing
-after this long, so it bounds how long reaching the end takes to notice."""
 EVICTED_HORIZON_S = 86_400.0
 """How long the key of an evicted session is remembered: reports later than this are not
 expected, and forgetting bounds the memory the keys take."""
@@ -222,6 +219,7 @@ class Aggregator(BaseHandler[None]):
         """Each session the batch changed, once, in its latest version."""
         emits = [(topics.SESSIONS, session_record(session)) for session in self.changed.values()]
         self.changed.clear()
+        self._count_in_memory()
         return emits
 
     async def tick(self, clocks: Clocks) -> list[Emit]:
@@ -261,19 +259,10 @@ class Aggregator(BaseHandler[None]):
         if not partitions:
             return restored
         started = time.monotonic()
-        consumer = kafka_io.consumer(self.kafka, group_id=None, fetch_max_wait_ms=RESTORE_POLL_MS)
-        await consumer.start()
-        try:
-            pending = {TopicPartition(self.kafka.topic(topics.SESSIONS), p) for p in partitions}
-            consumer.assign(list(pending))
-            await consumer.seek_to_beginning()
-            while pending:
-                fetched: Batch = await consumer.getmany(*pending, timeout_ms=RESTORE_POLL_MS)
-                for tp, records in fetched.items():
-                    _restore_all(restored[tp.partition], records)
-                pending = {tp for tp in pending if not await kafka_io.at_end(consumer, tp)}
-        finally:
-            await consumer.stop()
+        whole = (None, None)
+        ranges = {TopicPartition(self.kafka.topic(topics.SESSIONS), p): whole for p in partitions}
+        async for tp, records in kafka_io.read_ranges(self.kafka, ranges):
+            _restore_all(restored[tp.partition], records)
         for partition in restored.values():
             partition.restored()
         log.info(

@@ -19,7 +19,7 @@ from foundation.runtime import BaseHandler, Handled, Metrics, Record, Rejected, 
 from foundation.settings import KafkaSettings, NormalizerSettings
 from normalize import NormalizeError, normalize
 from schemas import RawRef, cloudevents, topics
-from schemas.raw import HeadersError, read_raw_headers
+from schemas.raw import HeadersError, raw_meta
 from schemas.topics import Stage
 
 _encoder = msgspec.json.Encoder()
@@ -53,10 +53,11 @@ async def serve(
 
 def events_of(record: Record) -> list[OutRecord]:
     """The canonical events of one raw record, ready for calls.events; raises Rejected for a
-    record that cannot be normalized."""
+    record that cannot be normalized. Each event carries the raw record's cs-received-at header
+    as it is, after its CloudEvents headers."""
     try:
-        meta = read_raw_headers(record.headers)
-        received = (topics.RECEIVED_AT, _header(record, topics.RECEIVED_AT))
+        found = dict(record.headers)
+        meta = raw_meta(found)
         events = normalize(
             meta.provider,
             record.value or b"",
@@ -66,19 +67,15 @@ def events_of(record: Record) -> list[OutRecord]:
         )
     except (HeadersError, NormalizeError) as exc:
         raise Rejected(str(exc)) from exc
-    return [
-        OutRecord(
-            event.session_key.encode(),
-            _encoder.encode(event),
-            [
-                *cloudevents.headers(
-                    event.event_id, event.provider, cloudevents.EVENT_TYPE, event.occurred_at
-                ),
-                received,
-            ],
+    received = (topics.RECEIVED_AT, found[topics.RECEIVED_AT])
+    out = []
+    for event in events:
+        headers = cloudevents.headers(
+            event.event_id, event.provider, cloudevents.EVENT_TYPE, event.occurred_at
         )
-        for event in events
-    ]
+        headers.append(received)
+        out.append(OutRecord(event.session_key.encode(), _encoder.encode(event), headers))
+    return out
 
 
 def route(
@@ -101,7 +98,3 @@ def route(
                 kafka_io.dead_letter(record, stage, f"unexpected {type(exc).__name__}: {exc}")
             )
     return events, dead
-
-
-def _header(record: Record, name: str) -> bytes:
-    return next(value for key, value in record.headers if key == name)

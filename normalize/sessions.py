@@ -44,10 +44,13 @@ def fold(session: SessionRecord | None, event: CallEvent) -> SessionRecord | Non
     ):
         return None
     legs = dict(session.legs) if session else {}
-    legs[key] = _leg(event)
+    legs[key] = _leg(event, current)
     received = event.received_at if session is None else max(session.received, event.received_at)
-    folded = _record(event, legs, (session.event_count if session else 0) + 1, received)
-    if session is not None and session.final and not folded.final:
+    final_since = session.final_received if session is not None and session.final else None
+    folded = _record(
+        event, legs, (session.event_count if session else 0) + 1, received, final_since
+    )
+    if final_since is not None and not folded.final:
         return None  # a final session status is never replaced by a non-final one
     return folded
 
@@ -57,8 +60,8 @@ def close(session: SessionRecord, at: datetime, reason: str) -> SessionRecord:
 
     Only session-level fields change and the legs stay as reported, so a real final report that
     comes later still moves its leg forward and `fold` replaces this guess with it. The close is
-    stamped in received time (`received_at` = `at`, when it timed out); the provider's times,
-    `updated_at` included, stay as reported.
+    stamped in received time (`received_at` = `final_received_at` = `at`, when it timed out);
+    the provider's times, `updated_at` included, stay as reported.
     """
     return msgspec.structs.replace(
         session,
@@ -67,10 +70,13 @@ def close(session: SessionRecord, at: datetime, reason: str) -> SessionRecord:
         close_reason=reason,
         event_count=session.event_count + 1,
         received_at=at,
+        final_received_at=at,
     )
 
 
-def _leg(event: CallEvent) -> SessionLeg:
+def _leg(event: CallEvent, current: SessionLeg | None) -> SessionLeg:
+    """The leg as `event` reports it; its country stays the one reported before when the event
+    gives none."""
     return SessionLeg(
         call_id=event.call_id,
         status=event.status,
@@ -87,12 +93,18 @@ def _leg(event: CallEvent) -> SessionLeg:
         billed_s=event.billed_s,
         occurred_at=event.occurred_at,
         event_id=event.event_id,
+        to_country=event.to_country or (current.to_country if current else None),
     )
 
 
 def _record(
-    event: CallEvent, legs: dict[str, SessionLeg], event_count: int, received_at: datetime
+    event: CallEvent,
+    legs: dict[str, SessionLeg],
+    event_count: int,
+    received_at: datetime,
+    final_since: datetime | None,
 ) -> SessionRecord:
+    """The session of `legs`; `final_since`: when it became final, if it was already."""
     deciding = legs[deciding_leg(legs)]
     starts = [
         t for leg in legs.values() if (t := leg.initiated_at or leg.ringing_at or leg.answered_at)
@@ -116,4 +128,5 @@ def _record(
         event_count=event_count,
         updated_at=max(leg.occurred_at for leg in legs.values()),
         received_at=received_at,
+        final_received_at=final_since or (received_at if deciding.final else None),
     )

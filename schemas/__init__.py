@@ -1,4 +1,4 @@
-"""The canonical contract (docs/contract.md, version 1.1) that every part and consumer shares.
+"""The canonical contract (docs/contract.md, version 1.2) that every part and consumer shares.
 
 Pure data: msgspec Structs and vocabularies, no I/O.
 """

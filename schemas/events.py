@@ -128,6 +128,9 @@ class SessionLeg(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     billed_s: int | None
     occurred_at: UtcTime
     event_id: str
+    to_country: str | None = None
+    """(1.2) The destination country (ISO 3166 alpha-2) of the leg's latest report that gave
+    one: what the alert rules' country scope counts by."""
 
 
 class SessionRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -156,11 +159,21 @@ class SessionRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     or, for a session the aggregator closed, the received time at which it timed out: the clock
     of every timeout and window downstream (contract 1.1). Null only in records written before
     1.1, whose `updated_at` stands in for it."""
+    final_received_at: UtcTime | None = None
+    """(1.2) The `received_at` of the session's first final version, kept by every later one: the
+    received time at which the session is counted by the alert rules, once. Null while the
+    session is open, and in records written before 1.2."""
 
     @property
     def received(self) -> datetime:
         """`received_at`, or `updated_at` for a record written before contract 1.1."""
         return self.received_at or self.updated_at
+
+    @property
+    def final_received(self) -> datetime:
+        """When a final session became final in received time: `final_received_at`, or for a
+        record written before 1.2 its own `received`."""
+        return self.final_received_at or self.received
 
 
 CALL_LEG = "call"

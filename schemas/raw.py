@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
@@ -34,9 +34,9 @@ class RawMeta(msgspec.Struct, frozen=True, gc=False):
         at: datetime | None = None,
     ) -> RawMeta:
         """The metadata of a body received just now (`at`, by default the wall clock's now),
-        under a new request id."""
+        under a new request id: 128 random bits in hex (uuid4's text costs ~3 µs more)."""
         now = at or datetime.now(UTC)
-        return cls(provider, source, now, uuid.uuid4().hex, content_type, dict(context or {}))
+        return cls(provider, source, now, os.urandom(16).hex(), content_type, dict(context or {}))
 
 
 def raw_headers(meta: RawMeta) -> Headers:
@@ -63,11 +63,16 @@ class HeadersError(ValueError):
 def read_raw_headers(headers: Headers | tuple[tuple[str, bytes | None], ...]) -> RawMeta:
     """The headers' meaning; raises HeadersError for missing, null or malformed ones.
 
-    Kafka allows a null header value: it counts as absent. `received_at` must carry its offset
-    (a naive time would reach calls.events and fail its readers); it is returned in UTC.
-    On the normalizer's hot path: positional, with decoders built once.
+    Kafka allows a null header value: it counts as absent; of a header given twice, the last
+    counts. `received_at` must carry its offset (a naive time would reach calls.events and fail
+    its readers); it is returned in UTC.
     """
-    found = dict(headers)
+    return raw_meta(dict(headers))
+
+
+def raw_meta(found: Mapping[str, bytes | None]) -> RawMeta:
+    """`read_raw_headers` of headers already in a dict (name → value), for a caller that reads
+    other headers too: the normalizer's hot path (positional, with decoders built once)."""
     provider, received_at = found.get(topics.PROVIDER), found.get(topics.RECEIVED_AT)
     if provider is None or received_at is None:
         raise HeadersError(

@@ -1,5 +1,6 @@
-"""The wire records of callstream's own topics besides events and sessions: alerts
-(calls.alerts) and the pollers' state (calls.track, calls.checkpoints)."""
+"""The wire records of callstream's own topics besides events and sessions: alerts (calls.alerts),
+the alert sink's samples and state (calls.alerts.samples, calls.alerts.state), and the pollers'
+state (calls.track, calls.checkpoints)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Literal
 
 import msgspec
 
-from schemas.events import UtcTime
+from schemas.events import Status, UtcTime
 
 ALERT_SCHEMA = "alert/1"
 ScopeKind = Literal["provider", "account", "country"]
@@ -27,6 +28,13 @@ class Scope(msgspec.Struct, frozen=True, omit_defaults=True):
             for name, value in msgspec.structs.asdict(self).items()
             if value is not None
         )
+
+    @property
+    def kind(self) -> ScopeKind:
+        """Which of a rule's `scopes` this is."""
+        if self.account is not None:
+            return "account"
+        return "provider" if self.country is None else "country"
 
 
 class Alert(msgspec.Struct, frozen=True, kw_only=True):
@@ -51,6 +59,60 @@ class Alert(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def key(self) -> str:
         return f"{self.rule}:{self.scope}"
+
+
+class AlertSample(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="schema", tag="alert_sample/1"
+):
+    """A final session as one scope's windows count it (`calls.alerts.samples`, key: the scope):
+    what the rules measure, and when it counts."""
+
+    scope: Scope
+    session_key: str
+    """A session is counted once per scope: later samples of the same key are duplicates."""
+    at: UtcTime
+    """The session's `final_received_at`: the received time at which it became final."""
+    status: Status
+    duration_s: int | None
+    pdd_s: float | None
+    """The deciding leg's ringing_at - initiated_at, where both are known and in that order."""
+    cause: str | None
+    """The session's cause label."""
+
+
+class AlertWatermark(msgspec.Struct, frozen=True, tag_field="schema", tag="alert_watermark/1"):
+    """How far the samples of some calls.sessions partitions are written (`calls.alerts.samples`,
+    one to every partition, no key): each partition's received-time clock when they were."""
+
+    sessions: dict[int, UtcTime]
+    """calls.sessions partition → its clock (the newest received time read there, the wall
+    clock while read to its end)."""
+
+
+class Episode(msgspec.Struct, frozen=True):
+    """A (rule, scope) firing: since when, and the received time of its latest sample."""
+
+    rule: str
+    scope: Scope
+    since: UtcTime
+    last: UtcTime
+
+
+class AlertState(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="schema", tag="alert_state/1"
+):
+    """Where the alert windows of one `calls.alerts.samples` partition stand
+    (`calls.alerts.state`, the same partition number, key: that number, compacted)."""
+
+    offset: int
+    """The next offset of the samples partition: every record before it is reflected."""
+    restore_from: int
+    """The offset from which the samples partition is read again to refill the windows."""
+    decided: UtcTime | None
+    """The received time up to which samples were counted (null: none yet)."""
+    watermarks: dict[int, UtcTime]
+    """The latest clock of each calls.sessions partition (AlertWatermark)."""
+    firing: list[Episode]
 
 
 class Track(msgspec.Struct, frozen=True):

@@ -9,15 +9,22 @@ RAW = "calls.raw"
 EVENTS = "calls.events"
 SESSIONS = "calls.sessions"
 ALERTS = "calls.alerts"
+ALERT_SAMPLES = "calls.alerts.samples"
+"""The alert sink's repartition topic: final sessions as samples keyed by scope, so that one
+instance holds all of a scope's windows; and the watermarks that say how far they are written."""
+ALERT_STATE = "calls.alerts.state"
+"""Where each partition of ALERT_SAMPLES stands: firing episodes, clocks, offsets (compacted)."""
 DLQ = "calls.dlq"
 TRACK = "calls.track"
 """mobile_agent calls being polled, keyed by callSerialNo (compacted; a tombstone ends one)."""
 CHECKPOINTS = "calls.checkpoints"
 """Where each polled account has been read up to, keyed by `provider:account` (compacted)."""
 
-ALL = (RAW, EVENTS, SESSIONS, ALERTS, DLQ, TRACK, CHECKPOINTS)
+ALL = (RAW, EVENTS, SESSIONS, ALERTS, ALERT_SAMPLES, ALERT_STATE, DLQ, TRACK, CHECKPOINTS)
 _COMPACT = {"cleanup.policy": "compact"}
-CONFIGS: dict[str, dict[str, str]] = {SESSIONS: _COMPACT, TRACK: _COMPACT, CHECKPOINTS: _COMPACT}
+CONFIGS: dict[str, dict[str, str]] = {
+    SESSIONS: _COMPACT, ALERT_STATE: _COMPACT, TRACK: _COMPACT, CHECKPOINTS: _COMPACT,
+}  # fmt: skip
 
 # Raw record headers (calls.raw, and calls.dlq which adds the two error headers).
 PROVIDER = "cs-provider"

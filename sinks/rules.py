@@ -1,13 +1,12 @@
-"""Alert rules over final sessions: their configuration, sliding windows, hysteresis. Pure: the
-only I/O is reading the rules file.
+"""Alert rules: their configuration, what a final session gives their windows, and hysteresis.
+Pure: the only I/O is reading the rules file.
 
-Each final session is counted once (the first final version of its key; later versions and
-duplicates are ignored) into the windows of every rule that takes a sample from it, once per
-scope: its provider, its provider+account, its provider+destination country. Time is received
-time (contract 1.1), the session's `received_at`, so a replay evaluates as the live run did and
-nothing a provider writes moves the clock; the clock is the latest `received_at` seen (the
-watermark), and a window holds the samples of its last `window_s`. A provider that reports late
-is counted when its reports are received.
+A final session is a sample of each of its scopes (`samples`): its provider, its
+provider+account, its provider+destination country (the deciding leg's `to_country`, where
+known). A rule takes a value from a sample (`Rule.sample`), or none when it does not count it,
+into the sliding window of its (rule, scope); `sinks.windows` keeps the windows, in received
+time. Values are integers (PDD in microseconds), so a window's sum is exact whatever order it was
+added and pruned in: a restored window measures what the original did.
 
 Hysteresis: a (rule, scope) fires once when its window holds at least `min_attempts` samples and
 the value is past `fire`, and resolves once, when the value is back past `clear` (with at least
@@ -18,56 +17,53 @@ one episode, not a flood.
 
 from __future__ import annotations
 
-import math
-from bisect import bisect_left, insort
-from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from bisect import bisect_right
+from collections import deque
 from importlib import resources
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import msgspec
 
 from foundation.settings import SettingsError
-from schemas import CALL_LEG, SessionRecord, Status, deciding_leg
-from schemas.records import Alert, Scope, ScopeKind
+from schemas import SessionRecord, Status, deciding_leg
+from schemas.records import AlertSample, Scope, ScopeKind
 
 DEFAULT_RULES = resources.files(__package__) / "default_rules.toml"
-COUNTED_KEYS = 200_000
-"""How many counted session keys are remembered: enough to cover the versions that follow a
-session's first final one (the aggregator publishes them within minutes), bounded in memory."""
-COUNTRY_KEYS = 200_000
-"""How many sessions' destination countries are remembered until their final record comes."""
-
 FAILED = frozenset({Status.FAILED, Status.REJECTED})
 
 
 class Window:
-    """The samples of one (rule, scope) by event time, with their running sum."""
+    """The samples of one (rule, scope): (received time in µs, value), sorted, with their sum.
+    Samples mostly come in order: they are appended, and pruned from the front."""
 
-    __slots__ = ("last", "samples", "total")
+    __slots__ = ("samples", "total")
 
-    def __init__(self, last: float = -math.inf) -> None:
-        self.samples: list[tuple[float, float]] = []
-        self.total = 0.0
-        self.last = last
-        """Event time of the latest sample (or of the restored firing alert)."""
+    def __init__(self) -> None:
+        self.samples: deque[tuple[int, int]] = deque()
+        self.total = 0
 
     @property
     def count(self) -> int:
         return len(self.samples)
 
-    def add(self, at: float, value: float) -> None:
-        insort(
-            self.samples, (at, value)
-        )  # sessions of different partitions come slightly out of order
+    def add(self, at: int, value: int) -> None:
+        samples, sample = self.samples, (at, value)
+        if samples and sample < samples[-1]:
+            samples.insert(bisect_right(samples, sample), sample)
+        else:
+            samples.append(sample)
         self.total += value
-        self.last = max(self.last, at)
 
-    def prune(self, since: float) -> None:
-        cut = bisect_left(self.samples, (since,))
-        self.total -= sum(value for _, value in self.samples[:cut])
-        del self.samples[:cut]
+    def prune(self, since: int) -> None:
+        """Drop the samples older than `since`."""
+        samples = self.samples
+        while samples and samples[0][0] < since:
+            self.total -= samples.popleft()[1]
+
+    def clear(self) -> None:
+        self.samples.clear()
+        self.total = 0
 
 
 class Rule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="kind"):
@@ -84,8 +80,11 @@ class Rule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
         if self.min_attempts < 1:
             raise ValueError(f"rule {self.name!r}: min_attempts must be ≥ 1")
 
-    def sample(self, session: SessionRecord) -> float | None:
-        """What `session` adds to the window, or None when the rule does not count it."""
+    scale: ClassVar[int] = 1
+    """Sample values are the measure times this (PDD: microseconds), so that they are integers."""
+
+    def sample(self, sample: AlertSample) -> int | None:
+        """What `sample` adds to the window, or None when the rule does not count it."""
         raise NotImplementedError
 
     @property
@@ -122,18 +121,18 @@ class Threshold(Rule):
         return self.fire
 
     def value(self, window: Window) -> float | None:
-        return window.total / window.count if window.count else None
+        return window.total / (window.count * self.scale) if window.count else None
 
     def fires(self, window: Window) -> bool:
         if window.count < self.min_attempts:
             return False
-        value = window.total / window.count
+        value = window.total / (window.count * self.scale)
         return value < self.fire if self.below else value > self.fire
 
     def clears(self, window: Window) -> bool:
         if window.count < self.min_attempts:
             return False
-        value = window.total / window.count
+        value = window.total / (window.count * self.scale)
         return value >= self.clear if self.below else value <= self.clear
 
 
@@ -142,15 +141,15 @@ class Asr(Threshold, tag="asr"):
 
     below: ClassVar[bool] = True
 
-    def sample(self, session: SessionRecord) -> float | None:
-        return float(session.status is Status.COMPLETED)
+    def sample(self, sample: AlertSample) -> int | None:
+        return int(sample.status is Status.COMPLETED)
 
 
 class FailureRatio(Threshold, tag="failure_ratio"):
     """(failed + rejected) ÷ final sessions."""
 
-    def sample(self, session: SessionRecord) -> float | None:
-        return float(session.status in FAILED)
+    def sample(self, sample: AlertSample) -> int | None:
+        return int(sample.status in FAILED)
 
 
 class Acd(Threshold, tag="acd"):
@@ -158,9 +157,9 @@ class Acd(Threshold, tag="acd"):
 
     below: ClassVar[bool] = True
 
-    def sample(self, session: SessionRecord) -> float | None:
-        if session.status is Status.COMPLETED and session.duration_s is not None:
-            return float(session.duration_s)
+    def sample(self, sample: AlertSample) -> int | None:
+        if sample.status is Status.COMPLETED and sample.duration_s is not None:
+            return sample.duration_s
         return None
 
 
@@ -170,12 +169,10 @@ class Pdd(Threshold, tag="pdd"):
     answered_at is not used in their place: it includes the time the phone rang.
     """
 
-    def sample(self, session: SessionRecord) -> float | None:
-        leg = session.legs[deciding_leg(session.legs)]
-        if leg.ringing_at is None or leg.initiated_at is None:
-            return None
-        delay = (leg.ringing_at - leg.initiated_at).total_seconds()
-        return delay if delay >= 0 else None
+    scale: ClassVar[int] = 1_000_000
+
+    def sample(self, sample: AlertSample) -> int | None:
+        return None if sample.pdd_s is None else round(sample.pdd_s * self.scale)
 
 
 class Causes(Rule, tag="causes"):
@@ -188,9 +185,8 @@ class Causes(Rule, tag="causes"):
         {"NO_FUNDS", "PAYMENT_ERROR", "NO_COVERAGE", "SERVER_TOO_BUSY"}
     )
 
-    def sample(self, session: SessionRecord) -> float | None:
-        cause = session.cause
-        return 1.0 if cause is not None and cause.label in self.causes else None
+    def sample(self, sample: AlertSample) -> int | None:
+        return 1 if sample.cause in self.causes else None
 
     @property
     def threshold(self) -> float:
@@ -232,149 +228,26 @@ def load_rules(path: str | None) -> tuple[AnyRule, ...]:
         raise SettingsError(f"rules file {source}: {exc}") from exc
 
 
-class Countries:
-    """Destination country of each session's legs, from calls.events: sessions do not carry it.
-
-    Only legs with a country are remembered (only some providers report one), the oldest first
-    forgotten beyond COUNTRY_KEYS sessions.
-    """
-
-    def __init__(self, limit: int = COUNTRY_KEYS) -> None:
-        self.limit = limit
-        self.by_session: dict[str, dict[str, str]] = {}
-
-    def note(self, session_key: str, leg: str | None, country: str | None) -> None:
-        if country is None:
-            return
-        self.by_session.setdefault(session_key, {})[leg or CALL_LEG] = country
-        if len(self.by_session) > self.limit:
-            del self.by_session[next(iter(self.by_session))]
-
-    def of(self, session: SessionRecord) -> str | None:
-        return self.by_session.get(session.session_key, {}).get(deciding_leg(session.legs))
-
-
-class _Track:
-    __slots__ = ("rule", "scope", "window")
-
-    def __init__(self, rule: AnyRule, scope: Scope, window: Window) -> None:
-        self.rule, self.scope, self.window = rule, scope, window
-
-
-class Evaluator:
-    """The windows and alert states of every (rule, scope); `feed` sessions, get transitions."""
-
-    def __init__(
-        self,
-        rules: Sequence[AnyRule],
-        restored: Iterable[Alert] = (),
-        counted_keys: int = COUNTED_KEYS,
-    ) -> None:
-        """`restored`: the latest alert of each key (from calls.alerts), so that an episode
-        already firing before a restart is not fired again."""
-        self.rules = rules
-        self.counted_keys = counted_keys
-        self.counted: dict[str, None] = {}
-        self.tracks: dict[str, _Track] = {}
-        self.firing: dict[str, datetime] = {}
-        """alert key → start of its episode."""
-        self.watermark = -math.inf
-        self.next_sweep = -math.inf
-        by_name = {rule.name: rule for rule in rules}
-        for alert in restored:
-            rule = by_name.get(alert.rule)
-            if alert.state == "firing" and rule is not None:
-                self.tracks[alert.key] = _Track(rule, alert.scope, Window(alert.at.timestamp()))
-                self.firing[alert.key] = alert.since
-
-    def feed(self, session: SessionRecord, country: str | None = None) -> list[Alert]:
-        """Count `session` if it is final for the first time; return the alert transitions."""
-        at = session.received.timestamp()
-        self.watermark = max(self.watermark, at)
-        transitions: list[Alert] = []
-        if session.final and session.session_key not in self.counted:
-            self.counted[session.session_key] = None
-            if len(self.counted) > self.counted_keys:
-                del self.counted[next(iter(self.counted))]
-            scopes = _scopes(session, country)
-            for rule in self.rules:
-                value = rule.sample(session)
-                if value is not None:
-                    transitions.extend(self._add(rule, scopes, at, value))
-        transitions.extend(self._quiet())
-        if self.watermark >= self.next_sweep:
-            self._sweep()
-        return transitions
-
-    def _add(
-        self, rule: AnyRule, scopes: dict[str, Scope], at: float, value: float
-    ) -> Iterable[Alert]:
-        since = self.watermark - rule.window_s
-        for kind in rule.scopes:
-            scope = scopes.get(kind)
-            if scope is None:
-                continue
-            key = f"{rule.name}:{scope}"
-            track = self.tracks.get(key) or self.tracks.setdefault(
-                key, _Track(rule, scope, Window())
-            )
-            track.window.prune(since)
-            if at < since:
-                continue  # older than its window: the watermark has moved past it
-            track.window.add(at, value)
-            if key not in self.firing and rule.fires(track.window):
-                self.firing[key] = self._now()
-                yield self._alert(key, track, "firing")
-            elif key in self.firing and rule.clears(track.window):
-                yield self._alert(key, track, "resolved")
-
-    def _quiet(self) -> Iterable[Alert]:
-        """Resolve the firing (rule, scope)s that had no sample for their window."""
-        for key in list(self.firing):
-            track = self.tracks[key]
-            if self.watermark - track.window.last > track.rule.window_s:
-                track.window.prune(self.watermark - track.rule.window_s)
-                yield self._alert(key, track, "resolved")
-
-    def _sweep(self) -> None:
-        """Forget the windows of quiet scopes that are not firing, once per longest window."""
-        longest = max((rule.window_s for rule in self.rules), default=0.0)
-        self.next_sweep = self.watermark + longest
-        for key, track in list(self.tracks.items()):
-            track.window.prune(self.watermark - track.rule.window_s)
-            if not track.window.count and key not in self.firing:
-                del self.tracks[key]
-
-    def _now(self) -> datetime:
-        return datetime.fromtimestamp(self.watermark, UTC)
-
-    def _alert(self, key: str, track: _Track, state: Literal["firing", "resolved"]) -> Alert:
-        since = self.firing[key] if state == "firing" else self.firing.pop(key)
-        rule, window = track.rule, track.window
-        return Alert(
-            alert_id=f"{key}:{state}:{_iso(since)}",
-            rule=rule.name,
-            kind=type(rule).__struct_config__.tag,
-            scope=track.scope,
-            state=state,
-            value=rule.value(window),
-            threshold=rule.threshold,
-            window_s=rule.window_s,
-            attempts=window.count,
-            at=self._now(),
-            since=since,
-        )
-
-
-def _scopes(session: SessionRecord, country: str | None) -> dict[str, Scope]:
-    provider = session.provider
-    scopes = {"provider": Scope(provider)}
+def samples(session: SessionRecord) -> list[AlertSample]:
+    """What a final session gives the windows: a sample of each of its scopes, at the received
+    time it became final. Every final version of a session gives the same scopes and time; the
+    windows count the first of them."""
+    provider, at = session.provider, session.final_received
+    deciding = session.legs[deciding_leg(session.legs)]
+    scopes = [Scope(provider)]
     if session.account is not None:
-        scopes["account"] = Scope(provider, account=session.account)
-    if country is not None:
-        scopes["country"] = Scope(provider, country=country)
-    return scopes
-
-
-def _iso(at: datetime) -> str:
-    return msgspec.json.encode(at)[1:-1].decode()
+        scopes.append(Scope(provider, account=session.account))
+    if deciding.to_country is not None:
+        scopes.append(Scope(provider, country=deciding.to_country))
+    pdd = None
+    if deciding.ringing_at is not None and deciding.initiated_at is not None:
+        delay = (deciding.ringing_at - deciding.initiated_at).total_seconds()
+        pdd = delay if delay >= 0 else None
+    cause = session.cause.label if session.cause is not None else None
+    return [
+        AlertSample(
+            scope=scope, session_key=session.session_key, at=at, status=session.status,
+            duration_s=session.duration_s, pdd_s=pdd, cause=cause,
+        )
+        for scope in scopes
+    ]  # fmt: skip

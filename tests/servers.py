@@ -63,6 +63,9 @@ class Broker(Protocol):
 
     def resume(self) -> None: ...
 
+    def kill(self) -> None:
+        """It dies at once (SIGKILL): its connections are reset, new ones refused."""
+
 
 class Servers(Protocol):
     def broker(self) -> AbstractAsyncContextManager[Broker]:
@@ -157,6 +160,9 @@ class SignalledBroker:
     def resume(self) -> None:
         self._signal(signal.SIGCONT)
 
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
     def _signal(self, signum: signal.Signals) -> None:
         assert self._broker.process is not None, "the embedded broker is not running"
         self._broker.process.send_signal(signum)
@@ -175,6 +181,9 @@ class ContainerBroker:
 
     def resume(self) -> None:
         self._container.get_wrapped_container().unpause()
+
+    def kill(self) -> None:
+        self._container.get_wrapped_container().kill()
 
 
 # One node, broker and controller, configured as docker-compose.yml's Kafka where it matters to

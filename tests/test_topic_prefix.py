@@ -82,7 +82,7 @@ async def test_two_prefixes_on_one_broker_see_nothing_of_each_other(
         ("staging calls.", "has characters a Kafka topic name cannot have"),
         ("staging/", "has characters a Kafka topic name cannot have"),
         ("é.", "has characters a Kafka topic name cannot have"),
-        ("x" * 233, "233 characters is too long: 'calls.checkpoints' would be 250"),
+        ("x" * 230, "230 characters is too long: 'calls.alerts.samples' would be 250"),
     ],
 )
 def test_a_prefix_kafka_cannot_take_is_refused_naming_the_setting(
@@ -97,8 +97,8 @@ def test_a_prefix_kafka_cannot_take_is_refused_naming_the_setting(
 
 
 def test_a_prefix_goes_before_every_topic_and_group() -> None:
-    kafka = KafkaSettings(topic_prefix="x" * 232)  # calls.checkpoints: 249 characters, the most
-    assert len(kafka.topic(topics.CHECKPOINTS)) == 249
+    kafka = KafkaSettings(topic_prefix="x" * 229)  # calls.alerts.samples: 249, the most
+    assert len(kafka.topic(topics.ALERT_SAMPLES)) == 249
     staging = KafkaSettings(topic_prefix="staging.")
     assert staging.topic(topics.RAW) == "staging.calls.raw"
     assert staging.group("callstream-normalizer") == "staging.callstream-normalizer"

@@ -24,6 +24,7 @@ import msgspec
 from aiohttp import web
 
 from callstream import samples
+from callstream.bench import Target
 from callstream.broker import EmbeddedBroker, free_port
 from foundation import kafka as kafka_io
 from foundation.log import configure_logging
@@ -36,7 +37,12 @@ CONNECTIONS = 64
 POOL = 2_000
 ROUNDS = 3
 WARMUP_S = 1.0
-TARGET_RATIO = 0.7
+TARGET_RATIO = 0.8
+TARGETS = (
+    Target("ratio", at_least=TARGET_RATIO),
+    Target("errors", at_most=0),
+    Target("missing", at_most=0),
+)
 SIDES = ("ingress", "bare")
 _HEADERS = {"Content-Type": "application/json"}
 

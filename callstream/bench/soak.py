@@ -1,23 +1,31 @@
 """`callstream bench soak`: the whole pipeline under steady provider traffic while faults strike.
 
 The `callstream up` topology (embedded broker; ingress, normalizer, aggregator, SQLite store and
-alerts, each a child process of the supervisor) takes simulated wavecell and voice_messaging
-callbacks (`callstream.simulate`: a callback not answered 2xx is sent again, as providers do,
-and some accepted ones are sent twice) at `rate` a second until `duration` x `rate` were sent.
-Meanwhile, one at a time, the normalizer, the aggregator and the store are SIGKILLed (the
-supervisor restarts each) and the broker is paused with SIGSTOP, then resumed: it keeps its
-data in memory, so it is paused, never restarted. Then the run waits for the store to hold
-every acknowledged event and reconciles what was acknowledged with what was stored.
+alerts, each a child process of the supervisor, `instances` of each consumer service) takes
+simulated wavecell and voice_messaging callbacks (`callstream.simulate`: a callback not answered
+2xx is sent again, as providers do, and some accepted ones are sent twice) at `rate` a second
+until `duration` x `rate` were sent. With `faults`, meanwhile, one at a time, one instance of
+the normalizer, the aggregator, the store and the alert sink is SIGKILLed (the supervisor
+restarts it) and the broker is paused with SIGSTOP, then resumed: it keeps its data in memory,
+so it is paused, never restarted. Then the run waits for the store to hold every acknowledged
+event and reconciles what was acknowledged with what was stored, and reads calls.alerts for
+episodes fired twice.
+
+Freshness is measured on the wall clock of this one machine, from the time the ingress received
+each callback (`cs-received-at`): to its events' rows in the store (read every WATCH_S by a
+thread of its own), and per hop (see `_freshness`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import sqlite3
 import statistics
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,76 +36,132 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import structlog
+from prometheus_client.parser import text_string_to_metric_families
 
-from callstream import up
+from callstream import status, up
 from callstream.broker import EmbeddedBroker, free_port
 from callstream.simulate.traffic import Ingress, Webhooks
 from callstream.supervisor import Child
+from foundation.kafka import TopicScan
 from foundation.settings import KafkaSettings
 from normalize import normalize
 from normalize.sessions import fold
-from schemas import SessionRecord
+from schemas import SessionRecord, topics
+from schemas.raw import received_at_of
+from schemas.records import Alert
+from sinks.rules import DEFAULT_RULES
 
-KILLED = ("normalizer", "aggregator", "store")
-"""The children SIGKILLed, in this order, at FAULTS_AT of the traffic's planned duration."""
-FAULTS_AT = (0.2, 0.4, 0.6, 0.8)
-"""When each fault strikes: the three kills, then the broker's pause."""
+KILLED = up.CONSUMERS
+"""The services one instance of which is SIGKILLed, in this order, at FAULTS_AT of the traffic's
+planned duration."""
+FAULTS_AT = (0.15, 0.3, 0.45, 0.6, 0.8)
+"""When each fault strikes: the four kills, then the broker's pause."""
 PAUSE_S = 6.0
 """How long the broker is paused: past the ingress's publish bound (5 s), so that callbacks are
 answered 503 and sent again, and some of those abandoned sends land anyway."""
 CONNECTIONS = 256
 DUPLICATES = 0.05
 """Share of accepted callbacks a provider sends again."""
-WATCH_S = 0.1
-"""How often the store is read for new events; the latencies are this coarse."""
+WATCH_S = 0.02
+"""How often the store is read for new events; the latencies to the store are this coarse."""
 DRAIN_S = 180.0
 """How long the run waits, once the traffic is sent, for the store to catch up."""
 DRAIN_POLL_S = 2.0
-CHILD_ENV = {"CALLSTREAM_LOG__LEVEL": "warning"}
+ALERT_GRACE_S = 8.0
+"""The alert windows' grace in the soak: past the broker's pause, so that a sample held up by it
+is still counted in order, and short enough that the run's last windows are decided soon after
+its traffic (the default, 60 s, would outlast a short run)."""
+CHILD_ENV = {
+    "CALLSTREAM_LOG__LEVEL": "warning",
+    "CALLSTREAM_ALERTS__GRACE_S": str(ALERT_GRACE_S),
+    "CALLSTREAM_ALERTS__TICK_INTERVAL_S": "0.5",
+}
+FLAPPING_RULE = """
+[[rules]]
+name = "soak_asr_flapping"
+kind = "asr"
+window_s = 5
+min_attempts = 10
+scopes = ["account"]
+fire = 0.55
+clear = 0.60
+"""
+"""Added to the default rules: each account's ASR (~0.58 in the simulated traffic) over 5 s of
+sessions crosses these thresholds again and again, so that episodes fire and resolve all through
+the faults and one fired twice would be seen."""
 
 log = structlog.get_logger("callstream.bench")
 
 
-def run(duration: float = 120.0, rate: float = 2_000.0) -> dict[str, Any]:
-    """Reconciled figures of a soak of `duration` seconds at `rate` callbacks a second."""
-    return asyncio.run(_soak(duration, rate))
+def run(
+    duration: float = 120.0, rate: float = 2_000.0, faults: str = "all", instances: int = 1
+) -> dict[str, Any]:
+    """Reconciled figures of a soak of `duration` seconds at `rate` callbacks a second, with
+    `instances` of each consumer service, under the faults (`all`) or none (`none`)."""
+    return asyncio.run(_soak(duration, rate, faults=faults == "all", instances=instances))
 
 
 @dataclass
 class _Ledger:
-    """What the ingress acknowledged: each callback's events, and the sessions they fold into."""
+    """What the ingress acknowledged: each callback's events, and the sessions they fold into.
 
-    callbacks: list[tuple[float, tuple[str, ...]]] = field(default_factory=list)
-    """(first attempt, event ids) of each acknowledged callback."""
+    The callbacks are kept as sent and normalized by `settle`, after the traffic: during it,
+    the load generator's CPU is the pipeline's too."""
+
+    accepted_bodies: list[tuple[str, bytes]] = field(default_factory=list)
+    callbacks: list[tuple[str, ...]] = field(default_factory=list)
+    """The event ids of each acknowledged callback, once settled."""
     events: set[str] = field(default_factory=set)
     sessions: dict[str, SessionRecord] = field(default_factory=dict)
 
     def accepted(self, provider: str, body: bytes, first_attempt: float) -> None:
-        # Received now, as the ingress received it: a report is plausible up to 24 h after.
-        events = normalize(provider, body, received_at=datetime.now(UTC))
-        self.callbacks.append((first_attempt, tuple(event.event_id for event in events)))
-        for event in events:
-            self.events.add(event.event_id)
-            current = self.sessions.get(event.session_key)
-            self.sessions[event.session_key] = fold(current, event) or current  # type: ignore[assignment]
+        del first_attempt  # the load generator's clock: see _freshness
+        self.accepted_bodies.append((provider, body))
+
+    def settle(self) -> None:
+        """Normalize and fold the callbacks accepted since the last call."""
+        for provider, body in self.accepted_bodies:
+            # Received about now: a report is plausible up to 24 h after its times.
+            events = normalize(provider, body, received_at=datetime.now(UTC))
+            self.callbacks.append(tuple(event.event_id for event in events))
+            for event in events:
+                self.events.add(event.event_id)
+                current = self.sessions.get(event.session_key)
+                self.sessions[event.session_key] = fold(current, event) or current  # type: ignore[assignment]
+        self.accepted_bodies.clear()
 
 
-class _StoreWatch:
-    """When each event first appeared in the SQLite store, read every WATCH_S seconds."""
+class _StoreWatch(threading.Thread):
+    """When each event first appeared in the SQLite store: a thread of its own reads the new rows
+    every WATCH_S and stamps them at once, so that the load generator's busy event loop does not
+    delay the stamps."""
 
     def __init__(self, path: Path) -> None:
+        super().__init__(name="store-watch", daemon=True)
         self.path = path
-        self.seen: dict[str, float] = {}
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
         self._last_rowid = 0
+        self._stopping = threading.Event()
 
-    async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            rows = await asyncio.to_thread(self._new_rows)
-            now = time.monotonic()
-            for event_id in rows:
-                self.seen.setdefault(event_id, now)
-            await asyncio.sleep(WATCH_S)
+    def seen(self) -> dict[str, float]:
+        """Event id → when it was first seen in the store (epoch seconds), so far."""
+        with self._lock:
+            return dict(self._seen)
+
+    def run(self) -> None:
+        while not self._stopping.wait(WATCH_S):
+            rows = self._new_rows()
+            now = time.time()
+            with self._lock:
+                for event_id in rows:
+                    self._seen.setdefault(event_id, now)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join()
 
     def _new_rows(self) -> list[str]:
         if not self.path.exists():
@@ -115,53 +179,78 @@ class _StoreWatch:
         return [event_id for _, event_id in rows]
 
 
-async def _soak(duration: float, rate: float) -> dict[str, Any]:
+async def _soak(duration: float, rate: float, *, faults: bool, instances: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="callstream-soak-") as data_dir:
-        async with _pipeline(Path(data_dir)) as (broker, children, url, store_path):
-            ledger, watch, stop_watching = _Ledger(), _StoreWatch(store_path), asyncio.Event()
-            watching = asyncio.create_task(watch.run(stop_watching))
+        async with _pipeline(Path(data_dir), instances) as (broker, children, url, store_path):
+            ledger, watch = _Ledger(), _StoreWatch(store_path)
+            watch.start()
             async with aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=CONNECTIONS)
             ) as session:
                 ingress = Ingress(url, session, {})
                 webhooks = Webhooks(ingress, duplicates=DUPLICATES, on_accepted=ledger.accepted)
                 await _warm_up(webhooks, ledger, watch)
+                ledger.callbacks.clear()  # its latency counts the groups' joins
+                traffic_from = time.time()
                 started = time.monotonic()
-                faults = asyncio.create_task(_strike(broker, children, duration))
+                striking = _strike(broker, children, duration) if faults else _no_faults()
+                struck = asyncio.create_task(striking)
                 await webhooks.fire(rate, count=round(duration * rate), connections=CONNECTIONS)
                 sent_s = time.monotonic() - started
-                struck = await faults
+                done = await struck
+            ledger.settle()
             drain_s = await _drain(ledger, watch, store_path)
-            stop_watching.set()
-            await watching
-            figures = _reconcile(ledger, watch, store_path)
+            watch.stop()
+            seen = watch.seen()
+            figures = _reconcile(ledger, seen, store_path)
+            kafka = KafkaSettings(bootstrap=broker.bootstrap)
+            ingress_metrics = await _ingress_metrics(children)
+            freshness = await _freshness(kafka, ledger, seen, ingress_metrics, traffic_from)
+            await _alerts_decided(children, until=time.time())
+            alerts = await _alerts(kafka)
+            lag = {group.group: group.lag for group in (await status.collect(kafka)).groups}
             restarts = {child.name: child.restarts for child in children}
     return {
         "duration_s": duration,
         "rate": rate,
+        "instances": instances,
+        "ingress_workers": instances,
         "sent_s": round(sent_s, 1),
         "acknowledged_per_s": round(webhooks.accepted / sent_s),
         "acknowledged": webhooks.accepted,
         "answers": dict(sorted(ingress.answers.items())),
-        "faults": struck,
+        "faults": done,
         "restarts": restarts,
         "drain_s": round(drain_s, 1),
         **figures,
+        **alerts,
+        "lag": lag,
+        **freshness,
     }
+
+
+async def _no_faults() -> list[str]:
+    return []
 
 
 @asynccontextmanager
 async def _pipeline(
-    data_dir: Path,
+    data_dir: Path, instances: int
 ) -> AsyncIterator[tuple[EmbeddedBroker, list[Child], str, Path]]:
-    """`callstream up`'s broker and services, with this run's data directory; yields the broker,
-    the children, the ingress URL and the store's path once the ingress is ready."""
+    """`callstream up`'s broker and services, `instances` of each consumer, with this run's data
+    directory; yields the broker, the children, the ingress URL and the store's path once the
+    ingress is ready."""
     broker = EmbeddedBroker(free_port(), log_file=data_dir / "broker.log")
     kafka = KafkaSettings(bootstrap=broker.bootstrap)
     http_port = free_port()
+    rules = data_dir / "rules.toml"
+    rules.write_text(DEFAULT_RULES.read_text() + FLAPPING_RULE)
+    env = {**CHILD_ENV, "CALLSTREAM_ALERTS__RULES": str(rules)}
     children = [
-        Child(child.name, child.args, env={**child.env, **CHILD_ENV})
-        for child in up.services(kafka, http_port, data_dir)
+        Child(child.name, child.args, env={**child.env, **env}, metrics=child.metrics)
+        for child in up.services(
+            kafka, http_port, data_dir, instances=instances, ingress_workers=instances
+        )
     ]
     stop = asyncio.Event()
     running = asyncio.create_task(up.run(kafka, broker, children, stop))
@@ -194,7 +283,8 @@ async def _warm_up(webhooks: Webhooks, ledger: _Ledger, watch: _StoreWatch) -> N
     await webhooks.fire(1.0, count=1)
 
     async def stored() -> bool:
-        return not ledger.events - watch.seen.keys()
+        ledger.settle()
+        return not ledger.events - watch.seen().keys()
 
     if not await _poll(stored, within_s=60.0, every_s=WATCH_S):
         raise TimeoutError("the first callback did not reach the store within 60 s")
@@ -211,20 +301,22 @@ async def _poll(done: Callable[[], Awaitable[bool]], within_s: float, every_s: f
 
 
 async def _strike(broker: EmbeddedBroker, children: list[Child], duration: float) -> list[str]:
-    """The faults, each at its time; what was done, with when (seconds into the traffic)."""
+    """The faults, each at its time: one instance of each service killed in turn (the first
+    one, then the second…), then the broker paused; what was done, with when (seconds into the
+    traffic)."""
     started, done = time.monotonic(), []
-    by_name = {child.name: child for child in children}
-    for name, at in zip((*KILLED, "broker"), FAULTS_AT, strict=True):
+    for turn, (name, at) in enumerate(zip((*KILLED, "broker"), FAULTS_AT, strict=True)):
         await asyncio.sleep(max(0.0, started + at * duration - time.monotonic()))
         moment = round(time.monotonic() - started, 1)
         if name == "broker":
             await _pause(broker)
             done.append(f"{moment}s: broker paused {PAUSE_S:.0f}s")
         else:
-            process = by_name[name].process
-            assert process is not None  # noqa: S101 - started by the supervisor
-            os.kill(process.pid, signal.SIGKILL)
-            done.append(f"{moment}s: {name} killed")
+            instances = [child for child in children if up.service_of(child) == name]
+            child = instances[turn % len(instances)]
+            assert child.process is not None  # noqa: S101 - started by the supervisor
+            os.kill(child.process.pid, signal.SIGKILL)
+            done.append(f"{moment}s: {child.name} killed")
         log.warning("soak_fault", fault=done[-1])
     return done
 
@@ -244,7 +336,7 @@ async def _drain(ledger: _Ledger, watch: _StoreWatch, store_path: Path) -> float
     started = time.monotonic()
 
     async def caught_up() -> bool:
-        if ledger.events - watch.seen.keys():
+        if ledger.events - watch.seen().keys():
             return False
         return not await asyncio.to_thread(_wrong_sessions, ledger, store_path)
 
@@ -263,19 +355,14 @@ def _wrong_sessions(ledger: _Ledger, store_path: Path) -> Counter[str]:
     )
 
 
-def _reconcile(ledger: _Ledger, watch: _StoreWatch, store_path: Path) -> dict[str, Any]:
+def _reconcile(ledger: _Ledger, seen: dict[str, float], store_path: Path) -> dict[str, Any]:
     with closing(sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)) as db:
         rows, distinct = db.execute(
             "SELECT count(*), count(DISTINCT provider || '|' || call_id || '|' ||"
             " coalesce(leg, '') || '|' || status) FROM call_events"
         ).fetchone()
     wrong = _wrong_sessions(ledger, store_path)
-    missing = len(ledger.events - watch.seen.keys())
-    latencies = [
-        max(watch.seen[event_id] for event_id in event_ids) - first_attempt
-        for first_attempt, event_ids in ledger.callbacks
-        if event_ids and all(event_id in watch.seen for event_id in event_ids)
-    ]
+    missing = len(ledger.events - seen.keys())
     return {
         "events": len(ledger.events),
         "stored": len(ledger.events) - missing,
@@ -285,8 +372,137 @@ def _reconcile(ledger: _Ledger, watch: _StoreWatch, store_path: Path) -> dict[st
         "sessions": len(ledger.sessions),
         "wrong_sessions": sum(wrong.values()),
         "wrong_sessions_by_kind": dict(wrong),
-        **_percentiles_ms(latencies),
     }
+
+
+class _Stamped(msgspec.Struct):
+    event_id: str
+
+
+_stamped = msgspec.json.Decoder(_Stamped)
+_alert = msgspec.json.Decoder(Alert)
+
+
+async def _freshness(
+    kafka: KafkaSettings, ledger: _Ledger, seen: dict[str, float], ingress: str, since: float
+) -> dict[str, Any]:
+    """Callback to store, in ms: from the ingress's receipt of each acknowledged callback
+    (`cs-received-at`) to the last of its events' rows in the store (`p50_ms`, `p99_ms`,
+    `max_ms`), and each hop from that receipt (`hops_ms`): to the broker's acknowledgement on
+    calls.raw (the ingress's publish histogram, interpolated in its buckets as Prometheus'
+    histogram_quantile does), to its events on calls.events, to its session's new version on
+    calls.sessions, and to each event's row in the store. Broker times are the producers'
+    CreateTime, taken when a record joins a batch, a millisecond or so before its ack. The
+    load generator's own times are not used: at 2,000 callbacks/s its event loop is busy, and
+    its clocks would count its own delays. Records received before `since` (the warm-up) are
+    left out."""
+    events: dict[str, tuple[float, float]] = {}
+    """event id → (received, on calls.events), each first seen."""
+    async for batch in TopicScan(kafka, kafka.topic(topics.EVENTS), max_records=5_000).batches():
+        for record in batch:
+            received = received_at_of(record.headers)
+            event_id = _stamped.decode(record.value or b"{}").event_id
+            if received is not None and received.timestamp() >= since and event_id not in events:
+                events[event_id] = (received.timestamp(), record.timestamp / 1000)
+    sessions: list[float] = []
+    async for batch in TopicScan(kafka, kafka.topic(topics.SESSIONS), max_records=5_000).batches():
+        for record in batch:
+            received = received_at_of(record.headers)
+            if received is not None and received.timestamp() >= since:
+                sessions.append(record.timestamp / 1000 - received.timestamp())
+    callbacks = [
+        max(seen[event_id] for event_id in ids) - events[ids[0]][0]
+        for ids in ledger.callbacks
+        if ids and all(event_id in seen and event_id in events for event_id in ids)
+    ]
+    return {
+        **_percentiles_ms(callbacks),
+        "hops_ms": {
+            "raw_ack": _histogram_ms(ingress, "callstream_ingress_publish_seconds"),
+            "events": _percentiles_ms([at - received for received, at in events.values()]),
+            "sessions": _percentiles_ms(sessions),
+            "store": _percentiles_ms(
+                [seen[event_id] - received
+                 for event_id, (received, _) in events.items() if event_id in seen]
+            ),
+        },
+    }  # fmt: skip
+
+
+async def _alerts_decided(
+    children: list[Child], until: float, within_s: float = 4 * ALERT_GRACE_S + 30
+) -> None:
+    """Wait until every calls.alerts.samples partition is decided up to `until` (epoch s), as
+    the alert sinks' `callstream_alerts_decided_seconds` say; raises TimeoutError past
+    `within_s`."""
+    urls = [child.metrics for child in children if up.service_of(child) == "alerts"]
+    async with asyncio.timeout(within_s), aiohttp.ClientSession() as session:
+        while True:
+            decided: list[float] = []
+            for url in filter(None, urls):
+                try:
+                    async with session.get(url) as answer:
+                        text = await answer.text()
+                except aiohttp.ClientError:
+                    continue  # restarting after its kill
+                decided += [
+                    sample.value
+                    for family in text_string_to_metric_families(text)
+                    for sample in family.samples
+                    if sample.name == "callstream_alerts_decided_seconds"
+                ]
+            if decided and min(decided) >= until:
+                return
+            await asyncio.sleep(0.5)
+
+
+async def _ingress_metrics(children: list[Child]) -> str:
+    """The ingress's metrics, as Prometheus text."""
+    [url] = [child.metrics for child in children if up.service_of(child) == "ingress"]
+    assert url is not None  # noqa: S101 - up.services gives the ingress its metrics
+    async with aiohttp.ClientSession() as session, session.get(url) as answer:
+        return await answer.text()
+
+
+def _histogram_ms(text: str, name: str) -> dict[str, float]:
+    """p50 and p99 of histogram `name` (summed over its labels), in ms, interpolated linearly
+    within the bucket each falls in."""
+    buckets: Counter[float] = Counter()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == f"{name}_bucket":
+                buckets[float(sample.labels["le"])] += sample.value
+    bounds = sorted(buckets)
+    if not bounds or not buckets[bounds[-1]]:
+        return {"p50_ms": 0.0, "p99_ms": 0.0}
+
+    def quantile(q: float) -> float:
+        rank, lower, below = q * buckets[bounds[-1]], 0.0, 0.0
+        for bound in bounds:
+            if buckets[bound] >= rank:
+                if math.isinf(bound):
+                    return lower
+                share = (rank - below) / max(buckets[bound] - below, 1e-9)
+                return lower + (bound - lower) * share
+            lower, below = bound, buckets[bound]
+        return lower
+
+    return {"p50_ms": round(quantile(0.5) * 1000, 1), "p99_ms": round(quantile(0.99) * 1000, 1)}
+
+
+async def _alerts(kafka: KafkaSettings) -> dict[str, int]:
+    """The alerts on calls.alerts, and those that fired an episode already firing: a (rule,
+    scope) firing again with no resolve between (an alert sink's key is its partition's, so
+    offset order is the order of its transitions)."""
+    states: dict[str, str] = {}
+    alerts = duplicated = 0
+    async for batch in TopicScan(kafka, kafka.topic(topics.ALERTS)).batches():
+        for record in batch:
+            alert = _alert.decode(record.value or b"")
+            alerts += 1
+            duplicated += alert.state == "firing" and states.get(alert.key) == "firing"
+            states[alert.key] = alert.state
+    return {"alerts": alerts, "alerts_duplicated": duplicated}
 
 
 def _percentiles_ms(latencies: list[float]) -> dict[str, float]:
@@ -301,20 +517,36 @@ def _percentiles_ms(latencies: list[float]) -> dict[str, float]:
 
 
 def report(results: dict[str, Any]) -> str:
-    passed = not (results["missing"] or results["duplicated_rows"] or results["wrong_sessions"])
+    passed = not (
+        results["missing"] or results["duplicated_rows"] or results["wrong_sessions"]
+        or results["alerts_duplicated"]
+    )  # fmt: skip
+    hops = "; ".join(
+        f"{hop.replace('_', ' ')} p50 {figures['p50_ms']} / p99 {figures['p99_ms']} ms"
+        for hop, figures in results["hops_ms"].items()
+    )
     return "\n".join(
         [
             f"soak: {results['acknowledged']:,} callbacks acknowledged in {results['sent_s']} s "
             f"({results['acknowledged_per_s']:,}/s; target rate {results['rate']:,.0f}/s); "
             f"answers {results['answers']}",
-            "faults: " + "; ".join(results["faults"]) + f"; restarts {results['restarts']}",
+            f"instances: {results['instances']} of each consumer service, "
+            f"{results['ingress_workers']} ingress worker(s)",
+            "faults: "
+            + ("; ".join(results["faults"]) or "none")
+            + f"; restarts {results['restarts']}",
             f"store: {results['stored']:,} of {results['events']:,} acknowledged events "
             f"(missing {results['missing']}), {results['rows']:,} rows "
             f"(duplicated {results['duplicated_rows']}), {results['sessions']:,} sessions "
             f"(wrong {results['wrong_sessions']}); drained {results['drain_s']} s after the "
             "traffic",
+            f"alerts: {results['alerts']} transitions, {results['alerts_duplicated']} episodes "
+            f"fired twice; records not committed by each group at the end {results['lag']}",
             f"callback to store: p50 {results['p50_ms']} ms, p99 {results['p99_ms']} ms, "
             f"max {results['max_ms']} ms",
-            "PASS" if passed else "FAIL: acknowledged callbacks lost, doubled or wrong",
+            f"hops: {hops}",
+            "PASS"
+            if passed
+            else "FAIL: acknowledged callbacks lost, doubled or wrong, or alerts fired twice",
         ]
     )

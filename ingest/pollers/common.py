@@ -18,7 +18,7 @@ from tenacity import (
 )
 
 from foundation.clock import SYSTEM, Clock
-from foundation.kafka import OutRecord
+from foundation.kafka import Batcher, OutRecord, Overloaded
 from foundation.settings import KafkaSettings
 from ingest.pollers.metrics import Metrics
 from schemas import topics
@@ -40,6 +40,8 @@ class Plumbing(NamedTuple):
 
     kafka: KafkaSettings
     producer: AIOKafkaProducer
+    batcher: Batcher
+    """What the pollers publish through (the producer's batches)."""
     session: aiohttp.ClientSession
     metrics: Metrics
     clock: Clock = SYSTEM
@@ -50,7 +52,7 @@ class Publisher:
     """Writes one provider's answers to calls.raw (source `poll`) or calls.dlq, awaiting acks."""
 
     def __init__(self, provider: str, plumbing: Plumbing) -> None:
-        self.provider, self.kafka, self.producer = provider, plumbing.kafka, plumbing.producer
+        self.provider, self.kafka, self.batcher = provider, plumbing.kafka, plumbing.batcher
         self.metrics, self.clock = plumbing.metrics, plumbing.clock
 
     def _meta(self, context: Mapping[str, str]) -> RawMeta:
@@ -81,18 +83,15 @@ class Publisher:
         """`record` on `topic` (a `schemas.topics` name) once acknowledged, a broker error
         retried SEND_ATTEMPTS times.
 
-        One record at a time through the producer's own batching (linger): many polls publish
-        concurrently, and the batch API (send_all) allows one batch per partition in flight.
+        One record at a time, many polls concurrently: the Batcher puts those sent together in
+        one batch per partition.
         """
         retrying = AsyncRetrying(
             stop=stop_after_attempt(SEND_ATTEMPTS),
             wait=wait_random_exponential(multiplier=0.1, max=2.0),
-            retry=retry_if_exception_type(KafkaError),
+            retry=retry_if_exception_type((KafkaError, Overloaded)),
             reraise=True,
         )
         async for attempt in retrying:
             with attempt:
-                sent = await self.producer.send(
-                    self.kafka.topic(topic), record.value, key=record.key, headers=record.headers
-                )
-                await sent
+                await self.batcher.send(self.kafka.topic(topic), record)

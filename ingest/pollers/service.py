@@ -23,6 +23,9 @@ from ingest.pollers.metrics import Metrics
 
 log = structlog.get_logger("callstream.poll")
 
+PENDING_BYTES = 64 << 20
+"""Poll answers waiting for the broker's ack, at most (more are retried as on a broker error)."""
+
 
 async def serve(
     settings: PollSettings,
@@ -49,7 +52,8 @@ async def serve(
     await kafka_io.ensure_topics(kafka)
     serve_metrics(settings.metrics_port, metrics.registry)
     async with kafka_io.producer(kafka) as producer, aiohttp.ClientSession() as session:
-        plumbing = Plumbing(kafka, producer, session, metrics, clock)
+        batcher = kafka_io.Batcher(producer, max_pending_bytes=PENDING_BYTES)
+        plumbing = Plumbing(kafka, producer, batcher, session, metrics, clock)
         log.info("pollers_started", providers=providers, kafka=kafka.bootstrap)
         running = [
             asyncio.create_task(POLLERS[provider].run(getattr(settings, provider), plumbing, stop))
@@ -61,4 +65,5 @@ async def serve(
             for poller in running:
                 poller.cancel()
             await asyncio.gather(*running, return_exceptions=True)
+            await batcher.close()
     log.info("pollers_stopped")

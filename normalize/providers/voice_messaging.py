@@ -96,16 +96,17 @@ def _call_event(
     report: Report, path: str, job_id: str, account: str | None, call: _Call
 ) -> CallEvent:
     ringing_at = _date(report, path, "ring_date", call.ring_date)
-    status, final = _status(report, path, call, ringing_at is not None)
+    status = _status(report, path, call, ringing_at is not None)
     return call_event(
         report,
         path,
         _FIELDS,
-        account=account,
-        session_id=call.message_id,
-        call_id=call.message_id,
-        status=status,
-        final=final,
+        # account, session_id, call_id, leg, status (in call_event's order)
+        account,
+        call.message_id,
+        call.message_id,
+        None,
+        status,  # final unless accepted, as call_event takes it
         direction="outbound",
         from_number=text(call.sender),
         to_number=text(call.to),
@@ -120,18 +121,18 @@ def _call_event(
     )
 
 
-def _status(report: Report, path: str, call: _Call, ringing: bool) -> tuple[Status, bool]:
+def _status(report: Report, path: str, call: _Call, ringing: bool) -> Status:
     documented = _STATUS_WORDS.get(word(call.status))
     if documented == "DELIVRD":
-        return Status.COMPLETED, True
+        return Status.COMPLETED
     if documented == "UNDELIV":
-        return _UNDELIVERED.get(call.error_code or 0, Status.FAILED), True
+        return _UNDELIVERED.get(call.error_code or 0, Status.FAILED)
     if documented == "REJECTD":
-        return Status.REJECTED, True
+        return Status.REJECTED
     if documented == "ACCEPTD":
-        return (Status.RINGING if ringing else Status.QUEUED), False
+        return Status.RINGING if ringing else Status.QUEUED
     if documented == "UNKNOWN":
-        return Status.UNKNOWN, True
+        return Status.UNKNOWN
     raise report.invalid(f"{path}.status", f"unknown status {call.status!r}")
 
 

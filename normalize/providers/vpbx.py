@@ -87,11 +87,12 @@ def _call_event(report: Report, path: str, call: _Call) -> CallEvent:
         report,
         path,
         fields,
-        account=account,
-        session_id=call.call_uuid,
-        call_id=call.call_uuid,
-        status=_status(report, path, call.result, disposition),
-        final=True,
+        # account, session_id, call_id, leg, status (in call_event's order)
+        account,
+        call.call_uuid,
+        call.call_uuid,
+        None,
+        _status(report, path, call.result, disposition),  # final: an outcome or unknown
         direction=_direction(report, path, call.flow),
         from_number=text(call.from_username),
         to_number=text(call.to_username),

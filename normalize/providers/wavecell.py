@@ -98,12 +98,12 @@ def _leg_event(
         report,
         path,
         _FIELDS,
-        account=text(session.sub_account_id),
-        session_id=session.session_id,
-        call_id=data.id,
-        leg=leg,
-        status=status,
-        final=True,
+        # account, session_id, call_id, leg, status (in call_event's order)
+        text(session.sub_account_id),
+        session.session_id,
+        data.id,
+        leg,
+        status,  # final, as every status of the table is
         direction=_direction(report, leg, data.direction),
         network=_network(report, leg, data.type),
         from_number=text(data.source),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -118,7 +119,14 @@ def test_bench_normalize_reports_the_keys_the_readme_promises() -> None:
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
     assert {"wavecell_per_s", "baseline_ratio", "baseline_isoformat_ratio"} <= set(figures)
+    assert isinstance(figures.pop("targets_met"), bool)  # whether, not a timed assertion
     assert all(value > 0 for value in figures.values())
+
+
+def test_bench_prints_each_target_with_its_verdict() -> None:
+    result = run("bench", "normalize", "--seconds", "0.3")
+    assert result.returncode == 0, result.stderr
+    assert re.search(rb"^baseline_ratio [0-9.]+, target >= 4: (met|NOT MET)$", result.stdout, re.M)
 
 
 @pytest.mark.parametrize(
@@ -155,13 +163,19 @@ def test_the_committed_asyncapi_document_is_the_generated_one() -> None:
         "calls.events",
         "calls.sessions",
         "calls.alerts",
+        "calls.alerts.samples",
+        "calls.alerts.state",
         "calls.dlq",
         "calls.track",
         "calls.checkpoints",
     }
-    assert {"CallEvent", "SessionRecord", "Alert", "Track", "Checkpoint"} <= set(
+    assert {"CallEvent", "SessionRecord", "Alert", "Track", "Checkpoint", "AlertState"} <= set(
         document["components"]["schemas"]
     )
+    assert set(document["channels"]["calls.alerts.samples"]["messages"]) == {
+        "AlertSample",
+        "AlertWatermark",
+    }
 
 
 @pytest.mark.parametrize("args", [["asyncapi"], ["schema", "event"], ["schema", "session"]])
@@ -181,3 +195,14 @@ def test_generated_documents_do_not_depend_on_the_python_version(args: list[str]
     result = run(*args)
     collect(json.loads(result.stdout))
     assert all(inspect.cleandoc(text) == text for text in descriptions)
+
+
+def test_bench_normalizer_measures_the_service_against_its_passthrough() -> None:
+    result = run("bench", "normalizer", "--json", "--seconds", "1")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert figures["records_per_s"] > 0
+    assert figures["passthrough_per_s"] > 0
+    assert figures["ratio_min"] <= figures["ratio"] <= figures["ratio_max"]
+    assert (figures["events"], figures["dead_lettered"]) == (2 * figures["records"], 0)
+    assert isinstance(figures["targets_met"], bool)

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import os
+import random
 import sqlite3
+import subprocess
+import sys
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
-from helpers import drained, normalizer, raw, serving, store_sink
+from helpers import drained, env_for, normalizer, raw, serving, store_sink
 
 from callstream import dlq, samples
 from callstream.progress import Progress
@@ -29,6 +35,10 @@ def _letter(provider: str, body: bytes, stage: str, error: str) -> OutRecord:
     return msgspec.structs.replace(
         record, headers=dead_letter_headers(record.headers, stage, error)
     )
+
+
+async def _letters(kafka: KafkaSettings, **filters: Any) -> list[dlq.DeadLetter]:
+    return [letter async for letter in dlq.letters(kafka, **filters)]
 
 
 def _quiet() -> Progress:
@@ -50,13 +60,13 @@ async def test_a_fixed_normalizer_bug_redriven_lands_each_event_once(
     await kafka_io.publish(kafka, topics.RAW, bodies)
     async with serving(normalizer(kafka)) as task:
         await drained(kafka, "test-normalizer", topics.RAW, task)
-    assert len(await dlq.letters(kafka, stage="normalize")) == len(bodies)
+    assert len(await _letters(kafka, stage="normalize")) == len(bodies)
 
     monkeypatch.setitem(ADAPTERS, "wavecell", good)  # the fix
     result = await dlq.redrive(kafka, stage="normalize", progress=_quiet())
     events = await kafka_io.read_all(kafka, topics.EVENTS)
     assert (result.ok, result.failed, result.events) == (len(bodies) - 1, 1, len(events))
-    [again] = await dlq.letters(kafka)
+    [again] = await _letters(kafka)
     assert (again.stage, again.body) == ("redrive", b"[]")
     assert again.reason.startswith("wavecell: $: wrong type")
     assert await dlq.redrive(kafka, stage="normalize", progress=_quiet()) == (0, 0, 0)  # once
@@ -79,14 +89,14 @@ async def test_list_and_show_render_letters_and_filters_apply(kafka: KafkaSettin
             OutRecord(b"k", b"{}", [(topics.ERROR_STAGE, b"store"), (topics.ERROR, b"no event")]),
         ],
     )
-    every = await dlq.letters(kafka)
+    every = await _letters(kafka)
     assert sorted((d.stage, d.provider, d.size) for d in every) == [
         ("ingress", "voice_messaging", 8), ("normalize", "wavecell", 8), ("store", None, 2),
     ]  # fmt: skip
-    assert [d.reason for d in await dlq.letters(kafka, stage="ingress")] == ["not a JSON object"]
-    assert [d.stage for d in await dlq.letters(kafka, provider="wavecell")] == ["normalize"]
+    assert [d.reason for d in await _letters(kafka, stage="ingress")] == ["not a JSON object"]
+    assert [d.stage for d in await _letters(kafka, provider="wavecell")] == ["normalize"]
     later = datetime.now(UTC) + timedelta(hours=1)
-    assert await dlq.letters(kafka, since=later) == []
+    assert await _letters(kafka, since=later) == []
 
     table = dlq.render_list(every).splitlines()
     assert table[0].split() == list(dlq.LIST_HEADER)
@@ -117,17 +127,82 @@ async def test_redrive_takes_ingress_letters_and_only_the_ids_asked_for(
             OutRecord(b"k", b"{}", [(topics.ERROR_STAGE, b"store"), (topics.ERROR, b"no event")]),
         ],
     )
-    before = {d.stage: d for d in await dlq.letters(kafka)}
+    before = {d.stage: d for d in await _letters(kafka)}
     result = await dlq.redrive(kafka, ids=[before["ingress"].id], progress=_quiet())
     assert (result.ok, result.failed) == (0, 1)
-    after = {d.stage: d for d in await dlq.letters(kafka)}
+    after = {d.stage: d for d in await _letters(kafka)}
     assert after.keys() == {"redrive", "normalize", "store"}  # the ingress one is superseded
     assert after["redrive"].headers[topics.REDRIVE_OF] == before["ingress"].id
     result = await dlq.redrive(kafka, progress=_quiet())  # the rest; store letters are not raw
     assert (result.ok, result.failed) == (1, 1)
-    assert {d.stage for d in await dlq.letters(kafka)} == {"redrive", "store"}
-    every = await dlq.letters(kafka, include_redriven=True)
+    assert {d.stage for d in await _letters(kafka)} == {"redrive", "store"}
+    every = await _letters(kafka, include_redriven=True)
     assert sorted(d.stage for d in every) == sorted(
         ["ingress", "normalize", "store", "redrive", "redrive", "redriven"]
     )
     assert len(await kafka_io.read_all(kafka, topics.EVENTS)) == result.events > 0
+
+
+LETTERS, LETTER_BYTES = 100_000, 3_000
+
+
+def _measured(kafka: KafkaSettings, *args: str) -> tuple[list[str], int]:
+    """`callstream ARGS` in a process of its own, on `kafka`: its first and last lines of
+    output, its line count, and its peak resident memory in bytes."""
+    first = last = ""
+    count = 0
+    with subprocess.Popen(
+        [sys.executable, "-m", "callstream", *args], stdout=subprocess.PIPE, env=env_for(kafka)
+    ) as run:
+        assert run.stdout is not None
+        for count, line in enumerate(run.stdout, 1):  # noqa: B007 - the count is wanted
+            first, last = first or line.decode(), line.decode()
+        _, status, usage = os.wait4(run.pid, 0)  # its own rusage, not every child's
+        run.returncode = os.waitstatus_to_exitcode(status)
+    assert run.returncode == 0
+    return [first.rstrip(), last.rstrip(), str(count)], usage.ru_maxrss * 1024
+
+
+def _noise(size: int, seed: int) -> bytes:
+    """`size` hex digits that compress as little as a real report's fields: padding of one
+    repeated character would shrink a hundredfold on the wire and swell back in the consumer,
+    which then holds far more letters than its fetch size suggests."""
+    return random.Random(seed).randbytes(size // 2 + 1).hex()[:size].encode()
+
+
+@pytest.mark.slow
+async def test_list_redrive_and_show_hold_a_batch_not_the_topic(kafka: KafkaSettings) -> None:
+    """Letters totalling ~290 MB; each command peaks well below half of that (the whole topic
+    read into memory, as `read_all` does, peaks at ~3x the letters' size)."""
+    padded = [
+        body[:-1] + b',"padding":"' + _noise(LETTER_BYTES - len(body) - 13, seed=i) + b'"}'
+        for i, body in enumerate(samples.payloads("wavecell", 100))
+    ]
+    async with kafka_io.producer(kafka) as producer:
+        for start in range(0, LETTERS, 10_000):
+            await kafka_io.send_all(
+                producer,
+                kafka.topic(topics.DLQ),
+                (_letter("wavecell", padded[i % 100], "normalize", "old bug")
+                 for i in range(start, start + 10_000)),
+            )  # fmt: skip
+    limit = LETTERS * LETTER_BYTES // 2
+    bootstrap = ("--kafka", kafka.bootstrap)
+
+    (header, last, lines), peak = await asyncio.to_thread(
+        _measured, kafka, "dlq", "list", *bootstrap
+    )
+    assert (header.split(), int(lines)) == (list(dlq.LIST_HEADER), LETTERS + 1)
+    assert last.split()[2:5] == ["normalize", "wavecell", str(LETTER_BYTES)]
+    assert peak < limit
+
+    (_, result, _), peak = await asyncio.to_thread(_measured, kafka, "dlq", "redrive", *bootstrap)
+    assert result.split()[:2] == [f"ok={LETTERS}", "failed=0"]
+    assert peak < limit
+
+    (shown, _, _), peak = await asyncio.to_thread(
+        _measured, kafka, "dlq", "show", last.split()[0], *bootstrap
+    )
+    assert shown == f"id: {last.split()[0]}"
+    assert peak < limit
+    assert await _letters(kafka) == []  # all redriven, each once

@@ -88,6 +88,24 @@ def test_up_with_its_http_port_taken_exits_3_at_once(
     assert not data_dir.exists()
 
 
+def test_ingress_workers_on_a_taken_port_exit_3_before_any_starts(
+    taken: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = _fails(["ingress", "--port", str(taken), "--workers", "2"], capsys)
+    assert code == EXIT_UNAVAILABLE
+    assert err.splitlines() == [
+        f"callstream: port {taken} on 127.0.0.1 is already in use (the ingress's)"
+    ]
+
+
+def test_ingress_workers_must_be_one_or_more(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _fails(["ingress", "--workers", "0"], capsys)
+    assert code == EXIT_USAGE
+    assert err.splitlines() == [
+        "callstream: setting CALLSTREAM_INGRESS__WORKERS: Expected `int` >= 1"
+    ]
+
+
 def test_up_with_its_broker_port_taken_exits_3(
     taken: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

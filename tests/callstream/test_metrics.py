@@ -53,3 +53,12 @@ def test_up_children_serve_metrics_and_sources_stop_first() -> None:
             assert child.metrics == f"http://127.0.0.1:{port}/metrics"
     ingress = next(c for c in children if c.name == "ingress")
     assert "CALLSTREAM_POLL__MOBILE_AGENT__BASE_URL" in ingress.env  # it knows a poller runs
+
+
+def test_up_runs_the_ingress_with_the_workers_asked_for() -> None:
+    def ingress_args(**options: int) -> tuple[str, ...]:
+        children = up.services(KafkaSettings(), 8080, up.DEFAULT_DATA_DIR, **options)
+        return tuple(next(c for c in children if c.name == "ingress").args)
+
+    assert ingress_args(ingress_workers=2)[-2:] == ("--workers", "2")
+    assert "--workers" not in ingress_args()  # CALLSTREAM_INGRESS__WORKERS decides, as inherited

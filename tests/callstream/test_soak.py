@@ -1,6 +1,7 @@
-"""The soak benchmark's promise at a small scale: the `up` topology under callbacks while the
-normalizer, the aggregator and the store are SIGKILLed and the broker is paused loses, doubles
-and misfolds nothing that the ingress acknowledged. (`callstream bench soak` runs it at 2,000
+"""The soak benchmark's promise at a small scale: the `up` topology under callbacks while one
+instance of the normalizer, the aggregator, the store and the alert sink is SIGKILLed in turn and
+the broker is paused loses, doubles and misfolds nothing that the ingress acknowledged, with one
+instance of each consumer service and with two. (`callstream bench soak` runs it at 2,000
 callbacks/s for 120 s; this run sends 3,000 in about 15 s.)"""
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from callstream.bench import soak
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("instances", [1, 2])
 async def test_nothing_acknowledged_is_lost_doubled_or_misfolded_under_faults(
-    monkeypatch: pytest.MonkeyPatch,
+    instances: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The services run on the tests' group timings (the same faults strike): a killed member's
     # partitions move on within seconds, not after the default 10 s session.
@@ -24,20 +26,28 @@ async def test_nothing_acknowledged_is_lost_doubled_or_misfolded_under_faults(
     monkeypatch.setenv(
         "CALLSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS", str(timings.heartbeat_interval_ms)
     )
-    results = await asyncio.to_thread(soak.run, duration=15.0, rate=200.0)
+    results = await asyncio.to_thread(soak.run, duration=15.0, rate=200.0, instances=instances)
 
     assert results["acknowledged"] == 3_001  # with the warm-up callback
     assert results["answers"].get("503", 0) > 0  # the pause was felt: callbacks were sent again
+    first = "" if instances == 1 else "-1"
     assert [fault.split(": ")[1] for fault in results["faults"]] == [
-        "normalizer killed",
-        "aggregator killed",
-        "store killed",
+        f"normalizer{first} killed",
+        f"aggregator{'' if instances == 1 else '-2'} killed",
+        f"store{first} killed",
+        f"alerts{'' if instances == 1 else '-2'} killed",
         f"broker paused {soak.PAUSE_S:.0f}s",
     ]
+    killed = {fault.split(": ")[1].removesuffix(" killed") for fault in results["faults"]}
     assert results["restarts"] == {
-        "ingress": 0, "normalizer": 1, "aggregator": 1, "store": 1, "alerts": 0,
-    }  # fmt: skip
+        name: int(name in killed) for name in results["restarts"]
+    }  # each killed instance restarted once, and nothing else
+    assert len(results["restarts"]) == 4 * instances + 1  # the ingress
     assert results["events"] > results["acknowledged"]  # wavecell callbacks carry two legs
     assert (results["missing"], results["duplicated_rows"], results["wrong_sessions"]) == (0, 0, 0)
+    assert results["alerts"] > 0  # the soak's flapping rule fires and resolves episodes
+    assert results["alerts_duplicated"] == 0  # with two alert sinks as with one
     assert results["stored"] == results["events"]
     assert results["sessions"] == results["acknowledged"]
+    assert results["p50_ms"] <= results["p99_ms"]
+    assert set(results["hops_ms"]) == {"raw_ack", "events", "sessions", "store"}

@@ -1,15 +1,18 @@
 """The consumer runtime's error policy, on the real broker, with a handler and a sink of the test's
 own whose failures the test decides: a record that fails is dead-lettered and the rest flows, a
 sink that rejects a batch is bisected down to the record, transient trouble is retried and never
-dead-lettered, and a flood stops the service."""
+dead-lettered, and a flood stops the service (and the runtimes run beside it). And the clocks a
+handler's tick is given."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from datetime import UTC, datetime
 
 import msgspec
 import pytest
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
 from helpers import committed, eventually
 from servers import Broker
@@ -19,15 +22,19 @@ from foundation.kafka import OutRecord
 from foundation.runtime import (
     FLOOD_MIN,
     BaseHandler,
+    Clocks,
+    Emit,
     Flood,
     Handled,
     Metrics,
     Record,
     Rejected,
     Runtime,
+    run_together,
 )
 from foundation.settings import KafkaSettings
 from schemas import topics
+from schemas.raw import RawMeta, raw_headers
 from schemas.topics import Stage
 
 COUNT = 60
@@ -196,3 +203,72 @@ async def test_a_flood_stops_the_service_and_commits_nothing(kafka: KafkaSetting
         await Runtime(Copier(max_batch=100), kafka).run(asyncio.Event())
     assert sum((await committed(kafka, "test-copier", topics.RAW)).values()) == 0
     assert await _letters(kafka) == {}
+
+
+async def test_a_flood_in_one_runtime_stops_those_beside_it(kafka: KafkaSettings) -> None:
+    await _publish(kafka, [b"bug %d" % n for n in range(FLOOD_MIN * 2)])
+    idle = Runtime(Ticker(), kafka)
+    with pytest.raises(Flood):
+        await run_together(asyncio.Event(), Runtime(Copier(max_batch=100), kafka), idle)
+
+
+class Ticker(BaseHandler[None]):
+    """Reads calls.raw and, at each tick, notes the clock of each partition it owns."""
+
+    service = "ticker"
+    stage = Stage.NORMALIZE
+    subscribe = (topics.RAW,)
+    group_id = "test-ticker"
+    max_batch = 10
+    tick_every_s = 0.05
+
+    def __init__(self) -> None:
+        self.owned: set[TopicPartition] = set()
+        self.clocks: dict[int, float] = {}
+
+    def handle(self, record: Record) -> Handled[None]:
+        del record
+        return Handled()
+
+    async def tick(self, clocks: Clocks) -> list[Emit]:
+        self.clocks = {tp.partition: clocks.now(tp) for tp in self.owned}
+        return []
+
+    async def assigned(self, partitions: Collection[TopicPartition]) -> None:
+        self.owned.update(partitions)
+
+
+async def test_a_partition_read_to_its_end_follows_the_wall_clock_records_or_not(
+    kafka: KafkaSettings,
+) -> None:
+    """Contract 1.1: a partition's clock is the newest received time read there, the wall clock
+    while it is read to its end; a partition that never had a record is read to its end too."""
+    wall = datetime(2030, 1, 1, tzinfo=UTC).timestamp()
+    ahead = datetime(2031, 1, 1, tzinfo=UTC)
+    behind = datetime(2026, 1, 1, tzinfo=UTC)
+    partitions = range(kafka.partitions)
+    keys = {kafka_io.partition_for(b"k%d" % n, partitions): b"k%d" % n for n in range(9, -1, -1)}
+    (_, behind_key), (p_ahead, ahead_key) = list(keys.items())[:2]
+    assert kafka.partitions > 2  # and some partitions have no record
+    await kafka_io.publish(
+        kafka,
+        topics.RAW,
+        [
+            OutRecord(key, b"{}", raw_headers(RawMeta("wavecell", "webhook", at, "r", "", {})))
+            for key, at in ((behind_key, behind), (ahead_key, ahead))
+        ],
+    )
+    ticker, stop = Ticker(), asyncio.Event()
+    task = asyncio.create_task(Runtime(ticker, kafka, wall=lambda: wall).run(stop))
+    expected = dict.fromkeys(partitions, wall)
+    expected[p_ahead] = ahead.timestamp()
+    try:
+
+        async def ticked() -> bool:
+            assert not task.done(), task
+            return ticker.clocks == expected
+
+        await eventually(ticked, f"the clocks {expected}")
+    finally:
+        stop.set()
+        await task

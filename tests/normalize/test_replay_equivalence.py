@@ -1,8 +1,11 @@
 """Replay equivalence (contract 1.1, time): traffic with non-final states and late outcomes runs
 live; then a fresh aggregator consumes the same events from the beginning, under a topic prefix
-of its own, throttled (batches of 3, sweeps every 50 ms), and a fresh alert sink its sessions.
-Because every timeout and window runs on received time, they decide what the live run decided:
-the same sessions and the same alerts."""
+of its own, throttled (batches of 3, sweeps every 50 ms), and a fresh alert sink its sessions,
+throttled too (batches of 3 on both stages, watermarks every 50 ms), reading the four partitions
+of calls.sessions in another interleaving than the live run did. Because every timeout and window
+runs on received time, and the alert windows count samples in received-time order whatever order
+the partitions arrive in, they decide what the live run decided: the same sessions and the same
+alerts."""
 
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ from schemas.records import Alert
 from sinks import alerts
 
 OPEN_TIMEOUT_S = 2.0
+GRACE_S = 3.0
+"""Longer than a close takes to reach the alert windows live (the aggregator's 0.2 s sweeps)."""
 RULES = """
 [[rules]]
 name = "asr"
@@ -55,9 +60,22 @@ async def _settled(metrics: Metrics, records: int) -> None:
     await eventually(consumed, f"{records} records consumed")
 
 
-async def _sessions_evaluated(kafka: KafkaSettings, metrics: Metrics) -> None:
-    """Wait until the alert sink has read every session record there is."""
-    await _settled(metrics, len(await kafka_io.read_all(kafka, topics.SESSIONS)))
+async def _alerts_decided(kafka: KafkaSettings, metrics: Metrics) -> list[Alert]:
+    """Once every alert samples partition is decided past every session there is, the alerts."""
+    sessions = _latest(await kafka_io.read_all(kafka, topics.SESSIONS)).values()
+    last = max(session.final_received.timestamp() for session in sessions)
+
+    async def decided() -> bool:
+        held = [
+            sample.value
+            for metric in metrics.registry.collect()
+            if metric.name == "callstream_alerts_decided_seconds"
+            for sample in metric.samples
+        ]
+        return len(held) == 4 and min(held) >= last
+
+    await eventually(decided, "the alert windows decided past the last session")
+    return [_alert.decode(r.value) for r in await kafka_io.read_all(kafka, topics.ALERTS)]
 
 
 def _latest(records: list[kafka_io.ConsumerRecord[bytes, bytes]]) -> dict[str, SessionRecord]:
@@ -77,13 +95,12 @@ async def test_a_throttled_replay_decides_what_the_live_run_decided(
         group_id="live", open_timeout_s=OPEN_TIMEOUT_S, sweep_interval_s=0.2
     )
     live_metrics, live_alerting = Metrics("aggregator"), Metrics("alerts")
+    alerting = AlertSettings(rules=str(rules), grace_s=GRACE_S, tick_interval_s=0.1)
     ids = [f"m{n}" for n in range(20)]
     async with (
         serving(normalizer(kafka)),
         serving(lambda stop: aggregator.serve(live_settings, kafka, stop, live_metrics)),
-        serving(
-            lambda stop: alerts.serve(AlertSettings(rules=str(rules)), kafka, stop, live_alerting)
-        ),
+        serving(lambda stop: alerts.serve(alerting, kafka, stop, live_alerting)),
     ):
         await kafka_io.publish(kafka, topics.RAW, [_callback(i, "ACCEPTD") for i in ids])
         await kafka_io.publish(kafka, topics.RAW, [_callback(i, "DELIVRD") for i in ids[:5]])
@@ -98,9 +115,13 @@ async def test_a_throttled_replay_decides_what_the_live_run_decided(
         late += [_callback(i, "UNDELIV", 4999) for i in ids[10:15]]  # failed, late
         await kafka_io.publish(kafka, topics.RAW, late)
         await _settled(live_metrics, 35)
-        await _sessions_evaluated(kafka, live_alerting)
+        live_alerts = await _alerts_decided(kafka, live_alerting)
+    assert live_alerting.total("received") > 0
+    late = live_alerting.registry.get_sample_value(
+        "callstream_alerts_late_samples_total", {"service": "alerts"}
+    )
+    assert late == 0  # what the live run decided, it decided on time: a replay must match it
     live_sessions = _latest(await kafka_io.read_all(kafka, topics.SESSIONS))
-    live_alerts = [_alert.decode(r.value) for r in await kafka_io.read_all(kafka, topics.ALERTS)]
     statuses = sorted(s.status.value for s in live_sessions.values())
     assert statuses == ["completed"] * 10 + ["failed"] * 5 + ["unknown"] * 5
     assert [a.state for a in live_alerts] == ["firing"]  # the closes, each session counted once
@@ -124,12 +145,7 @@ async def test_a_throttled_replay_decides_what_the_live_run_decided(
 
         await eventually(same_sessions, "the live run's sessions")
 
-    # The alert sink evaluates one provider's window over every partition: it is shown the
-    # replayed sessions in one pass, in received-time order, as the live run saw them.
-    async with serving(lambda stop: alerts.serve(AlertSettings(rules=str(rules)), replay, stop)):
-
-        async def same_alerts() -> bool:
-            records = await kafka_io.read_all(replay, topics.ALERTS)
-            return [_alert.decode(r.value) for r in records] == live_alerts
-
-        await eventually(same_alerts, "the live run's alerts")
+    throttled_alerts = msgspec.structs.replace(alerting, max_batch=3, tick_interval_s=0.05)
+    replayed = Metrics("alerts")
+    async with serving(lambda stop: alerts.serve(throttled_alerts, replay, stop, replayed)):
+        assert await _alerts_decided(replay, replayed) == live_alerts

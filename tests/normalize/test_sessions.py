@@ -127,3 +127,36 @@ def test_a_real_final_report_replaces_the_timeout_guess() -> None:
     assert ended is not None
     assert (ended.status, ended.final, ended.close_reason) == (Status.COMPLETED, True, None)
     assert ended.event_count == 3
+
+
+def test_a_session_keeps_the_received_time_it_became_final_at() -> None:
+    """(1.2) What the alert windows count a session at, once: its first final version's
+    received time, kept by every later version, a close's too."""
+    ringing = fold(None, _poll(1, T0))
+    assert ringing is not None
+    assert ringing.final_received_at is None
+    ended = fold(ringing, _poll(3, T0 + timedelta(seconds=60), 0))
+    assert ended is not None
+    assert ended.final_received_at == T0 + timedelta(seconds=60)
+    later = fold(ended, _poll(3, T0 + timedelta(seconds=90), 17))  # a later final report
+    assert later is not None
+    assert (later.status, later.received_at) == (Status.BUSY, T0 + timedelta(seconds=90))
+    assert later.final_received_at == T0 + timedelta(seconds=60)
+    closed = close(ringing, T0 + timedelta(hours=2), "no final status within 7200 s")
+    assert closed.final_received_at == T0 + timedelta(hours=2)
+    real = fold(closed, _poll(3, T0 + timedelta(hours=3), 0))
+    assert real is not None
+    assert real.final_received_at == T0 + timedelta(hours=2)
+
+
+def test_a_leg_keeps_its_destination_country_when_a_later_report_gives_none() -> None:
+    (event,) = _events("voice_messaging", "acceptd_ringing")[:1]
+    with_country = msgspec.structs.replace(event, to_country="MT")
+    without = msgspec.structs.replace(
+        event, event_id="later", status=Status.COMPLETED, final=True, to_country=None
+    )
+    session = fold(None, with_country)
+    assert session is not None
+    later = fold(session, without)
+    assert later is not None
+    assert later.legs[event.leg or "call"].to_country == "MT"

@@ -36,7 +36,8 @@ def test_event_fields_are_the_contract_fields_in_order_then_additions() -> None:
 def test_session_fields_are_the_contract_fields_then_additions() -> None:
     fields = list(SessionRecord.__struct_fields__)
     assert fields[: len(CONTRACT_SESSION_FIELDS)] == CONTRACT_SESSION_FIELDS
-    assert fields[len(CONTRACT_SESSION_FIELDS) :] == ["close_reason", "received_at"]  # 1.1
+    additions = fields[len(CONTRACT_SESSION_FIELDS) :]
+    assert additions == ["close_reason", "received_at", "final_received_at"]  # 1.1, 1.2
 
 
 def test_status_vocabulary_and_finality() -> None:
