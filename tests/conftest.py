@@ -39,6 +39,15 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+@pytest.fixture(autouse=True)
+def _session_logging() -> Iterator[None]:
+    """The session's logging again after each test: a test that configures its own (into its
+    capsys, or through a command's main()) leaves a handler on a stream closed with the test,
+    and every later log line would cost a printed 'Logging error' traceback."""
+    yield
+    configure_logging(json=True, level="info")
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     return f"servers: {config.stash[SERVERS]}"
 
