@@ -622,14 +622,16 @@ def _dlq(args: argparse.Namespace) -> int:
 
 
 async def _print_letters(found: AsyncIterator[dlq.DeadLetter]) -> None:
-    """`dlq list`: each letter printed as it is read (the lines have fixed columns)."""
-    print(dlq.list_header(), flush=True)
+    """`dlq list`: each letter printed as it is read (the lines have fixed columns), the header
+    with the first one, so that a broker that does not answer leaves stdout empty."""
     listed = 0
     async for letter in found:
+        if not listed:
+            print(dlq.list_header())
         print(dlq.list_line(letter))
         listed += 1
     if not listed:
-        print("(none)")
+        print(f"{dlq.list_header()}\n(none)")
 
 
 async def _print_result(result: Awaitable[Any]) -> None:
