@@ -53,6 +53,9 @@ RESTORE_POLL_MS = 20
 """How long a fetch of `read_ranges` waits: once a partition is read to its end, fetches return
 nothing after this long, so it bounds how long reaching the end takes to notice."""
 MAX_BATCH_BYTES = 1 << 20
+SCAN_FETCH_BYTES = 4 * MAX_BATCH_BYTES
+"""The most a fetch of `TopicScan` brings, all partitions together (aiokafka's default is 50 MB,
+and the embedded broker may fill it from one partition)."""
 
 
 class BrokerUnreachable(Unavailable, KafkaConnectionError):  # noqa: N818 - a condition
@@ -604,7 +607,8 @@ class TopicScan:
     broker answers it with the start of the last batch); later records are not read, so a job
     that appends to the topic it scans does not read what it wrote. Scanning again with the same
     object reads the same records: the ends are kept. Memory is one batch in hand plus what the
-    consumer prefetches (MAX_BATCH_BYTES x 4 per partition at most).
+    consumer has fetched and not yet handed out: one fetch response of SCAN_FETCH_BYTES at most
+    (a record batch larger than that still comes whole).
     """
 
     def __init__(
@@ -623,7 +627,11 @@ class TopicScan:
 
         Raises TimeoutError if `stall_s` pass without a record or a partition's end.
         """
-        async with consumer(self.kafka, group_id=None, fetch_max_wait_ms=50) as client:
+        bounded = {
+            "max_partition_fetch_bytes": MAX_BATCH_BYTES,
+            "fetch_max_bytes": SCAN_FETCH_BYTES,
+        }
+        async with consumer(self.kafka, group_id=None, fetch_max_wait_ms=50, **bounded) as client:
             partitions = await partitions_of(client, self.kafka.topic(self.topic))
             client.assign(partitions)
             await client.seek_to_beginning(*partitions)

@@ -398,14 +398,14 @@ async def _freshness(
     left out."""
     events: dict[str, tuple[float, float]] = {}
     """event id → (received, on calls.events), each first seen."""
-    async for batch in TopicScan(kafka, kafka.topic(topics.EVENTS), max_records=5_000).batches():
+    async for batch in TopicScan(kafka, topics.EVENTS, max_records=5_000).batches():
         for record in batch:
             received = received_at_of(record.headers)
             event_id = _stamped.decode(record.value or b"{}").event_id
             if received is not None and received.timestamp() >= since and event_id not in events:
                 events[event_id] = (received.timestamp(), record.timestamp / 1000)
     sessions: list[float] = []
-    async for batch in TopicScan(kafka, kafka.topic(topics.SESSIONS), max_records=5_000).batches():
+    async for batch in TopicScan(kafka, topics.SESSIONS, max_records=5_000).batches():
         for record in batch:
             received = received_at_of(record.headers)
             if received is not None and received.timestamp() >= since:
@@ -496,7 +496,7 @@ async def _alerts(kafka: KafkaSettings) -> dict[str, int]:
     offset order is the order of its transitions)."""
     states: dict[str, str] = {}
     alerts = duplicated = 0
-    async for batch in TopicScan(kafka, kafka.topic(topics.ALERTS)).batches():
+    async for batch in TopicScan(kafka, topics.ALERTS).batches():
         for record in batch:
             alert = _alert.decode(record.value or b"")
             alerts += 1
