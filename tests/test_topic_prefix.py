@@ -39,11 +39,14 @@ async def test_two_prefixes_on_one_broker_see_nothing_of_each_other(
     for name, env in envs.items():
         await kafka_io.ensure_topics(env)
         await kafka_io.publish(env, topics.RAW, [raw("wavecell", body) for body in bodies[name]])
-    settings = AggregatorSettings(group_id="test-aggregator")
+    settings = {  # each aggregator its own state directory: a partition's database is locked
+        name: AggregatorSettings(group_id="test-aggregator", state_dir=str(tmp_path / name))
+        for name in envs
+    }
     async with (
         serving(normalizer(envs["a"])), serving(normalizer(envs["b"])),
-        serving(lambda stop: aggregator.serve(settings, envs["a"], stop)),
-        serving(lambda stop: aggregator.serve(settings, envs["b"], stop)),
+        serving(lambda stop: aggregator.serve(settings["a"], envs["a"], stop)),
+        serving(lambda stop: aggregator.serve(settings["b"], envs["b"], stop)),
         serving(store_sink(envs["a"], urls["a"])), serving(store_sink(envs["b"], urls["b"])),
     ):  # fmt: skip
         expected: dict[str, set[str]] = {}
