@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import random
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -146,21 +146,40 @@ async def test_redrive_takes_ingress_letters_and_only_the_ids_asked_for(
 LETTERS, LETTER_BYTES = 100_000, 3_000
 
 
+_PEAK_REPORTED = """
+import atexit, sys
+from callstream.cli import main
+
+def report(path=sys.argv[1]):
+    with open("/proc/self/status") as status, open(path, "w") as out:
+        out.write(next(line for line in status if line.startswith("VmHWM:")))
+
+atexit.register(report)
+sys.exit(main(sys.argv[2:]))
+"""
+"""`callstream ARGS` that writes its peak resident memory (VmHWM) to a file as it exits. Not
+the rusage of a waited-for child: its ru_maxrss starts at the parent's own peak, which exec
+records from the memory it shared with the parent (vfork)."""
+
+
 def _measured(kafka: KafkaSettings, *args: str) -> tuple[list[str], int]:
     """`callstream ARGS` in a process of its own, on `kafka`: its first and last lines of
     output, its line count, and its peak resident memory in bytes."""
     first = last = ""
     count = 0
-    with subprocess.Popen(
-        [sys.executable, "-m", "callstream", *args], stdout=subprocess.PIPE, env=env_for(kafka)
-    ) as run:
-        assert run.stdout is not None
-        for count, line in enumerate(run.stdout, 1):  # noqa: B007 - the count is wanted
-            first, last = first or line.decode(), line.decode()
-        _, status, usage = os.wait4(run.pid, 0)  # its own rusage, not every child's
-        run.returncode = os.waitstatus_to_exitcode(status)
-    assert run.returncode == 0
-    return [first.rstrip(), last.rstrip(), str(count)], usage.ru_maxrss * 1024
+    with tempfile.TemporaryDirectory() as directory:
+        peak_file = Path(directory) / "peak"
+        with subprocess.Popen(
+            [sys.executable, "-c", _PEAK_REPORTED, str(peak_file), *args],
+            stdout=subprocess.PIPE,
+            env=env_for(kafka),
+        ) as run:
+            assert run.stdout is not None
+            for count, line in enumerate(run.stdout, 1):  # noqa: B007 - the count is wanted
+                first, last = first or line.decode(), line.decode()
+        assert run.returncode == 0
+        peak_kb = int(peak_file.read_text().split()[1])  # "VmHWM:  123456 kB"
+    return [first.rstrip(), last.rstrip(), str(count)], peak_kb * 1024
 
 
 def _noise(size: int, seed: int) -> bytes:
