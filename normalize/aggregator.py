@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import math
 import time
 from collections.abc import Collection, Iterator, Mapping
 from datetime import UTC, datetime
@@ -123,8 +122,8 @@ class Partition:
         self.reason = f"no final status within {settings.open_timeout_s:g} s"
         self.pending: dict[str, State | None] = {}
         """What the batch in hand changed: each session's new state (None: forgotten)."""
-        self.pending_due: dict[str, int] = {}
-        """When each pending state is due (µs)."""
+        self.dues: dict[str, float] = {}
+        """When each state read or pending is due (epoch seconds)."""
         self.stored_due: dict[str, bytes] = {}
         """The due entry of each session read from the database, replaced when it changes."""
         self.encoded: dict[str, bytes] = {}
@@ -149,7 +148,8 @@ class Partition:
         if value is None:
             return None
         state: State = evicted_when(value) if value[:1] == EVICTED else _session.decode(value)
-        self.stored_due[key] = due_entry(due_us(self.due(state)), key)
+        self.dues[key] = when = self.due(state)
+        self.stored_due[key] = due_entry(due_us(when), key)
         return state
 
     def due(self, state: State) -> float:
@@ -161,19 +161,23 @@ class Partition:
         """`key`'s new state, pending until the next write; `get(key)` must have read it first."""
         self.pending[key] = state
         if state is not None:
-            self.pending_due[key] = us = due_us(self.due(state))
+            self.dues[key] = when = self.due(state)
+            us = due_us(when)
             heapq.heappush(self.due_pending, (us, key))
             self._next_us = min(self._next_us, us)
 
     def settle(
-        self, key: str, state: State | None, now: float
+        self, key: str, state: State, now: float
     ) -> tuple[State | None, list[SessionRecord]]:
-        """`key`'s state at `now` (pending from then on), from `state`, its state before: an
-        open session due is closed (returned, to be produced), a final one evicted, an evicted
-        key forgotten, each at the time it was due, until it is not due."""
+        """`key`'s state at `now` (pending from then on), from `state`, its state as `get` read
+        it: an open session due is closed (returned, to be produced), a final one evicted, an
+        evicted key forgotten, each at the time it was due, until it is not due."""
+        when = self.dues[key]
+        if when >= now:
+            return state, []
         closed: list[SessionRecord] = []
-        settled = state
-        while settled is not None and (when := self.due(settled)) < now:
+        settled: State | None = state
+        while settled is not None and when < now:
             if isinstance(settled, float):
                 settled = None
             elif settled.final:
@@ -181,27 +185,26 @@ class Partition:
             else:
                 settled = close(settled, datetime.fromtimestamp(when, UTC), self.reason)
                 closed.append(settled)
-        if settled is not state:
-            self.put(key, settled)
+            if settled is not None:
+                when = self.due(settled)
+        self.put(key, settled)
         return settled, closed
 
     def expire(self, now: float) -> list[SessionRecord]:
         """Settle the sessions due before `now` (SWEEP_LIMIT at most until the next write), in
         the order they are due; return the closed ones."""
         closed: list[SessionRecord] = []
-        if now == -math.inf:  # the clock of a partition nothing was read in yet
+        if now * 1_000_000 < self._next_us:  # as due_us(now) < _next_us; -inf: nothing read yet
             return closed
         now_us = due_us(now)
-        if now_us < self._next_us:
-            return closed
         limit = SWEEP_LIMIT - len(self.swept)
         while limit > 0 and (head := self._earliest(now_us)) is not None:
             us, key, entry = head
             state = self.get(key)
-            if state is None or due_us(self.due(state)) != us:
+            if state is None or due_us(self.dues[key]) != us:
                 self._pop(entry)  # an entry of a state since replaced
                 continue
-            if self.due(state) >= now:
+            if self.dues[key] >= now:
                 break
             self._pop(entry)
             limit -= 1
@@ -242,7 +245,7 @@ class Partition:
         batch = WriteBatch(raw_mode=True)
         for entry in self.swept:
             batch.delete(entry)
-        floor, stored_due, pending_due = self.floor, self.stored_due, self.pending_due
+        floor, stored_due, dues = self.floor, self.stored_due, self.dues
         for key, state in self.pending.items():
             stored = stored_due.get(key)
             if state is None:
@@ -250,7 +253,7 @@ class Partition:
                 if stored is not None:
                     batch.delete(stored)
                 continue
-            entry = due_entry(pending_due[key], key)
+            entry = due_entry(due_us(dues[key]), key)
             if stored is not None and stored != entry:
                 batch.delete(stored)
             value = evicted_value(state) if isinstance(state, float) else self.encoded[key]
@@ -260,7 +263,7 @@ class Partition:
         if position is not None or not batch.is_empty():
             self.store.write(batch, position)
         self.floor = floor
-        self.pending, self.pending_due, self.stored_due, self.encoded = {}, {}, {}, {}
+        self.pending, self.dues, self.stored_due, self.encoded = {}, {}, {}, {}
         self.due_pending, self.swept = [], []
         self._index = self._head = None
         self._next_us = _UNKNOWN
@@ -430,7 +433,8 @@ class Aggregator(BaseHandler[None]):
             partition.write(None if last is None else last + 1)
 
     async def tick(self, clocks: Clocks) -> list[Emit]:
-        """Sessions due on each partition's clock (the wall clock while it is caught up)."""
+        """Sessions due on each partition's clock (the wall clock while it is caught up); each
+        partition's database flushed."""
         emits = [
             emit
             for number, partition in self.partitions.items()
@@ -439,6 +443,8 @@ class Aggregator(BaseHandler[None]):
             )
         ]
         pending = sum(len(partition.pending) for partition in self.partitions.values())
+        for partition in self.partitions.values():
+            partition.store.flush()  # what a crash would have to restore again: since now
         self.disk.set(sum(partition.store.size() for partition in self.partitions.values()))
         (log.info if pending else log.debug)(
             "aggregator_swept", changed=pending, timed_out=len(emits)

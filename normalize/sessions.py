@@ -36,23 +36,22 @@ def progress(final: bool, status: Status, occurred_at: datetime) -> Progress:
 def fold(session: SessionRecord | None, event: CallEvent) -> SessionRecord | None:
     """The session after `event`, or None when the event changes nothing."""
     key = event.leg or CALL_LEG
-    current = session.legs.get(key) if session else None
+    if session is None:
+        return _record(event, {key: _leg(event, None)}, 1, event.received_at, None)
+    current = session.legs.get(key)
     if current is not None and (
         current.event_id == event.event_id
         or progress(event.final, event.status, event.occurred_at)
         <= progress(current.final, current.status, current.occurred_at)
     ):
         return None
-    legs = dict(session.legs) if session else {}
+    legs = dict(session.legs)
     legs[key] = _leg(event, current)
-    received = event.received_at if session is None else max(session.received, event.received_at)
-    final_since = session.final_received if session is not None and session.final else None
-    folded = _record(
-        event, legs, (session.event_count if session else 0) + 1, received, final_since
-    )
-    if final_since is not None and not folded.final:
+    final_since = session.final_received if session.final else None
+    if final_since is not None and not legs[deciding_leg(legs)].final:
         return None  # a final session status is never replaced by a non-final one
-    return folded
+    received = max(session.received, event.received_at)
+    return _record(event, legs, session.event_count + 1, received, final_since)
 
 
 def close(session: SessionRecord, at: datetime, reason: str) -> SessionRecord:
@@ -78,22 +77,22 @@ def _leg(event: CallEvent, current: SessionLeg | None) -> SessionLeg:
     """The leg as `event` reports it; its country stays the one reported before when the event
     gives none."""
     return SessionLeg(
-        call_id=event.call_id,
-        status=event.status,
-        final=event.final,
-        from_number=event.from_number,
-        to_number=event.to_number,
-        cause=event.cause,
-        hangup_by=event.hangup_by,
-        initiated_at=event.initiated_at,
-        ringing_at=event.ringing_at,
-        answered_at=event.answered_at,
-        ended_at=event.ended_at,
-        duration_s=event.duration_s,
-        billed_s=event.billed_s,
-        occurred_at=event.occurred_at,
-        event_id=event.event_id,
-        to_country=event.to_country or (current.to_country if current else None),
+        event.call_id,
+        event.status,
+        event.final,
+        event.from_number,
+        event.to_number,
+        event.cause,
+        event.hangup_by,
+        event.initiated_at,
+        event.ringing_at,
+        event.answered_at,
+        event.ended_at,
+        event.duration_s,
+        event.billed_s,
+        event.occurred_at,
+        event.event_id,
+        event.to_country or (current.to_country if current else None),
     )
 
 
@@ -106,27 +105,34 @@ def _record(
 ) -> SessionRecord:
     """The session of `legs`; `final_since`: when it became final, if it was already."""
     deciding = legs[deciding_leg(legs)]
-    starts = [
-        t for leg in legs.values() if (t := leg.initiated_at or leg.ringing_at or leg.answered_at)
-    ]
-    ends = [leg.ended_at for leg in legs.values() if leg.ended_at is not None]
+    started_at = ended_at = updated_at = None
+    for leg in legs.values():  # the earliest start, the latest end and report (first of equals)
+        start = leg.initiated_at or leg.ringing_at or leg.answered_at
+        if start is not None and (started_at is None or start < started_at):
+            started_at = start
+        if leg.ended_at is not None and (ended_at is None or leg.ended_at > ended_at):
+            ended_at = leg.ended_at
+        if updated_at is None or leg.occurred_at > updated_at:
+            updated_at = leg.occurred_at
+    assert updated_at is not None  # noqa: S101 - legs is never empty
     return SessionRecord(
-        schema=SESSION_SCHEMA,
-        session_key=event.session_key,
-        provider=event.provider,
-        account=event.account,
-        session_id=event.session_id,
-        status=deciding.status,
-        final=deciding.final,
-        legs=legs,
-        started_at=min(starts) if starts else None,
-        answered_at=deciding.answered_at,
-        ended_at=max(ends) if ends else None,
-        duration_s=deciding.duration_s,
-        billed_s=deciding.billed_s,
-        cause=deciding.cause,
-        event_count=event_count,
-        updated_at=max(leg.occurred_at for leg in legs.values()),
-        received_at=received_at,
-        final_received_at=final_since or (received_at if deciding.final else None),
+        SESSION_SCHEMA,
+        event.session_key,
+        event.provider,
+        event.account,
+        event.session_id,
+        deciding.status,
+        deciding.final,
+        legs,
+        started_at,
+        deciding.answered_at,
+        ended_at,
+        deciding.duration_s,
+        deciding.billed_s,
+        deciding.cause,
+        event_count,
+        updated_at,
+        None,
+        received_at,
+        final_since or (received_at if deciding.final else None),
     )

@@ -110,7 +110,10 @@ class CallEvent(msgspec.Struct, frozen=True, gc=False):
     """voice_messaging: the job the call belongs to (`api_job_id`)."""
 
 
-class SessionLeg(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+# SessionLeg and SessionRecord are built positionally, in contract order, by normalize.sessions
+# (one of each per event folded): by keyword, past 30 argument slots, CPython builds and unpacks
+# a dict of them, and a SessionRecord costs ~7 times as much to make.
+class SessionLeg(msgspec.Struct, frozen=True, gc=False):
     """The latest known state of one leg inside a session record."""
 
     call_id: str
@@ -133,10 +136,10 @@ class SessionLeg(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     one: what the alert rules' country scope counts by."""
 
 
-class SessionRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+class SessionRecord(msgspec.Struct, frozen=True, gc=False):
     """All legs of one call folded into one record (`calls.sessions`, compacted by session_key)."""
 
-    schema: Literal["call_session/1"] = SESSION_SCHEMA
+    schema: Literal["call_session/1"]
     session_key: str
     provider: str
     account: str | None
@@ -185,7 +188,10 @@ of these it has (contract: the b leg when there is one, else the single leg)."""
 
 def deciding_leg(legs: Mapping[str, object]) -> str:
     """The key in `legs` of the leg that decides the session (see DECIDING_LEGS)."""
-    return next(key for key in DECIDING_LEGS if key in legs)
+    for key in DECIDING_LEGS:
+        if key in legs:
+            return key
+    raise ValueError(f"no leg of {sorted(legs)} decides a session")
 
 
 def session_key(provider: str, account: str | None, session_id: str) -> str:

@@ -3,6 +3,8 @@ eviction and timeouts, each on the partition's received-time clock, and what a w
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -199,3 +201,36 @@ def test_a_state_directory_serves_one_instance(state: StateDir) -> None:
     with pytest.raises(StateDirInUse, match=r"is in use by process \d+: give each aggregator"):  # noqa: SIM117
         with StateDir(state.path, cache_mb=8):
             pass
+
+
+_KILLED_AFTER_WRITING = """
+import os, sys
+from pathlib import Path
+from rocksdict import WriteBatch
+from normalize.state import StateDir
+with StateDir(Path(sys.argv[1]), cache_mb=8) as state:
+    store = state.open("calls.sessions-0")
+    for position, key in ((10, b"s:flushed"), (20, b"s:written-only")):
+        batch = WriteBatch(raw_mode=True)
+        batch.put(key, b"{}")
+        store.write(batch, position)
+        if position == 10:
+            store.flush()
+    os._exit(0)  # as if killed: no flush, no close
+"""
+
+
+def test_a_killed_process_reopens_at_its_last_flush_with_the_position_of_that_state(
+    tmp_path: Path,
+) -> None:
+    """Writes skip the write-ahead log (calls.sessions is the log): what was written after the
+    last flush is lost with the process, and the position lost with it, so the restore reads the
+    changelog again from the position that goes with what the database holds."""
+    path = tmp_path / "state"
+    subprocess.run([sys.executable, "-c", _KILLED_AFTER_WRITING, str(path)], check=True)
+    with StateDir(path, cache_mb=8) as state:
+        store = state.open(NAME)
+        assert store.position == 10
+        assert store.get(b"s:flushed") == b"{}"
+        assert store.get(b"s:written-only") is None
+        store.close()

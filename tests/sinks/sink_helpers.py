@@ -9,7 +9,7 @@ from typing import Any
 
 from normalize import normalize
 from normalize.sessions import fold
-from schemas import CallEvent, Cause, SessionLeg, SessionRecord, Status
+from schemas import SESSION_SCHEMA, CallEvent, Cause, SessionLeg, SessionRecord, Status
 
 RECEIVED_AT = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
@@ -68,6 +68,7 @@ def make_session(
     )
     session_id = key or f"s{next(_ids)}"
     return SessionRecord(
+        schema=SESSION_SCHEMA,
         session_key=f"wavecell:{account or ''}:{session_id}",
         provider="wavecell",
         account=account,
