@@ -8,6 +8,12 @@ nothing else, until it has consumed every event and produced every session. That
 the rate and its peak resident memory (`ru_maxrss`), so neither the pre-load nor the broker is
 counted. The clock starts when its first batch is done, so the group join and the (empty) state
 restore are not counted; the rate covers what follows.
+
+Then, in the same process, the baseline: a passthrough on the same runtime reads the same events
+as a consumer group of its own, in batches of the same size, and produces each unchanged to a
+topic of its own (`callstream.bench.passthrough`): the Kafka I/O of consuming them, without the
+aggregator's own work. `ratio` is the aggregator's rate over the passthrough's, which the
+machine's neighbours move much less than either rate.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import resource
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,11 +32,13 @@ from pathlib import Path
 import msgspec
 
 from callstream import samples
+from callstream.bench import passthrough
 from callstream.broker import EmbeddedBroker, free_port
 from foundation import kafka as kafka_io
+from foundation.errors import CallstreamError
 from foundation.kafka import OutRecord
 from foundation.log import configure_logging
-from foundation.runtime import Metrics
+from foundation.runtime import Metrics, Runtime
 from foundation.service import tune_gc
 from foundation.settings import AggregatorSettings, KafkaSettings
 from normalize import aggregator, normalize
@@ -63,7 +71,7 @@ async def _run(sessions: int) -> dict[str, float]:
         await loop.run_in_executor(pool, _started)
         async with EmbeddedBroker(free_port()) as broker:
             kafka = KafkaSettings(bootstrap=broker.bootstrap)
-            await kafka_io.ensure_topics(kafka)
+            await kafka_io.ensure_topics(kafka, [*topics.ALL, passthrough.TOPIC])
             events = await _preload(kafka, sessions)
             results = await loop.run_in_executor(
                 pool, _measure_alone, kafka.bootstrap, events, state_dir
@@ -102,21 +110,48 @@ def _measure_alone(bootstrap: str, events: int, state_dir: str) -> dict[str, flo
     """In a process of its own: the aggregator's rate over `events`, the process's peak
     resident memory, and the size of the state it left."""
     tune_gc()  # as in the service process it measures
-    settings = AggregatorSettings(state_dir=state_dir)
-    results = asyncio.run(_measure(KafkaSettings(bootstrap=bootstrap), events, settings))
+    kafka, settings = KafkaSettings(bootstrap=bootstrap), AggregatorSettings(state_dir=state_dir)
+    results = asyncio.run(
+        _measure(aggregator.Aggregator.service, _aggregator(kafka, settings), events)
+    )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB; bytes on macOS
     state_bytes = sum(f.stat().st_size for f in Path(state_dir).rglob("*") if f.is_file())
+    baseline = asyncio.run(
+        _measure(passthrough.Passthrough.service, _passthrough(kafka, settings), events)
+    )
     return results | {
+        "passthrough_per_s": baseline["events_per_s"],
+        "ratio": round(results["events_per_s"] / baseline["events_per_s"], 2),
         "rss_mb": round(peak / (2**20 if sys.platform == "darwin" else 2**10)),
         "state_mb": round(state_bytes / 2**20),
     }
 
 
-async def _measure(
-    kafka: KafkaSettings, events: int, settings: AggregatorSettings
-) -> dict[str, float]:
-    metrics, stop = Metrics(aggregator.Aggregator.service), asyncio.Event()
-    serving = asyncio.create_task(aggregator.serve(settings, kafka, stop, metrics))
+Serve = Callable[[asyncio.Event, Metrics], Awaitable[None]]
+
+
+def _aggregator(kafka: KafkaSettings, settings: AggregatorSettings) -> Serve:
+    async def serve(stop: asyncio.Event, metrics: Metrics) -> None:
+        await aggregator.serve(settings, kafka, stop, metrics)
+
+    return serve
+
+
+def _passthrough(kafka: KafkaSettings, settings: AggregatorSettings) -> Serve:
+    handler = passthrough.Passthrough(
+        topics.EVENTS, passthrough.TOPIC, "bench-aggregate-passthrough", settings.max_batch
+    )
+
+    async def serve(stop: asyncio.Event, metrics: Metrics) -> None:
+        await Runtime(handler, kafka, metrics=metrics).run(stop)
+
+    return serve
+
+
+async def _measure(service: str, serve: Serve, events: int) -> dict[str, float]:
+    """`serve`'s rate over the `events` pre-loaded, its first batch not counted."""
+    metrics, stop = Metrics(service), asyncio.Event()
+    serving = asyncio.create_task(serve(stop, metrics))
     try:
         async with asyncio.timeout(TIMEOUT_FACTOR * events / TARGET_PER_S + 30):
             consumed0, _ = await _counts_once(metrics, lambda consumed: consumed > 0)
@@ -127,6 +162,11 @@ async def _measure(
     finally:
         stop.set()
         await serving
+    if consumed == consumed0:
+        raise CallstreamError(
+            f"bench aggregate: all {events:,} events came in the first batch, which is not "
+            "timed; pre-load more sessions (--sessions 10000 or more)"
+        )
     return {
         "events_per_s": round((consumed - consumed0) / elapsed),
         "events": consumed,
@@ -149,6 +189,8 @@ def report(results: dict[str, float]) -> str:
         [
             f"aggregator: {results['events_per_s']:,.0f} events/s folded and produced, "
             f"peak RSS {results['rss_mb']:,.0f} MB",
+            f"passthrough (the same events' Kafka I/O): {results['passthrough_per_s']:,.0f} "
+            f"events/s; ratio {results['ratio']:.2f}",
             f"({results['events']:,.0f} events → {results['sessions']:,.0f} sessions in "
             f"{results['session_records']:,.0f} records; {results['seconds']:.1f} s measured; "
             f"state {results['state_mb']:,.0f} MB on disk)",

@@ -30,6 +30,7 @@ from statistics import median
 
 from callstream import samples
 from callstream.bench import Target
+from callstream.bench.passthrough import TOPIC as PASSTHROUGH
 from callstream.bench.passthrough import Passthrough
 from callstream.broker import EmbeddedBroker, free_port
 from foundation import kafka as kafka_io
@@ -52,8 +53,6 @@ POLL_S = 0.02
 """How often the run reads a service's counters: each read collects its whole registry."""
 TIMEOUT_FACTOR = 20
 """A side gives up after this many times its expected time (a stuck service, not a slow one)."""
-PASSTHROUGH = "bench.passthrough"
-"""Where the passthrough produces: a topic of its own, created for the run."""
 
 Serve = Callable[[asyncio.Event, Metrics], Awaitable[None]]
 

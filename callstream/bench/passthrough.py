@@ -7,6 +7,9 @@ from foundation.kafka import OutRecord, Record
 from foundation.runtime import BaseHandler, Handled
 from schemas.topics import Stage
 
+TOPIC = "bench.passthrough"
+"""Where a passthrough produces: a topic of the benchmark's own, created for the run."""
+
 
 class Passthrough(BaseHandler[None]):
     """Reads `source` as consumer group `group_id` in batches of up to `max_batch` records, as

@@ -206,3 +206,24 @@ def test_bench_normalizer_measures_the_service_against_its_passthrough() -> None
     assert figures["ratio_min"] <= figures["ratio"] <= figures["ratio_max"]
     assert (figures["events"], figures["dead_lettered"]) == (2 * figures["records"], 0)
     assert isinstance(figures["targets_met"], bool)
+
+
+def test_bench_aggregate_folds_every_event_and_measures_its_passthrough() -> None:
+    result = run("bench", "aggregate", "--json", "--sessions", "10000")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert (figures["sessions"], figures["events"]) == (10_000, 20_000)
+    assert figures["session_records"] >= 10_000  # each session at least once, its last version
+    assert figures["events_per_s"] > 0
+    assert figures["passthrough_per_s"] > 0
+    assert figures["ratio"] == round(figures["events_per_s"] / figures["passthrough_per_s"], 2)
+    assert figures["rss_mb"] > 0
+
+
+def test_bench_aggregate_of_a_single_batch_says_it_cannot_time_it() -> None:
+    result = run("bench", "aggregate", "--sessions", "100")
+    assert result.returncode == 1
+    assert result.stderr.decode().splitlines()[-1] == (
+        "callstream: bench aggregate: all 200 events came in the first batch, which is not "
+        "timed; pre-load more sessions (--sessions 10000 or more)"
+    )
