@@ -130,8 +130,9 @@ class Partition:
         """Each pending session as it was produced."""
         self.changed: dict[str, SessionRecord] = {}
         """Sessions the batch in hand folded and has not produced yet."""
-        self.due_pending: list[tuple[int, str]] = []
-        """A heap of (when due, in µs, session_key) of the pending states."""
+        self.due_pending: list[tuple[int, str]] | None = None
+        """A heap of (when due, in µs, session_key) of the pending states, made by a sweep that
+        finds something due (None the rest of the time: most batches sweep nothing)."""
         self.swept: list[bytes] = []
         """Due entries of the database handled since the last write: deleted by the next."""
         self.floor = DUE
@@ -163,7 +164,8 @@ class Partition:
         if state is not None:
             self.dues[key] = when = self.due(state)
             us = due_us(when)
-            heapq.heappush(self.due_pending, (us, key))
+            if self.due_pending is not None:
+                heapq.heappush(self.due_pending, (us, key))
             self._next_us = min(self._next_us, us)
 
     def settle(
@@ -211,6 +213,7 @@ class Partition:
             closed += self.settle(key, state, now)[1]
         head = self._earliest()
         self._next_us = _NEVER if head is None else head[0]
+        self.due_pending = None
         return closed
 
     def _earliest(self, now_us: int = _NEVER) -> tuple[int, str, bytes] | None:
@@ -219,6 +222,13 @@ class Partition:
             self._index = self.store.due(self.floor)
             self._head = next(self._index, None)
         head = self._head
+        if self.due_pending is None:
+            self.due_pending = [
+                (due_us(self.dues[key]), key)
+                for key, state in self.pending.items()
+                if state is not None
+            ]
+            heapq.heapify(self.due_pending)
         if self.due_pending and (head is None or self.due_pending[0][0] < head[0]):
             us, key = self.due_pending[0]
             head = (us, key, b"")
@@ -226,6 +236,7 @@ class Partition:
 
     def _pop(self, entry: bytes) -> None:
         if not entry:
+            assert self.due_pending is not None  # noqa: S101 - the entry was read from it
             heapq.heappop(self.due_pending)
             return
         self.swept.append(entry)
@@ -264,7 +275,7 @@ class Partition:
             self.store.write(batch, position)
         self.floor = floor
         self.pending, self.dues, self.stored_due, self.encoded = {}, {}, {}, {}
-        self.due_pending, self.swept = [], []
+        self.due_pending, self.swept = None, []
         self._index = self._head = None
         self._next_us = _UNKNOWN
 
