@@ -52,9 +52,9 @@ def create_app(
     if worker is not None:
         ingress.peers = Peers(worker)
         app.cleanup_ctx.append(_asking(ingress.peers))
-    app.router.add_post("/v1/callbacks/{provider}", ingress.callback)
+    app.router.add_post("/v1/callbacks/{provider}", ingress.callback())
     tracking = Tracking(ingress, {name: every[name] for name in TRACKED})
-    app.router.add_post("/v1/track/{provider}", tracking.track)
+    app.router.add_post("/v1/track/{provider}", tracking.route())
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", ingress.readyz)
     app.router.add_get("/metrics", ingress.metrics_text)

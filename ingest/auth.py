@@ -102,6 +102,11 @@ class Lockout:
         self._locked: dict[str, float] = {}
         """Address → until when it is locked out, as far as is known (time.time())."""
 
+    @property
+    def locked_out(self) -> bool:
+        """Whether any address may be locked out (if none is, `retry_after` is None for all)."""
+        return bool(self._locked)
+
     def retry_after(self, remote: str) -> int | None:
         """Seconds until `remote` may try again, or None if it is not locked out."""
         if remote not in self._locked:

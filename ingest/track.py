@@ -27,7 +27,7 @@ from aiohttp import web
 
 from foundation.settings import PollSettings, SettingsError, load
 from ingest.auth import Guard
-from ingest.ingress import Ingress, accepted, received
+from ingest.ingress import Handler, Ingress, accepted, received
 from ingest.tracked import track_record
 from schemas import topics
 from schemas.raw import raw_headers
@@ -58,8 +58,9 @@ class Tracking:
         """Providers with a poller configured here; None: read from the environment."""
         self._warned: set[str] = set()
 
-    async def track(self, request: web.Request) -> web.Response:
-        return await self.ingress.handle(request, self.guards, "tracked", self._accept)
+    def route(self) -> Handler:
+        """POST /v1/track/{provider}."""
+        return self.ingress.route(self.guards, "tracked", self._accept)
 
     async def _accept(self, request: web.Request, provider: str, body: bytes) -> web.Response:
         try:
