@@ -2,7 +2,9 @@
 
 The replay reads with no consumer group (explicit assignment, nothing committed), so the live
 normalizer's offsets are untouched; it reads each partition from its start (or from the first
-record at or after `since`) up to the highwater it had when the replay began, and stops there.
+record at or after `since`) up to the highwater it had when the replay began, and stops there
+(`foundation.kafka.TopicScan`); if calls.raw gives nothing for the scan's `stall_s` (30 s), it
+stops with TimeoutError.
 Records that fail go to calls.dlq with stage `replay`. Event ids are deterministic and every
 consumer of calls.events dedupes by them, so a replay duplicates nothing downstream.
 """
@@ -10,16 +12,17 @@ consumer of calls.events dedupes by them, so a replay duplicates nothing downstr
 from __future__ import annotations
 
 import asyncio
+from contextlib import aclosing
 from datetime import datetime
 from typing import NamedTuple
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from callstream.progress import Progress
 from foundation import kafka as kafka_io
 from foundation.errors import CallstreamError
-from foundation.kafka import POLL_MS, Record
+from foundation.kafka import Record
 from foundation.settings import KafkaSettings
 from normalize.service import route
 from schemas import topics
@@ -68,23 +71,18 @@ async def replay(
 
     Exactly one of `from_beginning` and `since` is required. `provider` keeps only records
     whose cs-provider header names it. On `stop` the batch in hand is finished and the result
-    says `complete=False`; running the replay again is harmless.
+    says `complete=False`; running the replay again is harmless. Raises TimeoutError if
+    calls.raw gives nothing for 30 s (the broker stopped answering).
     """
     if from_beginning == (since is not None):
         raise ReplayError("replay needs either --from-beginning or --since, not both")
     progress = progress or Progress("replay")
-    async with (
-        kafka_io.consumer(kafka, group_id=None, fetch_max_wait_ms=50) as consumer,
-        kafka_io.producer(kafka) as producer,
-    ):
-        raw = kafka.topic(topics.RAW)
-        partitions = await kafka_io.partitions_of(consumer, raw)
-        if not partitions:
-            raise ReplayError(f"topic {raw!r} does not exist on {kafka.bootstrap}")
-        starts = await _starts(consumer, partitions, since)
-        log.info("replay_started", since=since, provider=provider, partitions=len(starts))
+    partitions = await _partitions_of_raw(kafka)
+    scan = kafka_io.TopicScan(kafka, topics.RAW, starts=since, max_records=MAX_BATCH)
+    async with kafka_io.producer(kafka) as producer:
+        log.info("replay_started", since=since, provider=provider, partitions=partitions)
         result = await _loop(
-            consumer, producer, starts, kafka=kafka, provider=provider, since=since, stop=stop,
+            scan, producer, kafka=kafka, provider=provider, since=since, stop=stop,
             progress=progress,
         )  # fmt: skip
     progress.close()
@@ -92,27 +90,18 @@ async def replay(
     return result
 
 
-async def _starts(
-    consumer: AIOKafkaConsumer, partitions: list[TopicPartition], since: datetime | None
-) -> dict[TopicPartition, int]:
-    """Where each partition's replay starts; none for those with nothing at or after `since`."""
-    if since is None:
-        starts = await consumer.beginning_offsets(partitions)
-    else:
-        found = await consumer.offsets_for_times(
-            {tp: int(since.timestamp() * 1000) for tp in partitions}
-        )
-        starts = {tp: at.offset for tp, at in found.items() if at is not None}
-    consumer.assign(list(starts))
-    for tp, offset in starts.items():
-        consumer.seek(tp, offset)
-    return starts
+async def _partitions_of_raw(kafka: KafkaSettings) -> int:
+    """How many partitions calls.raw has; raises ReplayError if it does not exist."""
+    async with kafka_io.consumer(kafka, group_id=None) as consumer:
+        partitions = await kafka_io.partitions_of(consumer, kafka.topic(topics.RAW))
+    if not partitions:
+        raise ReplayError(f"topic {kafka.topic(topics.RAW)!r} does not exist on {kafka.bootstrap}")
+    return len(partitions)
 
 
 async def _loop(
-    consumer: AIOKafkaConsumer,
+    scan: kafka_io.TopicScan,
     producer: AIOKafkaProducer,
-    starts: dict[TopicPartition, int],
     *,
     kafka: KafkaSettings,
     provider: str | None,
@@ -120,39 +109,31 @@ async def _loop(
     stop: asyncio.Event,
     progress: Progress,
 ) -> ReplayResult:
-    """Fetch, filter, normalize, produce and await the acks, batch after batch, until the end.
+    """Filter, normalize, produce and await the acks, batch after batch of `scan`, until the
+    end or `stop`.
 
-    A partition's end is the first highwater a fetch reports for it (not end_offsets(): the
-    embedded broker answers it with the start of the last batch); later records are not read.
     Records older than `since` are skipped too: offsets_for_times may answer with an earlier
     offset (the embedded broker does), and with producer timestamps order is not guaranteed.
     """
     since_ms = 0 if since is None else int(since.timestamp() * 1000)
-    ends: dict[TopicPartition, int] = {}
-    pending = set(starts)
     read = skipped = produced = dead_lettered = 0
-    while pending and not stop.is_set():
-        batch = await consumer.getmany(*pending, timeout_ms=POLL_MS, max_records=MAX_BATCH)
-        for tp in pending - ends.keys():
-            if (highwater := consumer.highwater(tp)) is not None:
-                ends[tp] = highwater
-        if progress.total is None and ends.keys() == starts.keys():
-            progress.total = sum(ends[tp] - starts[tp] for tp in starts)
-        records = [r for tp, rs in batch.items() for r in rs if r.offset < ends.get(tp, 0)]
-        wanted = [
-            r
-            for r in records
-            if r.timestamp >= since_ms and (provider is None or provider_of(r) == provider)
-        ]
-        events, dead = route(wanted, Stage.REPLAY)
-        await asyncio.gather(
-            kafka_io.send_all(producer, kafka.topic(topics.EVENTS), events),
-            kafka_io.send_all(producer, kafka.topic(topics.DLQ), dead),
-        )
-        read += len(records)
-        skipped += len(records) - len(wanted)
-        produced += len(events)
-        dead_lettered += len(dead)
-        progress.advance(len(records))
-        pending = {tp for tp in pending if tp not in ends or await consumer.position(tp) < ends[tp]}
-    return ReplayResult(read, skipped, produced, dead_lettered, complete=not pending)
+    async with aclosing(scan.batches(stop)) as batches:  # its consumer closed if a send fails
+        async for records in batches:
+            wanted = [
+                r
+                for r in records
+                if r.timestamp >= since_ms and (provider is None or provider_of(r) == provider)
+            ]
+            events, dead = route(wanted, Stage.REPLAY)
+            await asyncio.gather(
+                kafka_io.send_all(producer, kafka.topic(topics.EVENTS), events),
+                kafka_io.send_all(producer, kafka.topic(topics.DLQ), dead),
+            )
+            read += len(records)
+            skipped += len(records) - len(wanted)
+            produced += len(events)
+            dead_lettered += len(dead)
+            progress.total = scan.total
+            progress.advance(len(records))
+    progress.total = scan.total
+    return ReplayResult(read, skipped, produced, dead_lettered, complete=scan.complete)

@@ -19,7 +19,8 @@ import logging
 import random
 import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -30,6 +31,7 @@ from aiokafka.errors import (
     CommitFailedError,
     IllegalStateError,
     KafkaConnectionError,
+    OffsetOutOfRangeError,
     ProducerClosed,
     TopicAlreadyExistsError,
     for_code,
@@ -49,9 +51,9 @@ Batch = dict[TopicPartition, list[Record]]
 """What one fetch (`getmany`) gives: each partition's records, in offset order."""
 POLL_MS = 200
 """How long one fetch waits for records, so also how soon an idle consumer notices a stop."""
-RESTORE_POLL_MS = 20
-"""How long a fetch of `read_ranges` waits: once a partition is read to its end, fetches return
-nothing after this long, so it bounds how long reaching the end takes to notice."""
+SCAN_POLL_MS = 20
+"""How long a fetch of `TopicScan` waits for records: a partition read to its end (or empty)
+gives nothing after this long, so it bounds how long reaching its end takes to notice."""
 MAX_BATCH_BYTES = 1 << 20
 SCAN_FETCH_BYTES = 4 * MAX_BATCH_BYTES
 """The most a fetch of `TopicScan` brings, all partitions together (aiokafka's default is 50 MB,
@@ -563,42 +565,6 @@ async def at_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
     return highwater is not None and await consumer.position(tp) >= highwater
 
 
-async def read_ranges(
-    kafka: KafkaSettings, ranges: Mapping[TopicPartition, tuple[int | None, int | None]]
-) -> AsyncIterator[tuple[TopicPartition, list[Record]]]:
-    """The records of each partition from its start offset (None: its first) to before its end
-    offset (None: the highwater once it is reached), batch by batch, in offset order per
-    partition; no group. What a service restores its state from."""
-    if not ranges:
-        return  # (a consumer stopped before it ever waited fails in aiokafka 0.14)
-    client = consumer(kafka, group_id=None, fetch_max_wait_ms=RESTORE_POLL_MS)
-    await client.start()
-    try:
-        client.assign(list(ranges))
-        for tp, (start, _) in ranges.items():
-            if start is None:
-                await client.seek_to_beginning(tp)
-            else:
-                client.seek(tp, start)
-        pending = set(ranges)
-        while pending:
-            fetched: Batch = await client.getmany(*pending, timeout_ms=RESTORE_POLL_MS)
-            for tp, records in fetched.items():
-                end = ranges[tp][1]
-                wanted = records if end is None else [r for r in records if r.offset < end]
-                if wanted:
-                    yield tp, wanted
-            pending = {tp for tp in pending if not await _read_to(client, tp, ranges[tp][1])}
-    finally:
-        await client.stop()
-
-
-async def _read_to(client: AIOKafkaConsumer, tp: TopicPartition, end: int | None) -> bool:
-    if end is not None and await client.position(tp) >= end:
-        return True
-    return await at_end(client, tp)
-
-
 async def committed(
     kafka: KafkaSettings, group_id: str, partitions: Iterable[TopicPartition]
 ) -> dict[TopicPartition, int | None]:
@@ -608,68 +574,182 @@ async def committed(
         return {tp: await client.committed(tp) for tp in partitions}
 
 
-class TopicScan:
-    """Reads every partition of topic `topic` (a `schemas.topics` name, prefixed here) with no
-    consumer group, from its start up to the end it had when the scan began, one bounded batch
-    at a time.
+Start = int | datetime | None
+"""Where a partition is read from: an offset, the first record at or after a time (a partition
+with none is not read), or None: its first record."""
 
-    A partition's end is the highwater its first fetch reports (not end_offsets(): the embedded
-    broker answers it with the start of the last batch); later records are not read, so a job
-    that appends to the topic it scans does not read what it wrote. Scanning again with the same
-    object reads the same records: the ends are kept. Memory is one batch in hand plus what the
-    consumer has fetched and not yet handed out: one fetch response of SCAN_FETCH_BYTES at most
-    (a record batch larger than that still comes whole).
+
+class TopicScan:
+    """Reads a range of each partition of topic `topic` (a `schemas.topics` name, prefixed here)
+    with no consumer group, one bounded batch at a time: what a job scans, a service restores
+    its state from.
+
+    `starts` is one Start for every partition of the topic (by default each from its beginning;
+    none if the topic does not exist), or a Start for each partition to read, and only those.
+    `ends` gives the offsets to stop before, per partition. A partition's end is never past the
+    highwater its first fetch reports (not end_offsets(): the embedded broker answers it with the
+    start of the last batch): later records are not read, so a job that appends to the topic it
+    scans does not read what it wrote. Scanning again with the same object reads up to the same
+    ends: they are kept.
+
+    A start offset not within its partition (before its first offset, deleted; or past its
+    highwater: the topic was made anew, another cluster) is read from the partition's beginning
+    instead, after `on_start_outside(partition)` is called, before any of its records is yielded.
+
+    Memory is one batch in hand plus what the consumer has fetched and not yet handed out: one
+    fetch response of SCAN_FETCH_BYTES at most (a record batch larger than that still comes
+    whole).
     """
 
     def __init__(
-        self, kafka: KafkaSettings, topic: str, *, max_records: int = 1_000, stall_s: float = 30.0
+        self,
+        kafka: KafkaSettings,
+        topic: str,
+        *,
+        starts: Start | Mapping[int, Start] = None,
+        ends: Mapping[int, int] | None = None,
+        max_records: int | None = 1_000,
+        stall_s: float | None = 30.0,
+        on_start_outside: Callable[[int], None] | None = None,
     ) -> None:
         self.kafka, self.topic, self.max_records, self.stall_s = kafka, topic, max_records, stall_s
-        self.ends: dict[TopicPartition, int] | None = None
-        """Each partition's end, once a first scan has read to each."""
-        self.total: int | None = None
-        """Records between the partitions' starts and ends, once the ends are known."""
+        self._asked_starts, self._asked_ends = starts, dict(ends or {})
+        self.on_start_outside = on_start_outside
+        self.starts: dict[int, int] | None = None
+        """Each partition's first offset to read in the scan under way (its beginning once
+        restarted there), once known; partitions with nothing to read left out."""
+        self.ends: dict[int, int] = {}
+        """Each partition's end, once its first fetch reported its highwater."""
         self.read = 0
         """Records yielded by the scan under way."""
+        self.complete = False
+        """Whether the last scan read every partition to its end (False if `stop` ended it)."""
 
-    async def batches(self) -> AsyncIterator[list[Record]]:
-        """The records, in offset order per partition, at most `max_records` a batch.
+    @property
+    def total(self) -> int | None:
+        """Records between the partitions' starts and ends, once every end is known."""
+        if self.starts is None or not self.ends.keys() >= self.starts.keys():
+            return None
+        return sum(max(self.ends[p] - start, 0) for p, start in self.starts.items())
 
-        Raises TimeoutError if `stall_s` pass without a record or a partition's end.
+    async def batches(self, stop: asyncio.Event | None = None) -> AsyncIterator[list[Record]]:
+        """The records, at most `max_records` a batch (None: what a fetch brings); within a
+        batch each partition's records are consecutive, and each partition's come in offset
+        order. Once `stop` is set, the scan ends before its next fetch, `complete` False.
+
+        Raises TimeoutError if `stall_s` pass without a record or a partition's end (the time
+        the caller holds a batch is not counted); with None, waits as long as it takes.
         """
+        self.read, self.complete = 0, False
+        if isinstance(self._asked_starts, Mapping) and not self._asked_starts:
+            self.starts, self.complete = {}, True
+            return  # (a consumer stopped before it ever waited fails in aiokafka 0.14)
         bounded = {
             "max_partition_fetch_bytes": MAX_BATCH_BYTES,
             "fetch_max_bytes": SCAN_FETCH_BYTES,
         }
-        async with consumer(self.kafka, group_id=None, fetch_max_wait_ms=50, **bounded) as client:
-            partitions = await partitions_of(client, self.kafka.topic(self.topic))
-            client.assign(partitions)
-            await client.seek_to_beginning(*partitions)
-            starts = {tp: await client.position(tp) for tp in partitions}
-            ends = self.ends if self.ends is not None else {}
-            self.read = 0
-            pending, moved = set(partitions), time.monotonic()
-            while pending:
-                fetched = await client.getmany(
-                    *pending, timeout_ms=POLL_MS, max_records=self.max_records
-                )
-                for tp in pending - ends.keys():
-                    if (highwater := client.highwater(tp)) is not None:
-                        ends[tp] = highwater
-                if self.total is None and ends.keys() == starts.keys():
-                    self.total = sum(ends[tp] - starts[tp] for tp in partitions)
-                batch = [r for tp, rs in fetched.items() for r in rs if r.offset < ends.get(tp, 0)]
-                done = {tp for tp in pending & ends.keys() if await client.position(tp) >= ends[tp]}
+        async with consumer(
+            self.kafka, group_id=None, fetch_max_wait_ms=SCAN_POLL_MS, auto_offset_reset="none",
+            **bounded,
+        ) as client:  # fmt: skip
+            starts = self.starts = await self._start_offsets(client)
+            pending = self._assign(client, starts)
+            moved = time.monotonic()
+            while pending and not (stop is not None and stop.is_set()):
+                batch, done = await self._fetch(client, pending, starts)
                 client.pause(*done)  # read to their end: fetch them no more
                 pending -= done
                 if batch or done:
                     moved = time.monotonic()
-                elif time.monotonic() - moved > self.stall_s:
-                    raise TimeoutError(f"{self.topic} gave nothing for {self.stall_s:.0f} s")
+                elif self.stall_s is not None and time.monotonic() - moved > self.stall_s:
+                    raise TimeoutError(f"{self.topic} gave nothing for {self.stall_s:g} s")
                 if batch:
                     self.read += len(batch)
                     yield batch
-            self.ends = ends
+                    moved = time.monotonic()
+            self.complete = not pending
+
+    async def _start_offsets(self, client: AIOKafkaConsumer) -> dict[int, int]:
+        """The offset of each partition's start, for those with something to read."""
+        topic = self.kafka.topic(self.topic)
+        asked = self._asked_starts
+        if not isinstance(asked, Mapping):
+            asked = {tp.partition: asked for tp in await partitions_of(client, topic)}
+        offsets = await _offsets(client, {TopicPartition(topic, p): at for p, at in asked.items()})
+        return {
+            tp.partition: offset
+            for tp, offset in offsets.items()
+            if offset < self._asked_ends.get(tp.partition, offset + 1)
+        }
+
+    def _assign(self, client: AIOKafkaConsumer, starts: dict[int, int]) -> set[TopicPartition]:
+        """The partitions of `starts`, assigned to `client`, each at its start."""
+        partitions = {TopicPartition(self.kafka.topic(self.topic), p) for p in starts}
+        client.assign(list(partitions))
+        for tp in partitions:
+            client.seek(tp, starts[tp.partition])
+        return partitions
+
+    async def _fetch(
+        self, client: AIOKafkaConsumer, pending: set[TopicPartition], starts: dict[int, int]
+    ) -> tuple[list[Record], set[TopicPartition]]:
+        """One fetch: its records before their partition's end, and the partitions read to
+        their end."""
+        try:
+            fetched = await client.getmany(
+                *pending, timeout_ms=SCAN_POLL_MS, max_records=self.max_records
+            )
+        except OffsetOutOfRangeError as exc:  # Kafka: the offset is not within the partition
+            for tp in exc.args[0]:
+                await self._restart(client, tp, starts)
+            return [], set()
+        for tp in pending:
+            if (highwater := client.highwater(tp)) is None:
+                continue
+            self.ends.setdefault(
+                tp.partition, min(highwater, self._asked_ends.get(tp.partition, highwater))
+            )
+            if await client.position(tp) > highwater:  # the embedded broker: past it, no error
+                await self._restart(client, tp, starts)
+        batch = [r for tp, rs in fetched.items() for r in rs if r.offset < self.ends[tp.partition]]
+        done = {
+            tp
+            for tp in pending
+            if tp.partition in self.ends and await client.position(tp) >= self.ends[tp.partition]
+        }
+        return batch, done
+
+    async def _restart(
+        self, client: AIOKafkaConsumer, tp: TopicPartition, starts: dict[int, int]
+    ) -> None:
+        """Read `tp` from its beginning (its start, in `starts`, was not within it)."""
+        log.warning(
+            "scan_start_not_within_topic", topic=tp.topic, partition=tp.partition,
+            offset=starts[tp.partition], detail="reading the partition from its beginning",
+        )  # fmt: skip
+        if self.on_start_outside is not None:
+            self.on_start_outside(tp.partition)
+        beginning = (await client.beginning_offsets([tp]))[tp]
+        starts[tp.partition] = beginning
+        client.seek(tp, beginning)
+
+
+async def _offsets(
+    client: AIOKafkaConsumer, starts: Mapping[TopicPartition, Start]
+) -> dict[TopicPartition, int]:
+    """Each Start as an offset; partitions with no record at or after their time left out."""
+    beginnings = [tp for tp, at in starts.items() if at is None]
+    firsts = await client.beginning_offsets(beginnings) if beginnings else {}
+    times = {tp: _ms(at) for tp, at in starts.items() if isinstance(at, datetime)}
+    found = await client.offsets_for_times(times) if times else {}
+    offsets = {tp: at for tp, at in starts.items() if isinstance(at, int)}
+    offsets.update(firsts)
+    offsets.update({tp: at.offset for tp, at in found.items() if at is not None})
+    return offsets
+
+
+def _ms(when: datetime) -> int:
+    return int(when.timestamp() * 1000)
 
 
 async def read_all(kafka: KafkaSettings, topic: str, *, within_s: float = 30.0) -> list[Record]:

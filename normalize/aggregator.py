@@ -30,18 +30,20 @@ import heapq
 import time
 from collections.abc import Collection, Iterator, Mapping
 from datetime import UTC, datetime
+from functools import partial
+from itertools import groupby
+from operator import attrgetter
 from pathlib import Path
 
 import msgspec
 import structlog
 from aiokafka import TopicPartition
-from aiokafka.errors import OffsetOutOfRangeError
 from prometheus_client import Counter, Gauge
 from rocksdict import WriteBatch
 
 from foundation import kafka as kafka_io
 from foundation.errors import CallstreamError
-from foundation.kafka import RESTORE_POLL_MS, Batch, OutRecord
+from foundation.kafka import OutRecord
 from foundation.runtime import (
     BaseHandler,
     Clocks,
@@ -511,60 +513,25 @@ class Aggregator(BaseHandler[None]):
         return opened
 
     async def _read_tails(self, opened: dict[int, Partition]) -> int:
-        """Read calls.sessions into `opened` (a partition may be replaced by an empty one) up to
-        the highwater; return how many records were read."""
-        read = 0
-        consumer = kafka_io.consumer(
-            self.kafka, group_id=None, fetch_max_wait_ms=RESTORE_POLL_MS, auto_offset_reset="none"
-        )
-        await consumer.start()
-        try:
-            topic = self.kafka.topic(topics.SESSIONS)
-            pending = {TopicPartition(topic, number) for number in opened}
-            consumer.assign(list(pending))
-            for tp in pending:
-                await self._seek(consumer, tp, opened, opened[tp.partition].store.position)
-            while pending:
-                try:
-                    fetched: Batch = await consumer.getmany(*pending, timeout_ms=RESTORE_POLL_MS)
-                except OffsetOutOfRangeError as exc:  # Kafka: the offset is not within the topic
-                    for tp in exc.args[0]:
-                        await self._seek(consumer, tp, opened, None)
-                    continue
-                for tp, records in fetched.items():
-                    opened[tp.partition].restore(records)
-                    read += len(records)
-                for tp in list(pending):
-                    highwater = consumer.highwater(tp)
-                    if highwater is not None and await consumer.position(tp) > highwater:
-                        await self._seek(consumer, tp, opened, None)  # past the end (no error)
-                    elif await kafka_io.at_end(consumer, tp):
-                        pending.discard(tp)
-        finally:
-            await consumer.stop()
-        return read
+        """Read calls.sessions into `opened` from each database's offset up to the highwater;
+        a database with no offset, or one not within the topic, is replaced by an empty one
+        and read from the beginning. Return how many records were read."""
+        for number in [n for n, partition in opened.items() if partition.store.position is None]:
+            self._empty(opened, number)
+        scan = kafka_io.TopicScan(
+            self.kafka, topics.SESSIONS,
+            starts={number: partition.store.position for number, partition in opened.items()},
+            max_records=None, stall_s=None, on_start_outside=partial(self._empty, opened),
+        )  # fmt: skip
+        async for batch in scan.batches():
+            for number, records in groupby(batch, attrgetter("partition")):
+                opened[number].restore(list(records))
+        return scan.read
 
-    async def _seek(
-        self,
-        consumer: kafka_io.Consumer,
-        tp: TopicPartition,
-        opened: dict[int, Partition],
-        position: int | None,
-    ) -> None:
-        """Read `tp` from `position`, or, when None, from the beginning into an empty database."""
-        if position is not None:
-            consumer.seek(tp, position)
-            return
-        if opened[tp.partition].store.position is not None:
-            log.warning(
-                "state_not_within_topic",
-                partition=tp.partition,
-                offset=opened[tp.partition].store.position,
-                detail="restoring the partition from the beginning",
-            )
-        opened[tp.partition].close()
-        opened[tp.partition] = self._open(tp.partition, empty=True)
-        await consumer.seek_to_beginning(tp)
+    def _empty(self, opened: dict[int, Partition], number: int) -> None:
+        """Partition `number` of `opened` replaced by an empty database."""
+        opened[number].close()
+        opened[number] = self._open(number, empty=True)
 
 
 def session_record(session: SessionRecord) -> OutRecord:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import UTC, datetime
 
 import msgspec
@@ -260,34 +260,46 @@ class Evaluator(BaseHandler[None]):
             for p in numbers
         }  # fmt: skip
         refill = {
-            tps[p]: (state.restore_from, state.offset)
+            p: (state.restore_from, state.offset)
             for p, state in states.items()
             if state.restore_from < state.offset
         }
-        async for tp, records in kafka_io.read_ranges(self.kafka, refill):
-            for record, value in _decoded(records):
-                restored[tp.partition].refill(value, record.offset)
+        async for batch in self._samples(refill):
+            for record, value in _decoded(batch):
+                restored[record.partition].refill(value, record.offset)
         for windows in restored.values():
             windows.refilled()
         again = {
-            tps[p]: (windows.offset, done)
+            p: (windows.offset, done)
             for p, windows in restored.items()
             if (done := committed[tps[p]]) is not None and windows.offset < done
         }
-        async for tp, records in kafka_io.read_ranges(self.kafka, again):
-            for record, value in _decoded(records):
-                restored[tp.partition].add(value, record.offset)
+        async for batch in self._samples(again):
+            for record, value in _decoded(batch):
+                restored[record.partition].add(value, record.offset)
         return restored
+
+    def _samples(self, ranges: dict[int, tuple[int, int]]) -> AsyncIterator[list[Record]]:
+        """The samples of each partition from its range's start offset to before its end."""
+        scan = kafka_io.TopicScan(
+            self.kafka, topics.ALERT_SAMPLES,
+            starts={p: start for p, (start, _) in ranges.items()},
+            ends={p: end for p, (_, end) in ranges.items()},
+            max_records=None, stall_s=None,
+        )  # fmt: skip
+        return scan.batches()
 
     async def _states(self, numbers: list[int]) -> dict[int, AlertState]:
         """The last state written of each partition."""
-        topic = self.kafka.topic(topics.ALERT_STATE)
         states: dict[int, AlertState] = {}
-        ranges = {TopicPartition(topic, p): (None, None) for p in numbers}
-        async for tp, records in kafka_io.read_ranges(self.kafka, ranges):
-            for record in records:
+        scan = kafka_io.TopicScan(
+            self.kafka, topics.ALERT_STATE, starts=dict.fromkeys(numbers), max_records=None,
+            stall_s=None,
+        )  # fmt: skip
+        async for batch in scan.batches():
+            for record in batch:
                 try:
-                    states[tp.partition] = _state.decode(record.value or b"")
+                    states[record.partition] = _state.decode(record.value or b"")
                 except msgspec.DecodeError as exc:
                     log.error(
                         "alert_state_unreadable", partition=record.partition,
