@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import sqlite3
 from contextlib import closing
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import msgspec
+from hypothesis import given
+from hypothesis import strategies as st
 from sink_helpers import make_session
 
 from callstream import reports
@@ -35,6 +37,15 @@ def test_the_text_of_a_time_has_one_width_whatever_its_year() -> None:
     assert time_text(None) is None
     assert stored_time("0001-01-01T00:00:00.000000Z") == YEAR_1
     assert stored_time("1-01-01T00:00:00.000000Z") == "1-01-01T00:00:00.000000Z"  # as it is
+
+
+ZONES = st.sampled_from([UTC, timezone(timedelta(hours=-11, minutes=-30))])
+
+
+@given(st.datetimes(max_value=datetime(9999, 12, 31), timezones=ZONES))
+def test_the_text_of_a_time_is_its_utc_isoformat_to_the_microsecond(moment: datetime) -> None:
+    utc = moment.astimezone(UTC)  # (the last day of 9999 at UTC-11:30 is past it in UTC)
+    assert time_text(moment) == utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 async def test_times_of_year_1_and_9999_round_trip_and_sort(store: Backend) -> None:
