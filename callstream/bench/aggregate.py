@@ -24,7 +24,7 @@ import resource
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,12 +33,13 @@ import msgspec
 
 from callstream import samples
 from callstream.bench import passthrough
+from callstream.bench.passthrough import Serve
 from callstream.broker import EmbeddedBroker, free_port
 from foundation import kafka as kafka_io
 from foundation.errors import CallstreamError
 from foundation.kafka import OutRecord
 from foundation.log import configure_logging
-from foundation.runtime import Metrics, Runtime
+from foundation.runtime import Metrics
 from foundation.service import tune_gc
 from foundation.settings import AggregatorSettings, KafkaSettings
 from normalize import aggregator, normalize
@@ -116,8 +117,13 @@ def _measure_alone(bootstrap: str, events: int, state_dir: str) -> dict[str, flo
     )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB; bytes on macOS
     state_bytes = sum(f.stat().st_size for f in Path(state_dir).rglob("*") if f.is_file())
+    group, batch = "bench-aggregate-passthrough", settings.max_batch
     baseline = asyncio.run(
-        _measure(passthrough.Passthrough.service, _passthrough(kafka, settings), events)
+        _measure(
+            passthrough.Passthrough.service,
+            passthrough.serve(kafka, topics.EVENTS, group, batch),
+            events,
+        )
     )
     return results | {
         "passthrough_per_s": baseline["events_per_s"],
@@ -127,23 +133,9 @@ def _measure_alone(bootstrap: str, events: int, state_dir: str) -> dict[str, flo
     }
 
 
-Serve = Callable[[asyncio.Event, Metrics], Awaitable[None]]
-
-
 def _aggregator(kafka: KafkaSettings, settings: AggregatorSettings) -> Serve:
     async def serve(stop: asyncio.Event, metrics: Metrics) -> None:
         await aggregator.serve(settings, kafka, stop, metrics)
-
-    return serve
-
-
-def _passthrough(kafka: KafkaSettings, settings: AggregatorSettings) -> Serve:
-    handler = passthrough.Passthrough(
-        topics.EVENTS, passthrough.TOPIC, "bench-aggregate-passthrough", settings.max_batch
-    )
-
-    async def serve(stop: asyncio.Event, metrics: Metrics) -> None:
-        await Runtime(handler, kafka, metrics=metrics).run(stop)
 
     return serve
 

@@ -22,20 +22,19 @@ import asyncio
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from itertools import cycle, islice
 from pathlib import Path
 from statistics import median
 
 from callstream import samples
-from callstream.bench import Target
-from callstream.bench.passthrough import TOPIC as PASSTHROUGH
-from callstream.bench.passthrough import Passthrough
+from callstream.bench import Target, passthrough
+from callstream.bench.passthrough import Serve
 from callstream.broker import EmbeddedBroker, free_port
 from foundation import kafka as kafka_io
 from foundation.kafka import OutRecord
-from foundation.runtime import Metrics, Runtime
+from foundation.runtime import Metrics
 from foundation.settings import KafkaSettings, NormalizerSettings
 from normalize import service
 from schemas import topics
@@ -54,8 +53,6 @@ POLL_S = 0.02
 TIMEOUT_FACTOR = 20
 """A side gives up after this many times its expected time (a stuck service, not a slow one)."""
 
-Serve = Callable[[asyncio.Event, Metrics], Awaitable[None]]
-
 
 def run(seconds: float = 4.0) -> dict[str, float]:
     """Rates over `seconds` x 50,000 pre-loaded raw records, medians of ROUNDS (a flat dict)."""
@@ -65,7 +62,7 @@ def run(seconds: float = 4.0) -> dict[str, float]:
 async def _run(count: int) -> dict[str, float]:
     async with EmbeddedBroker(free_port()) as broker:
         kafka = KafkaSettings(bootstrap=broker.bootstrap)
-        await kafka_io.ensure_topics(kafka, [*topics.ALL, PASSTHROUGH])
+        await kafka_io.ensure_topics(kafka, [*topics.ALL, passthrough.TOPIC])
         await _preload(kafka, count)
         assert broker.process is not None  # noqa: S101 - started by the context manager
         rounds = []
@@ -105,17 +102,16 @@ def _summary(rounds: list[dict[str, dict[str, float]]], count: int) -> dict[str,
 def _sides(kafka: KafkaSettings, round_: int) -> dict[str, Serve]:
     """The passthrough and the normalizer, each as a consumer group new in this round."""
     settings = NormalizerSettings(group_id=f"bench-normalizer-{round_}")
-    handler = Passthrough(
-        topics.RAW, PASSTHROUGH, f"bench-passthrough-{round_}", settings.max_batch
-    )
-
-    async def passthrough(stop: asyncio.Event, metrics: Metrics) -> None:
-        await Runtime(handler, kafka, metrics=metrics).run(stop)
 
     async def normalizer(stop: asyncio.Event, metrics: Metrics) -> None:
         await service.serve(settings, kafka, stop, metrics)
 
-    return {"passthrough": passthrough, "normalizer": normalizer}
+    return {
+        "passthrough": passthrough.serve(
+            kafka, topics.RAW, f"bench-passthrough-{round_}", settings.max_batch
+        ),
+        "normalizer": normalizer,
+    }
 
 
 async def _preload(kafka: KafkaSettings, count: int) -> None:

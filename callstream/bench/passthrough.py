@@ -3,12 +3,19 @@ produces each record it reads, as it is, to a topic of the benchmark's own."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+
 from foundation.kafka import OutRecord, Record
-from foundation.runtime import BaseHandler, Handled
+from foundation.runtime import BaseHandler, Handled, Metrics, Runtime
+from foundation.settings import KafkaSettings
 from schemas.topics import Stage
 
 TOPIC = "bench.passthrough"
 """Where a passthrough produces: a topic of the benchmark's own, created for the run."""
+
+Serve = Callable[[asyncio.Event, Metrics], Awaitable[None]]
+"""A benchmarked side: runs until its stop event is set, counting into the Metrics given."""
 
 
 class Passthrough(BaseHandler[None]):
@@ -27,3 +34,13 @@ class Passthrough(BaseHandler[None]):
     def handle(self, record: Record) -> Handled[None]:
         # A list: aiokafka's batch append takes no tuple of headers (what it fetches).
         return Handled([(self.target, OutRecord(record.key, record.value, list(record.headers)))])
+
+
+def serve(kafka: KafkaSettings, source: str, group_id: str, max_batch: int) -> Serve:
+    """A passthrough of `source` to TOPIC on the consumer runtime, as group `group_id`."""
+    handler = Passthrough(source, TOPIC, group_id, max_batch)
+
+    async def run(stop: asyncio.Event, metrics: Metrics) -> None:
+        await Runtime(handler, kafka, metrics=metrics).run(stop)
+
+    return run
