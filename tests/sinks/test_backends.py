@@ -12,6 +12,7 @@ from callstream import samples
 from foundation.settings import SettingsError
 from schemas import CallEvent, SessionRecord, Status
 from sinks.backend import Backend, Written
+from sinks.sqlite import CACHE_MIB, CHECKPOINT_PAGES, SqliteBackend
 from sinks.stores import backend_for
 
 _event = msgspec.json.Decoder(CallEvent)
@@ -111,3 +112,13 @@ def test_a_bad_url_names_the_setting(url: str) -> None:
 def test_sqlite_urls_are_relative_or_absolute() -> None:
     assert backend_for("sqlite:///data/c.sqlite3").path == Path("data/c.sqlite3")  # type: ignore[attr-defined]
     assert backend_for("sqlite:////tmp/c.sqlite3").path == Path("/tmp/c.sqlite3")  # type: ignore[attr-defined]  # noqa: S108
+
+
+async def test_the_sqlite_writer_caches_its_indexes_and_checkpoints_seldom(tmp_path: Path) -> None:
+    store = SqliteBackend(tmp_path / "callstream.sqlite3")
+    await store.open()
+    try:
+        assert await store.fetch("PRAGMA cache_size", []) == [(-CACHE_MIB * 1024,)]
+        assert await store.fetch("PRAGMA wal_autocheckpoint", []) == [(CHECKPOINT_PAGES,)]
+    finally:
+        await store.close()
