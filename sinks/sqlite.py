@@ -84,14 +84,7 @@ class SqliteBackend(Backend):
         return await self.migrate()
 
     def _connect(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: transactions are ours (BEGIN IMMEDIATE … COMMIT), DDL included.
-        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = NORMAL")  # durable across a process crash (WAL)
-        db.execute(f"PRAGMA cache_size = -{CACHE_MIB * 1024}")
-        db.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES}")
-        self._db = db
+        self._db = connect(self.path)
 
     async def migrate(self) -> list[int]:
         return await self._run(self._migrate)
@@ -160,6 +153,19 @@ class SqliteBackend(Backend):
             await self._run(self._db.close)
             self._db = None
         self._thread.shutdown()
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """The store's writing connection to `path` (made if absent): WAL, synchronous NORMAL
+    (durable across a process crash), the cache and checkpoints above, and transactions left
+    to the caller (BEGIN IMMEDIATE … COMMIT, DDL included)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")
+    db.execute(f"PRAGMA cache_size = -{CACHE_MIB * 1024}")
+    db.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES}")
+    return db
 
 
 def _statements(script: str) -> Iterator[str]:

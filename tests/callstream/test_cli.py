@@ -208,6 +208,17 @@ def test_bench_normalizer_measures_the_service_against_its_passthrough() -> None
     assert isinstance(figures["targets_met"], bool)
 
 
+def test_bench_sink_measures_each_backend_against_a_bare_table_of_its_database() -> None:
+    result = run("bench", "sink", "--json", "--seconds", "0.2")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    for backend in ("postgres", "sqlite"):
+        rate, bare = figures[f"{backend}_per_s"], figures[f"{backend}_bare_per_s"]
+        assert rate > 0
+        assert bare > 0
+        assert abs(figures[f"{backend}_ratio"] - rate / bare) <= 0.01
+
+
 def test_bench_aggregate_folds_every_event_and_measures_its_passthrough() -> None:
     result = run("bench", "aggregate", "--json", "--sessions", "10000")
     assert result.returncode == 0, result.stderr
