@@ -113,30 +113,30 @@ async def _measure(url: str, events: list[CallEvent], seconds: float) -> float:
 
 
 async def _bare_sqlite(path: Path, events: list[CallEvent], seconds: float) -> float:
-    """The baseline in the store's SQLite file, from a thread of its own as the store's."""
-    thread = ThreadPoolExecutor(max_workers=1)
+    """The baseline in the store's SQLite file, written from a thread of its own as the store's
+    (a connection is used in the thread that made it)."""
     loop = asyncio.get_running_loop()
-    db = await loop.run_in_executor(thread, sqlite.connect, path)
     insert = f"INSERT INTO bare_events VALUES ({', '.join('?' * len(backend.EVENT_COLUMNS))})"  # noqa: S608 - identifiers are ours
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-bare") as writer:
+        db = await loop.run_in_executor(writer, sqlite.connect, path)
 
-    def write_rows(rows: list[tuple[object, ...]]) -> int:
-        db.execute("BEGIN IMMEDIATE")
-        db.executemany(insert, rows)
-        db.execute("COMMIT")
-        return len(rows)
+        def write_rows(rows: list[tuple[object, ...]]) -> int:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(insert, rows)
+            db.execute("COMMIT")
+            return len(rows)
 
-    async def write(batch: list[CallEvent]) -> int:
-        rows = [backend.event_row(event, SqliteBackend.dialect.time) for event in batch]
-        return await loop.run_in_executor(thread, write_rows, rows)
+        async def write(batch: list[CallEvent]) -> int:
+            rows = [backend.event_row(event, SqliteBackend.dialect.time) for event in batch]
+            return await loop.run_in_executor(writer, write_rows, rows)
 
-    try:
-        await loop.run_in_executor(
-            thread, db.execute, "CREATE TABLE bare_events AS SELECT * FROM call_events WHERE 0"
-        )
-        return await _rate(events, seconds, write)
-    finally:
-        await loop.run_in_executor(thread, db.close)
-        thread.shutdown()
+        try:
+            await loop.run_in_executor(
+                writer, db.execute, "CREATE TABLE bare_events AS SELECT * FROM call_events WHERE 0"
+            )
+            return await _rate(events, seconds, write)
+        finally:
+            await loop.run_in_executor(writer, db.close)
 
 
 async def _bare_postgres(url: str, events: list[CallEvent], seconds: float) -> float:
