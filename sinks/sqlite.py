@@ -80,11 +80,8 @@ class SqliteBackend(Backend):
         return self._db
 
     async def open(self) -> list[int]:
-        await self._run(self._connect)
+        self._db = await self._run(connect, self.path)  # made in the thread that will use it
         return await self.migrate()
-
-    def _connect(self) -> None:
-        self._db = connect(self.path)
 
     async def migrate(self) -> list[int]:
         return await self._run(self._migrate)
