@@ -1,25 +1,21 @@
-"""The SQLite backend: one file, WAL mode, one writer, and a checkpointer beside it.
+"""The SQLite backend: one file, WAL mode, one writer.
 
 The stdlib `sqlite3` runs in a single thread of our own rather than through aiosqlite: a whole
 batch (its executemany calls and the commit) is one hop to that thread instead of one per
 statement, and it needs no extra dependency. One thread also serializes every use of the
-connection, which sqlite3 requires. A second thread, with a connection of its own, copies the
-write-ahead log back into the database (`Checkpointer`), so that the writer's commits seldom do.
+connection, which sqlite3 requires.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
-
-import structlog
 
 from schemas import CallEvent, SessionRecord
 from sinks import backend
@@ -36,22 +32,16 @@ from sinks.backend import (
 )
 
 T = TypeVar("T")
-log = structlog.get_logger("callstream.store")
 BUSY_TIMEOUT_S = 30.0
 """How long a statement waits for another connection's lock (a reader's checkpoint, a CLI)."""
 CACHE_MIB = 64
 """The writer's page cache. The indexes on random keys (event ids, session keys, numbers) are
 read at random pages; SQLite's default 2 MiB cache sends most of those reads to the OS."""
 CHECKPOINT_PAGES = 10_000
-"""WAL pages (4 KiB each) after which a commit copies what is left of the WAL back into the
-database (SQLite's default is 1,000). Each item dirties ~4 index pages, so a batch of a few
-hundred items passed the default at nearly every other commit. With the checkpointer, little is
-left to copy then; that checkpoint is what lets the next commit start the WAL over from its
-beginning, so it bounds the WAL file (40 to 50 MB)."""
-CHECKPOINT_EVERY_S = 0.1
-"""How often the checkpointer copies the WAL into the database. Each checkpoint syncs the WAL
-and the database (~100 ms on this project's machine under load): done by the writer, that
-stalled the batch whose commit crossed CHECKPOINT_PAGES."""
+"""WAL pages (4 KiB each) after which a commit copies the WAL back into the database
+(SQLite's default is 1,000). Each item dirties ~4 index pages, so a batch of a few hundred
+items passed the default at nearly every other commit, and every checkpoint syncs the WAL and
+the database; ten times fewer checkpoints also copy a page dirtied by many commits once."""
 
 
 _DIALECT = Dialect(
@@ -79,7 +69,6 @@ class SqliteBackend(Backend):
         self.path = path
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         self._db: sqlite3.Connection | None = None
-        self._checkpointer: Checkpointer | None = None
 
     async def _run(self, work: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, work, *args)
@@ -136,9 +125,6 @@ class SqliteBackend(Backend):
         session_rows = [
             backend.session_row(session, time_text) for session in backend.latest(sessions)
         ]
-        if self._checkpointer is None:  # started by the writer: a store only read needs none
-            self._checkpointer = Checkpointer(self.path)
-            self._checkpointer.start()
         return await self._run(self._write, event_rows, session_rows)
 
     def _write(self, events: list[tuple[Any, ...]], sessions: list[tuple[Any, ...]]) -> Written:
@@ -160,9 +146,6 @@ class SqliteBackend(Backend):
         return row
 
     async def close(self) -> None:
-        if self._checkpointer is not None:
-            await self._run(self._checkpointer.stop)
-            self._checkpointer = None
         if self._db is not None:
             await self._run(self._db.close)
             self._db = None
@@ -180,39 +163,6 @@ def connect(path: Path) -> sqlite3.Connection:
     db.execute(f"PRAGMA cache_size = -{CACHE_MIB * 1024}")
     db.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES}")
     return db
-
-
-class Checkpointer(threading.Thread):
-    """Copies the WAL of the database at `path` back into it every `every_s`, on a connection of
-    its own, until `stop`. Its checkpoints are PASSIVE: they copy what no reader still needs and
-    never wait for, nor block, the writer. One that fails (the disk is full, the file is gone) is
-    logged and tried again; meanwhile the writer's own checkpoints go on."""
-
-    def __init__(self, path: Path, every_s: float = CHECKPOINT_EVERY_S) -> None:
-        super().__init__(name="sqlite-checkpointer", daemon=True)
-        self.path, self.every_s = path, every_s
-        self._stopping = threading.Event()
-
-    def run(self) -> None:
-        db = sqlite3.connect(self.path, isolation_level=None)  # used in the thread that made it
-        failing = ""
-        try:
-            while not self._stopping.wait(self.every_s):
-                try:
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                except sqlite3.Error as exc:
-                    if str(exc) != failing:  # once, not every every_s
-                        log.warning("store_checkpoint_failed", path=str(self.path), error=str(exc))
-                    failing = str(exc)
-                else:
-                    failing = ""
-        finally:
-            db.close()
-
-    def stop(self) -> None:
-        """Stop and wait for the checkpoint in hand, if any."""
-        self._stopping.set()
-        self.join()
 
 
 def _statements(script: str) -> Iterator[str]:

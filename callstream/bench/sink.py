@@ -113,8 +113,8 @@ async def _measure(url: str, events: list[CallEvent], seconds: float) -> float:
 
 
 async def _bare_sqlite(path: Path, events: list[CallEvent], seconds: float) -> float:
-    """The baseline in the store's SQLite file, written from a thread of its own beside a
-    checkpointer, as the store's (a connection is used in the thread that made it)."""
+    """The baseline in the store's SQLite file, written from a thread of its own as the store's
+    (a connection is used in the thread that made it)."""
     loop = asyncio.get_running_loop()
     insert = f"INSERT INTO bare_events VALUES ({', '.join('?' * len(backend.EVENT_COLUMNS))})"  # noqa: S608 - identifiers are ours
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-bare") as writer:
@@ -130,15 +130,12 @@ async def _bare_sqlite(path: Path, events: list[CallEvent], seconds: float) -> f
             rows = [backend.event_row(event, SqliteBackend.dialect.time) for event in batch]
             return await loop.run_in_executor(writer, write_rows, rows)
 
-        checkpointer = sqlite.Checkpointer(path)
-        checkpointer.start()
         try:
             await loop.run_in_executor(
                 writer, db.execute, "CREATE TABLE bare_events AS SELECT * FROM call_events WHERE 0"
             )
             return await _rate(events, seconds, write)
         finally:
-            await loop.run_in_executor(writer, checkpointer.stop)
             await loop.run_in_executor(writer, db.close)
 
 

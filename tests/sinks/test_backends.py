@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
-import sqlite3
-import threading
-from contextlib import closing
 from pathlib import Path
 
 import msgspec
 import pytest
-from helpers import eventually
 from sink_helpers import Query, events_of, sessions_of
 
 from callstream import samples
@@ -127,30 +122,3 @@ async def test_the_sqlite_writer_caches_its_indexes_and_checkpoints_seldom(tmp_p
         assert await store.fetch("PRAGMA wal_autocheckpoint", []) == [(CHECKPOINT_PAGES,)]
     finally:
         await store.close()
-
-
-async def test_the_sqlite_writer_s_rows_reach_the_database_file_by_its_checkpointer(
-    tmp_path: Path,
-) -> None:
-    """A batch far below CHECKPOINT_PAGES is copied from the WAL into the database file without
-    a commit that checkpoints; closing the store stops the checkpointer."""
-    path = tmp_path / "callstream.sqlite3"
-    store = SqliteBackend(path)
-    await store.open()
-    events = events_of(samples.payloads("wavecell", 20))
-    try:
-        await store.write(events, [])
-
-        async def in_the_database_file() -> bool:
-            alone = shutil.copyfile(path, tmp_path / "alone.sqlite3")  # without its WAL
-            with closing(sqlite3.connect(alone)) as db:
-                try:
-                    rows = db.execute("SELECT count(*) FROM call_events").fetchone()
-                except sqlite3.DatabaseError:  # no table yet, or copied mid-checkpoint
-                    return False
-            return rows == (len(events),)
-
-        await eventually(in_the_database_file, "the rows checkpointed", within_s=10)
-    finally:
-        await store.close()
-    assert "sqlite-checkpointer" not in {thread.name for thread in threading.enumerate()}
