@@ -41,6 +41,11 @@ time scale (0.05: the schedule's 1 min, 10 min, 1 h and 4 h, and the 15-minute a
 DEFAULT_DATA_DIR = Path(".callstream")
 TOPIC_PREFIX = "CALLSTREAM_KAFKA__TOPIC_PREFIX"
 CONSUMERS = ("normalizer", "aggregator", "store", "alerts")
+SQLITE_WRITERS = 1
+"""How many stores `up` runs on its SQLite file, whatever the instances of the other consumers.
+Writes to one SQLite file are serialized anyway, so a second writer would only wait; and two
+processes writing and checkpointing one WAL file can lose committed rows to SQLite's WAL-reset
+bug (https://www.sqlite.org/wal.html#walresetbug; SQLite 3.7.0 to 3.51.2)."""
 """The consumer services, each a member of its own consumer group."""
 
 
@@ -71,7 +76,8 @@ def services(
     simulator, with the pollers and its traffic pointed at it. With `metrics`, each service
     serves its metrics on a free port (`Child.metrics`), which `serve` gathers into one. Each
     is given `kafka`'s bootstrap and topic prefix. With `instances` above 1, that many of each
-    consumer service run as members of its group, named `normalizer-1`, `normalizer-2`…
+    consumer service run as members of its group, named `normalizer-1`, `normalizer-2`…, but
+    for the store: its SQLite file has one writer (SQLITE_WRITERS).
     `ingress_workers`: the ingress's `--workers` (None: CALLSTREAM_INGRESS__WORKERS, else 1).
 
     They are listed in the order they start; they stop in the reverse order, one after the
@@ -99,15 +105,18 @@ def services(
             return ("--state-dir", str(state_dir(data_dir) / str(instance)))
         return ()
 
+    def count(name: str) -> int:
+        return SQLITE_WRITERS if name == "store" else instances
+
     children = [
         _measured(
-            name if instances == 1 else f"{name}-{instance}",
+            name if count(name) == 1 else f"{name}-{instance}",
             (name, *bootstrap, *options(name, instance)),
             metrics,
             prefixed,
         )
         for name in CONSUMERS
-        for instance in range(1, instances + 1)
+        for instance in range(1, count(name) + 1)
     ]
     children += [
         # The ingress sees the pollers' settings: it warns when a call is registered for

@@ -1,7 +1,8 @@
 """`callstream bench soak`: the whole pipeline under steady provider traffic while faults strike.
 
 The `callstream up` topology (embedded broker; ingress, normalizer, aggregator, SQLite store and
-alerts, each a child process of the supervisor, `instances` of each consumer service) takes
+alerts, each a child process of the supervisor, `instances` of each consumer service but the
+store, which has one SQLite writer: `up.SQLITE_WRITERS`) takes
 simulated wavecell and voice_messaging callbacks (`callstream.simulate`: a callback not answered
 2xx is sent again, as providers do, and some accepted ones are sent twice) at `rate` a second
 until `duration` x `rate` were sent. With `faults`, meanwhile, one at a time, one instance of
@@ -530,7 +531,7 @@ def report(results: dict[str, Any]) -> str:
             f"soak: {results['acknowledged']:,} callbacks acknowledged in {results['sent_s']} s "
             f"({results['acknowledged_per_s']:,}/s; target rate {results['rate']:,.0f}/s); "
             f"answers {results['answers']}",
-            f"instances: {results['instances']} of each consumer service, "
+            f"instances: {results['instances']} of each consumer service (one store), "
             f"{results['ingress_workers']} ingress worker(s)",
             "faults: "
             + ("; ".join(results["faults"]) or "none")

@@ -34,7 +34,7 @@ async def test_nothing_acknowledged_is_lost_doubled_or_misfolded_under_faults(
     assert [fault.split(": ")[1] for fault in results["faults"]] == [
         f"normalizer{first} killed",
         f"aggregator{'' if instances == 1 else '-2'} killed",
-        f"store{first} killed",
+        "store killed",  # one store whatever the instances: up.SQLITE_WRITERS
         f"alerts{'' if instances == 1 else '-2'} killed",
         f"broker paused {soak.PAUSE_S:.0f}s",
     ]
@@ -42,7 +42,7 @@ async def test_nothing_acknowledged_is_lost_doubled_or_misfolded_under_faults(
     assert results["restarts"] == {
         name: int(name in killed) for name in results["restarts"]
     }  # each killed instance restarted once, and nothing else
-    assert len(results["restarts"]) == 4 * instances + 1  # the ingress
+    assert len(results["restarts"]) == 3 * instances + 2  # one store, the ingress
     assert results["events"] > results["acknowledged"]  # wavecell callbacks carry two legs
     assert (results["missing"], results["duplicated_rows"], results["wrong_sessions"]) == (0, 0, 0)
     assert results["alerts"] > 0  # the soak's flapping rule fires and resolves episodes
