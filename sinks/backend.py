@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal, NamedTuple, overload
 
 import msgspec
 
+from foundation.errors import Unavailable
 from schemas import DECIDING_LEGS, CallEvent, SessionRecord, Status
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -57,6 +58,10 @@ class Migration(NamedTuple):
     sql: str
 
 
+class StoreTaken(Unavailable):
+    """The store is written by another store process, and its backend allows one writer."""
+
+
 class Backend(abc.ABC):
     """One store. `open` before anything else and `close` at the end; not safe to share
     between event loops. Methods raise the driver's errors (a write that raises wrote nothing)."""
@@ -68,6 +73,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def open(self) -> list[int]:
         """Connect and migrate; return the migration versions applied now (see `migrate`)."""
+
+    @abc.abstractmethod
+    async def claim(self) -> None:
+        """Become a writer of the store, until `close`; raises StoreTaken when the backend
+        allows one writer and another process is it."""
 
     @abc.abstractmethod
     async def migrate(self) -> list[int]:

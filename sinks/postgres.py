@@ -94,6 +94,9 @@ class PostgresBackend(Backend):
         self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=POOL_SIZE)
         return await self.migrate()
 
+    async def claim(self) -> None:
+        """Nothing to claim: PostgreSQL takes any number of writers."""
+
     async def migrate(self) -> list[int]:
         async with self.pool.acquire() as db, db.transaction():
             await db.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)

@@ -9,13 +9,14 @@ connection, which sqlite3 requires.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from schemas import CallEvent, SessionRecord
 from sinks import backend
@@ -26,6 +27,7 @@ from sinks.backend import (
     Backend,
     Dialect,
     Row,
+    StoreTaken,
     Written,
     stored_time,
     time_text,
@@ -69,6 +71,7 @@ class SqliteBackend(Backend):
         self.path = path
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         self._db: sqlite3.Connection | None = None
+        self._writer_lock: IO[bytes] | None = None
 
     async def _run(self, work: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, work, *args)
@@ -82,6 +85,22 @@ class SqliteBackend(Backend):
     async def open(self) -> list[int]:
         self._db = await self._run(connect, self.path)  # made in the thread that will use it
         return await self.migrate()
+
+    async def claim(self) -> None:
+        """Hold an exclusive lock on `<path>.lock` until `close` (or this process's end): one
+        writer a file. Writes are serialized by SQLite anyway, and two processes writing and
+        checkpointing one WAL can lose committed rows to SQLite's WAL-reset bug
+        (https://www.sqlite.org/wal.html#walresetbug; SQLite 3.7.0 to 3.51.2)."""
+        lock = self.path.with_name(self.path.name + ".lock").open("ab")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise StoreTaken(
+                f"{self.path} is written by another store: one store a SQLite file"
+                " (PostgreSQL takes several)"
+            ) from None
+        self._writer_lock = lock
 
     async def migrate(self) -> list[int]:
         return await self._run(self._migrate)
@@ -149,6 +168,9 @@ class SqliteBackend(Backend):
         if self._db is not None:
             await self._run(self._db.close)
             self._db = None
+        if self._writer_lock is not None:
+            self._writer_lock.close()  # releases the lock
+            self._writer_lock = None
         self._thread.shutdown()
 
 

@@ -84,13 +84,15 @@ async def serve(
 ) -> None:
     """Store calls.events and calls.sessions as consumer group `settings.group_id` until `stop`.
 
-    The store is migrated before the group is joined. Raises SettingsError for a bad store URL.
+    The store is migrated before the group is joined. Raises SettingsError for a bad store URL,
+    StoreTaken when another store writes the same SQLite file.
     """
     metrics = metrics or Metrics(Store.service)
     store = backend_for(settings.url)
     await kafka_io.ensure_topics(kafka)
     applied = await store.open()
     try:
+        await store.claim()
         log.info("store_opened", backend=type(store).__name__, migrations_applied=applied)
         handler = Store(settings, kafka, StoreSink(store, metrics))
         await Runtime(handler, kafka, metrics_port=settings.metrics_port, metrics=metrics).run(stop)

@@ -11,7 +11,7 @@ from sink_helpers import Query, events_of, sessions_of
 from callstream import samples
 from foundation.settings import SettingsError
 from schemas import CallEvent, SessionRecord, Status
-from sinks.backend import Backend, Written
+from sinks.backend import Backend, StoreTaken, Written
 from sinks.sqlite import CACHE_MIB, CHECKPOINT_PAGES, SqliteBackend
 from sinks.stores import backend_for
 
@@ -122,3 +122,16 @@ async def test_the_sqlite_writer_caches_its_indexes_and_checkpoints_seldom(tmp_p
         assert await store.fetch("PRAGMA wal_autocheckpoint", []) == [(CHECKPOINT_PAGES,)]
     finally:
         await store.close()
+
+
+async def test_a_sqlite_file_has_one_writer_at_a_time(tmp_path: Path) -> None:
+    path = tmp_path / "callstream.sqlite3"
+    first, second = SqliteBackend(path), SqliteBackend(path)
+    await first.claim()
+    try:
+        with pytest.raises(StoreTaken, match="is written by another store"):
+            await second.claim()
+    finally:
+        await first.close()
+    await second.claim()  # the first's close released it
+    await second.close()

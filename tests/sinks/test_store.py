@@ -11,6 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import msgspec
+import pytest
 from helpers import committed, drained, env_for, eventually, normalizer, raw, serving, store_sink
 from sink_helpers import Query, events_of, sessions_of
 
@@ -22,6 +23,8 @@ from foundation.settings import KafkaSettings, StoreSettings
 from schemas import CallEvent, SessionRecord, topics
 from schemas.raw import read_raw_headers
 from sinks import store
+from sinks.backend import StoreTaken
+from sinks.sqlite import SqliteBackend
 
 _encoder = msgspec.json.Encoder()
 GOLDEN = Path(__file__).parent.parent / "golden"
@@ -272,3 +275,17 @@ async def test_a_duration_past_2_63_is_dead_lettered_at_normalize_and_the_calls_
     )
     assert read_raw_headers(letter.headers).provider == "wavecell"
     assert await query("SELECT count(*) FROM call_events WHERE duration_s > 604800") == [(0,)]
+
+
+async def test_a_second_store_on_a_sqlite_file_stops_at_once_and_says_why(
+    kafka: KafkaSettings, tmp_path: Path
+) -> None:
+    path = tmp_path / "callstream.sqlite3"
+    first = SqliteBackend(path)
+    await first.claim()
+    try:
+        with pytest.raises(StoreTaken, match=f"{path} is written by another store"):
+            async with asyncio.timeout(30):  # a store that took the file would serve on
+                await store_sink(kafka, f"sqlite:///{path}")(asyncio.Event())
+    finally:
+        await first.close()
