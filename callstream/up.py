@@ -41,12 +41,12 @@ time scale (0.05: the schedule's 1 min, 10 min, 1 h and 4 h, and the 15-minute a
 DEFAULT_DATA_DIR = Path(".callstream")
 TOPIC_PREFIX = "CALLSTREAM_KAFKA__TOPIC_PREFIX"
 CONSUMERS = ("normalizer", "aggregator", "store", "alerts")
+"""The consumer services, each a member of its own consumer group."""
 SQLITE_WRITERS = 1
 """How many stores `up` runs on its SQLite file, whatever the instances of the other consumers.
 Writes to one SQLite file are serialized anyway, so a second writer would only wait; and two
 processes writing and checkpointing one WAL file can lose committed rows to SQLite's WAL-reset
 bug (https://www.sqlite.org/wal.html#walresetbug; SQLite 3.7.0 to 3.51.2)."""
-"""The consumer services, each a member of its own consumer group."""
 
 
 def store_url(data_dir: Path) -> str:
