@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -210,6 +210,8 @@ async def _soak(duration: float, rate: float, *, faults: bool, instances: int) -
             await _alerts_decided(children, until=time.time())
             alerts = await _alerts(kafka)
             lag = {group.group: group.lag for group in (await status.collect(kafka)).groups}
+            lost = ledger.events - seen.keys()
+            trace = await _trace(kafka, lost) if lost else {}
             restarts = {child.name: child.restarts for child in children}
     return {
         "duration_s": duration,
@@ -226,6 +228,7 @@ async def _soak(duration: float, rate: float, *, faults: bool, instances: int) -
         **figures,
         **alerts,
         "lag": lag,
+        "missing_found_on": trace,
         **freshness,
     }
 
@@ -374,6 +377,41 @@ def _reconcile(ledger: _Ledger, seen: dict[str, float], store_path: Path) -> dic
         "wrong_sessions": sum(wrong.values()),
         "wrong_sessions_by_kind": dict(wrong),
     }
+
+
+async def _trace(kafka: KafkaSettings, lost: set[str]) -> dict[str, list[str]]:
+    """Where the acknowledged events the store lacks are found: by topic, the partition:offset
+    of each record that holds one (a raw callback, an event, or a dead letter of either), so
+    that a loss is traced to the hop that made it."""
+    found: dict[str, list[str]] = {}
+
+    def note(topic: str, record: Any, event_ids: Iterable[str]) -> None:
+        if lost.intersection(event_ids):
+            found.setdefault(topic, []).append(f"{record.partition}:{record.offset}")
+
+    for topic in (topics.RAW, topics.EVENTS, topics.DLQ):
+        async for batch in TopicScan(kafka, topic, max_records=5_000).batches():
+            for record in batch:
+                note(topic, record, _event_ids(record))
+    log.warning("soak_missing", events=sorted(lost), found_on=found)
+    return found
+
+
+def _event_ids(record: Any) -> list[str]:
+    """The event ids a record of calls.raw, calls.events or calls.dlq holds: an event's own, or
+    those a raw body normalizes into (none if it holds neither)."""
+    try:
+        return [_stamped.decode(record.value or b"").event_id]
+    except msgspec.DecodeError:
+        pass
+    provider, received = dict(record.headers).get(topics.PROVIDER), received_at_of(record.headers)
+    if provider is None or received is None:
+        return []
+    try:
+        events = normalize(provider.decode(), record.value or b"", received_at=received)
+    except Exception:  # not a body its adapter reads: no event of ours
+        return []
+    return [event.event_id for event in events]
 
 
 class _Stamped(msgspec.Struct):
@@ -541,6 +579,11 @@ def report(results: dict[str, Any]) -> str:
             f"(duplicated {results['duplicated_rows']}), {results['sessions']:,} sessions "
             f"(wrong {results['wrong_sessions']}); drained {results['drain_s']} s after the "
             "traffic",
+            *(
+                [f"missing events' records (partition:offset) by topic: {trace}"]
+                if (trace := results["missing_found_on"])
+                else []
+            ),
             f"alerts: {results['alerts']} transitions, {results['alerts_duplicated']} episodes "
             f"fired twice; records not committed by each group at the end {results['lag']}",
             f"callback to store: p50 {results['p50_ms']} ms, p99 {results['p99_ms']} ms, "

@@ -7,11 +7,21 @@ callbacks/s for 120 s; this run sends 3,000 in about 15 s.)"""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+import msgspec
 import pytest
-from helpers import settings_for
+from helpers import RECEIVED_AT, raw, settings_for
+from msgspec.structs import replace
 
 from callstream.bench import soak
+from foundation import kafka as kafka_io
+from foundation.kafka import OutRecord
+from foundation.settings import KafkaSettings
+from normalize import normalize
+from schemas import topics
+
+GOLDEN = Path(__file__).parent.parent / "golden" / "wavecell"
 
 
 @pytest.mark.slow
@@ -44,10 +54,27 @@ async def test_nothing_acknowledged_is_lost_doubled_or_misfolded_under_faults(
     }  # each killed instance restarted once, and nothing else
     assert len(results["restarts"]) == 3 * instances + 2  # one store, the ingress
     assert results["events"] > results["acknowledged"]  # wavecell callbacks carry two legs
-    assert (results["missing"], results["duplicated_rows"], results["wrong_sessions"]) == (0, 0, 0)
+    lost = (results["missing"], results["duplicated_rows"], results["wrong_sessions"])
+    assert lost == (0, 0, 0), soak.report(results)
     assert results["alerts"] > 0  # the soak's flapping rule fires and resolves episodes
     assert results["alerts_duplicated"] == 0  # with two alert sinks as with one
     assert results["stored"] == results["events"]
     assert results["sessions"] == results["acknowledged"]
     assert results["p50_ms"] <= results["p99_ms"]
     assert set(results["hops_ms"]) == {"raw_ack", "events", "sessions", "store"}
+
+
+async def test_a_lost_event_is_traced_to_each_record_that_holds_it(kafka: KafkaSettings) -> None:
+    body = (GOLDEN / "doc_sample.json").read_bytes()
+    events = normalize("wavecell", body, received_at=RECEIVED_AT)
+    await kafka_io.publish(kafka, topics.RAW, [replace(raw("wavecell", body), partition=1)])
+    other = OutRecord(None, b'{"event_id": "another"}', [], partition=1)
+    await kafka_io.publish(
+        kafka,
+        topics.EVENTS,
+        [other, *(OutRecord(None, msgspec.json.encode(e), [], partition=1) for e in events)],
+    )
+
+    found = await soak._trace(kafka, {events[0].event_id})
+
+    assert found == {topics.RAW: ["1:0"], topics.EVENTS: ["1:1"]}
