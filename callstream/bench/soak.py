@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -70,6 +70,8 @@ WATCH_S = 0.02
 DRAIN_S = 180.0
 """How long the run waits, once the traffic is sent, for the store to catch up."""
 DRAIN_POLL_S = 2.0
+TRACED = 20
+"""Missing events, and wrong sessions, traced through the topics at most (the first by id)."""
 ALERT_GRACE_S = 8.0
 """The alert windows' grace in the soak: past the broker's pause, so that a sample held up by it
 is still counted in order, and short enough that the run's last windows are decided soon after
@@ -210,8 +212,9 @@ async def _soak(duration: float, rate: float, *, faults: bool, instances: int) -
             await _alerts_decided(children, until=time.time())
             alerts = await _alerts(kafka)
             lag = {group.group: group.lag for group in (await status.collect(kafka)).groups}
-            lost = ledger.events - seen.keys()
-            trace = await _trace(kafka, lost) if lost else {}
+            lost = set(sorted(ledger.events - seen.keys())[:TRACED])
+            wrong = set(figures["wrong_session_keys"])
+            trace = await _trace(kafka, lost, wrong) if lost or wrong else {}
             restarts = {child.name: child.restarts for child in children}
     return {
         "duration_s": duration,
@@ -228,7 +231,7 @@ async def _soak(duration: float, rate: float, *, faults: bool, instances: int) -
         **figures,
         **alerts,
         "lag": lag,
-        "missing_found_on": trace,
+        "found_on": trace,
         **freshness,
     }
 
@@ -348,15 +351,16 @@ async def _drain(ledger: _Ledger, watch: _StoreWatch, store_path: Path) -> float
     return time.monotonic() - started
 
 
-def _wrong_sessions(ledger: _Ledger, store_path: Path) -> Counter[str]:
-    """Sessions the store lacks, or holds with another status than their events fold into."""
+def _wrong_sessions(ledger: _Ledger, store_path: Path) -> dict[str, str]:
+    """Sessions the store lacks, or holds with another status than their events fold into: each
+    key, with what is wrong (`absent`, or `<folded>_stored_as_<stored>`)."""
     with closing(sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)) as db:
         stored = dict(db.execute("SELECT session_key, status FROM call_sessions"))
-    return Counter(
-        "absent" if key not in stored else f"{session.status.value}_stored_as_{stored[key]}"
+    return {
+        key: "absent" if key not in stored else f"{session.status.value}_stored_as_{stored[key]}"
         for key, session in ledger.sessions.items()
         if stored.get(key) != session.status.value
-    )
+    }
 
 
 def _reconcile(ledger: _Ledger, seen: dict[str, float], store_path: Path) -> dict[str, Any]:
@@ -374,27 +378,43 @@ def _reconcile(ledger: _Ledger, seen: dict[str, float], store_path: Path) -> dic
         "rows": rows,
         "duplicated_rows": rows - distinct,
         "sessions": len(ledger.sessions),
-        "wrong_sessions": sum(wrong.values()),
-        "wrong_sessions_by_kind": dict(wrong),
+        "wrong_sessions": len(wrong),
+        "wrong_sessions_by_kind": dict(Counter(wrong.values())),
+        "wrong_session_keys": sorted(wrong)[:TRACED],
     }
 
 
-async def _trace(kafka: KafkaSettings, lost: set[str]) -> dict[str, list[str]]:
-    """Where the acknowledged events the store lacks are found: by topic, the partition:offset
-    of each record that holds one (a raw callback, an event, or a dead letter of either), so
-    that a loss is traced to the hop that made it."""
+async def _trace(kafka: KafkaSettings, lost: set[str], wrong: set[str]) -> dict[str, list[str]]:
+    """Where the acknowledged events the store lacks, and the sessions it holds wrong, are
+    found, so that a loss is traced to the hop that made it: by event id or session key, each
+    record that holds one (a raw callback, an event, a session version, or a dead letter of
+    them) as `topic partition:offset`, with a session version's status and event count."""
     found: dict[str, list[str]] = {}
 
-    def note(topic: str, record: Any, event_ids: Iterable[str]) -> None:
-        if lost.intersection(event_ids):
-            found.setdefault(topic, []).append(f"{record.partition}:{record.offset}")
+    def note(what: str, topic: str, record: Any, detail: str = "") -> None:
+        where = f"{topic} {record.partition}:{record.offset}{detail}"
+        found.setdefault(what, []).append(where)
 
-    for topic in (topics.RAW, topics.EVENTS, topics.DLQ):
+    for topic in (topics.RAW, topics.EVENTS, topics.SESSIONS, topics.DLQ):
         async for batch in TopicScan(kafka, topic, max_records=5_000).batches():
             for record in batch:
-                note(topic, record, _event_ids(record))
-    log.warning("soak_missing", events=sorted(lost), found_on=found)
+                if lost and topic != topics.SESSIONS:
+                    for event_id in lost.intersection(_event_ids(record)):
+                        note(event_id, topic, record)
+                if (key := (record.key or b"").decode()) in wrong:
+                    note(key, topic, record, _version(topic, record))
+    log.warning("soak_wrong", events=sorted(lost), sessions=sorted(wrong), found_on=found)
     return found
+
+
+def _version(topic: str, record: Any) -> str:
+    if topic != topics.SESSIONS:
+        return ""
+    try:
+        session = _session.decode(record.value or b"")
+    except msgspec.DecodeError:
+        return " (not a session record)"
+    return f" {session.status.value} of {session.event_count} events"
 
 
 def _event_ids(record: Any) -> list[str]:
@@ -419,6 +439,7 @@ class _Stamped(msgspec.Struct):
 
 
 _stamped = msgspec.json.Decoder(_Stamped)
+_session = msgspec.json.Decoder(SessionRecord)
 _alert = msgspec.json.Decoder(Alert)
 
 
@@ -580,8 +601,8 @@ def report(results: dict[str, Any]) -> str:
             f"(wrong {results['wrong_sessions']}); drained {results['drain_s']} s after the "
             "traffic",
             *(
-                [f"missing events' records (partition:offset) by topic: {trace}"]
-                if (trace := results["missing_found_on"])
+                [f"where the missing events and wrong sessions are: {trace}"]
+                if (trace := results["found_on"])
                 else []
             ),
             f"alerts: {results['alerts']} transitions, {results['alerts_duplicated']} episodes "

@@ -19,6 +19,7 @@ from foundation import kafka as kafka_io
 from foundation.kafka import OutRecord
 from foundation.settings import KafkaSettings
 from normalize import normalize
+from normalize.sessions import fold
 from schemas import topics
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "wavecell"
@@ -64,7 +65,9 @@ async def test_nothing_acknowledged_is_lost_doubled_or_misfolded_under_faults(
     assert set(results["hops_ms"]) == {"raw_ack", "events", "sessions", "store"}
 
 
-async def test_a_lost_event_is_traced_to_each_record_that_holds_it(kafka: KafkaSettings) -> None:
+async def test_a_lost_event_and_a_wrong_session_are_traced_to_the_records_holding_them(
+    kafka: KafkaSettings,
+) -> None:
     body = (GOLDEN / "doc_sample.json").read_bytes()
     events = normalize("wavecell", body, received_at=RECEIVED_AT)
     await kafka_io.publish(kafka, topics.RAW, [replace(raw("wavecell", body), partition=1)])
@@ -72,9 +75,30 @@ async def test_a_lost_event_is_traced_to_each_record_that_holds_it(kafka: KafkaS
     await kafka_io.publish(
         kafka,
         topics.EVENTS,
-        [other, *(OutRecord(None, msgspec.json.encode(e), [], partition=1) for e in events)],
+        [
+            other,
+            *(
+                OutRecord(e.session_key.encode(), msgspec.json.encode(e), [], partition=1)
+                for e in events
+            ),
+        ],
     )
 
-    found = await soak._trace(kafka, {events[0].event_id})
+    lost, wrong = events[0].event_id, events[0].session_key
+    session = None
+    for event in events:
+        session = fold(session, event) or session
+    assert session is not None
+    version = OutRecord(wrong.encode(), msgspec.json.encode(session), [], partition=0)
+    await kafka_io.publish(kafka, topics.SESSIONS, [version])
 
-    assert found == {topics.RAW: ["1:0"], topics.EVENTS: ["1:1"]}
+    found = await soak._trace(kafka, {lost}, {wrong})
+
+    assert found == {
+        lost: ["calls.raw 1:0", "calls.events 1:1"],
+        wrong: [
+            "calls.events 1:1",
+            "calls.events 1:2",
+            f"calls.sessions 0:0 {session.status.value} of 2 events",
+        ],
+    }
