@@ -3,7 +3,7 @@ is a `Handler` run by `Runtime`.
 
 A batch goes through one checkpoint, in this order (Quix Streams' model):
 1. fetch a batch of the subscribed topics, in the partitions this instance owns, each in
-   unbroken offset order (`Contiguity`: a hole is fetched again);
+   unbroken offset order (`kafka.Contiguity`: a hole is fetched again);
 2. `Handler.handle` each record, in offset order per partition: the records it emits, and for a
    sink the item to write; then `Handler.flush` for what the batch emits as a whole;
 3. write the sink's items (`Sink.write`, all or nothing);
@@ -65,14 +65,6 @@ FLOOD_MIN = 10
 flood: the service stops rather than dead-letter them."""
 BACKOFF_S = (0.1, 5.0)
 """First and longest wait between two tries of a transient failure."""
-HOLE_REFETCHES = 3
-"""How often a partition is fetched again from a hole in its offsets before the hole is taken as
-real (see `Contiguity`)."""
-HEAD_RECORDS = 10_000
-"""How near its partition's highwater a hole of a compacted topic must be to be fetched again:
-compaction never cleans the head of a log (its active segment: a gigabyte or a week by default),
-so a hole further back is compaction's."""
-
 log = structlog.get_logger("callstream.runtime")
 
 Emit = tuple[str, OutRecord]
@@ -266,80 +258,6 @@ class Metrics:
         return int(sum(s.value for s in samples if s.name.endswith("_total")))
 
 
-class Contiguity:
-    """Each owned partition's records handed on in unbroken offset order: the offset its next
-    record must have, and the holes being fetched again.
-
-    A partition's offsets run without a gap but for what compaction removed (and a transaction's
-    markers; callstream writes none). The embedded broker breaks that for a moment: while several
-    producers write one partition (two ingress workers, two normalizers) it may serve a batch
-    before an earlier one is readable (2 to 8 holes in ~100,000 records read live with two to
-    four producers), and a consumer that took the later batch would pass the earlier one for
-    good. So a record after the expected offset is a hole: the records before it are handed on,
-    and the partition is fetched again from the hole (once was always enough there),
-    HOLE_REFETCHES times at most. A hole still there then, or one of a compacted topic further
-    than HEAD_RECORDS from the highwater, is real: it is passed over, and logged unless it is
-    compaction's.
-    """
-
-    def __init__(self, named: Mapping[str, str], metrics: Metrics, log: Any) -> None:
-        self.named, self.metrics, self.log = named, metrics, log
-        self.expected: dict[TopicPartition, int] = {}
-        self.refetched: dict[TopicPartition, tuple[int, int]] = {}
-        """A partition's hole being fetched again: where it starts, and how often so far."""
-
-    def expect(self, tp: TopicPartition, offset: int) -> None:
-        """`tp`'s next record must be at `offset` (its position when assigned)."""
-        self.expected[tp] = offset
-
-    def forget(self, tp: TopicPartition) -> None:
-        self.expected.pop(tp, None)
-        self.refetched.pop(tp, None)
-
-    def cut(self, consumer: AIOKafkaConsumer, batch: Batch) -> Batch:
-        """Each partition's records of `batch` before its first hole to fetch again, the
-        consumer set back to that hole; partitions left with no record are left out."""
-        whole: Batch = {}
-        for tp, records in batch.items():
-            # Records before the expected offset: the consumer was set back (a seek, a reset).
-            expected = min(self.expected.get(tp, records[0].offset), records[0].offset)
-            kept = len(records)
-            for index, record in enumerate(records):
-                if record.offset > expected and self._refetch(consumer, tp, expected, record):
-                    consumer.seek(tp, expected)
-                    kept = index
-                    break
-                expected = record.offset + 1
-            if self.refetched.get(tp, (expected,))[0] < expected:  # the hole was filled
-                del self.refetched[tp]
-            self.expected[tp] = expected
-            if kept:
-                whole[tp] = records[:kept]
-        return whole
-
-    def _refetch(
-        self, consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, found: Record
-    ) -> bool:
-        """Whether to fetch `tp` again from `start`, where `found` should have been."""
-        topic = self.named[tp.topic]
-        compacted = topics.CONFIGS.get(topic, {}).get("cleanup.policy") == "compact"
-        highwater = consumer.highwater(tp)
-        head = not compacted or (highwater is not None and highwater - found.offset < HEAD_RECORDS)
-        hole, tries = self.refetched.get(tp, (start, 0))
-        tries = tries if hole == start else 0
-        outcome = "refetched" if head and tries < HOLE_REFETCHES else "passed"
-        self.metrics.holes.labels(self.metrics.service, topic, outcome).inc()
-        if outcome == "refetched":
-            self.refetched[tp] = (start, tries + 1)
-            return True
-        self.refetched.pop(tp, None)
-        (self.log.debug if compacted else self.log.warning)(
-            "offsets_passed_over", topic=topic, partition=tp.partition, first=start,
-            last=found.offset - 1, refetched=tries,
-        )  # fmt: skip
-        return False
-
-
 class Runtime(ConsumerRebalanceListener, Generic[T]):
     """Runs one Handler as a member of its consumer group until asked to stop."""
 
@@ -365,11 +283,14 @@ class Runtime(ConsumerRebalanceListener, Generic[T]):
         self.lock = asyncio.Lock()
         """Keeps a rebalance out of a batch in hand."""
         self.owned: set[TopicPartition] = set()
-        self.contiguity = Contiguity(self.named, self.metrics, self.log)
+        self.contiguity = kafka_io.Contiguity(self.named, self._count_hole, self.log)
         self.consumer: AIOKafkaConsumer | None = None
         self.listener_failed: BaseException | None = None
         self.stop = asyncio.Event()
         self.progress = _Progress(self.log, handler.service, clock)
+
+    def _count_hole(self, topic: str, outcome: str) -> None:
+        self.metrics.holes.labels(self.handler.service, topic, outcome).inc()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; the batch in hand is finished first, then the consumer

@@ -76,7 +76,10 @@ async def follow(
     Raises PollerCrashedError when the owner's work failed.
     """
     consumer = kafka_io.consumer(kafka, group_id=group_id, fetch_max_wait_ms=FETCH_WAIT_MS)
-    listener = _Listener(owner, consumer)
+    # Records in unbroken offset order, as the consumer runtime reads them (a hole passed over
+    # is logged; none is counted).
+    contiguity = kafka_io.Contiguity({kafka.topic(topic): topic}, lambda *_: None, log)
+    listener = _Listener(owner, consumer, contiguity)
     consumer.subscribe([kafka.topic(topic)], listener=listener)
     async with consumer:  # stopping it leaves the group: the partitions move on at once
         try:
@@ -84,18 +87,20 @@ async def follow(
                 batch = await consumer.getmany(timeout_ms=POLL_MS)
                 if (failure := owner.background.failure) is not None:
                     raise PollerCrashedError(f"{group_id}: {failure!r}") from failure
-                for tp, records in batch.items():
-                    if tp in listener.owned:
-                        for record in records:
-                            owner.apply(record)
+                owned = {tp: records for tp, records in batch.items() if tp in listener.owned}
+                for records in contiguity.cut(consumer, owned).values():
+                    for record in records:
+                        owner.apply(record)
                 await listener.start_caught_up()
         finally:
             await owner.stop(sorted(tp.partition for tp in listener.owned))
 
 
 class _Listener(ConsumerRebalanceListener):
-    def __init__(self, owner: Owner, consumer: AIOKafkaConsumer) -> None:
-        self.owner, self.consumer = owner, consumer
+    def __init__(
+        self, owner: Owner, consumer: AIOKafkaConsumer, contiguity: kafka_io.Contiguity
+    ) -> None:
+        self.owner, self.consumer, self.contiguity = owner, consumer, contiguity
         self.owned: set[TopicPartition] = set()
         self.restoring: set[TopicPartition] = set()
 
@@ -104,12 +109,16 @@ class _Listener(ConsumerRebalanceListener):
         await self.owner.stop(sorted(tp.partition for tp in mine))
         self.owned -= mine
         self.restoring -= mine
+        for tp in revoked:
+            self.contiguity.forget(tp)
 
     async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
         self.owned |= set(assigned)
         self.restoring |= set(assigned)
         if assigned:
             await self.consumer.seek_to_beginning(*assigned)
+            for tp in assigned:
+                self.contiguity.expect(tp, await self.consumer.position(tp))
         log.info("poll_partitions_assigned", partitions=sorted(tp.partition for tp in assigned))
 
     async def start_caught_up(self) -> None:

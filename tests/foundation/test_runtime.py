@@ -8,6 +8,7 @@ the consumer. And the clocks a handler's tick is given."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 
@@ -20,13 +21,11 @@ from helpers import committed, eventually
 from servers import Broker
 
 from foundation import kafka as kafka_io
-from foundation.kafka import OutRecord
+from foundation.kafka import HOLE_REFETCHES, Contiguity, OutRecord
 from foundation.runtime import (
     FLOOD_MIN,
-    HOLE_REFETCHES,
     BaseHandler,
     Clocks,
-    Contiguity,
     Emit,
     Flood,
     Handled,
@@ -320,14 +319,16 @@ async def test_a_hole_in_a_partitions_offsets_is_fetched_again_then_passed_over(
 ) -> None:
     await kafka_io.ensure_topics(kafka)
     tp = TopicPartition(kafka.topic(topics.RAW), 0)
-    metrics = Metrics("copier")
-    contiguity = Contiguity({tp.topic: topics.RAW}, metrics, structlog.get_logger("test"))
+    met: Counter[tuple[str, str]] = Counter()
+    contiguity = Contiguity(
+        {tp.topic: topics.RAW}, lambda *hole: met.update([hole]), structlog.get_logger("test")
+    )
     async with kafka_io.consumer(kafka, group_id=None) as consumer:
         consumer.assign([tp])
         contiguity.expect(tp, await consumer.position(tp))  # as the runtime does when assigned
 
-        def holes(outcome: str) -> float:
-            return metrics.holes.labels("copier", topics.RAW, outcome)._value.get()
+        def holes(outcome: str) -> int:
+            return met[topics.RAW, outcome]
 
         # 3 and 4 are not readable yet: the records before them go on, the rest is fetched again.
         assert contiguity.cut(consumer, {tp: _records(tp, 0, 1, 2, 5, 6)}) == {
