@@ -345,21 +345,32 @@ class Contiguity:
         consumer set back to that hole; partitions left with no record are left out."""
         whole: Batch = {}
         for tp, records in batch.items():
+            first, count = records[0].offset, len(records)
             # Records before the expected offset: the consumer was set back (a seek, a reset).
-            expected = min(self.expected.get(tp, records[0].offset), records[0].offset)
-            kept = len(records)
-            for index, record in enumerate(records):
-                if record.offset > expected and self._refetch(consumer, tp, expected, record):
-                    consumer.seek(tp, expected)
-                    kept = index
-                    break
-                expected = record.offset + 1
+            expected = min(self.expected.get(tp, first), first)
+            if first == expected and records[-1].offset - first == count - 1:  # no hole: at once
+                kept, expected = count, first + count
+            else:
+                kept = self._unbroken(consumer, tp, records, expected)
+                expected = records[kept - 1].offset + 1 if kept else expected
             if self.refetched.get(tp, (expected,))[0] < expected:  # the hole was filled
                 del self.refetched[tp]
             self.expected[tp] = expected
             if kept:
-                whole[tp] = records[:kept]
+                whole[tp] = records if kept == count else records[:kept]
         return whole
+
+    def _unbroken(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[Record], expected: int
+    ) -> int:
+        """How many of `records` come before a hole to fetch again (all if none); the consumer
+        is set back to that hole."""
+        for index, record in enumerate(records):
+            if record.offset > expected and self._refetch(consumer, tp, expected, record):
+                consumer.seek(tp, expected)
+                return index
+            expected = record.offset + 1
+        return len(records)
 
     def _refetch(
         self, consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, found: Record

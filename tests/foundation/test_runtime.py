@@ -345,6 +345,9 @@ async def test_a_hole_in_a_partitions_offsets_is_fetched_again_then_passed_over(
         assert contiguity.cut(consumer, {tp: _records(tp, 9)}) == {}
         assert contiguity.cut(consumer, {tp: _records(tp, 7, 8, 9)}) == {tp: _records(tp, 7, 8, 9)}
         assert (holes("refetched"), holes("passed")) == (HOLE_REFETCHES + 1, 1)
+        # Records before the expected offset are the consumer set back (a reset): no hole.
+        assert contiguity.cut(consumer, {tp: _records(tp, 4, 5)}) == {tp: _records(tp, 4, 5)}
+        assert contiguity.cut(consumer, {tp: _records(tp, 6, 8)}) == {tp: _records(tp, 6)}
 
 
 async def test_producers_writing_one_partition_together_lose_no_record_to_the_consumer(
