@@ -45,6 +45,7 @@ from callstream import status, up
 from callstream.broker import EmbeddedBroker, free_port
 from callstream.simulate.traffic import Ingress, Webhooks
 from callstream.supervisor import Child
+from foundation import metrics
 from foundation.kafka import TopicScan
 from foundation.settings import KafkaSettings
 from normalize import normalize
@@ -216,6 +217,7 @@ async def _soak(duration: float, rate: float, *, faults: bool, instances: int) -
             wrong = set(figures["wrong_session_keys"])
             trace = await _trace(kafka, lost, wrong) if lost or wrong else {}
             restarts = {child.name: child.restarts for child in children}
+            holes = await _holes(children)
     return {
         "duration_s": duration,
         "rate": rate,
@@ -231,6 +233,7 @@ async def _soak(duration: float, rate: float, *, faults: bool, instances: int) -
         **figures,
         **alerts,
         "lag": lag,
+        "holes": holes,
         "found_on": trace,
         **freshness,
     }
@@ -516,6 +519,22 @@ async def _alerts_decided(
             await asyncio.sleep(0.5)
 
 
+async def _holes(children: list[Child]) -> dict[str, int]:
+    """Holes in partitions' offsets the consumers met (`callstream_consumer_holes`), by outcome,
+    summed over the instances (since each one's last start)."""
+    holes: Counter[str] = Counter()
+    async with aiohttp.ClientSession() as session:
+        for child in children:
+            if child.metrics is None or up.service_of(child) not in KILLED:
+                continue
+            text = await metrics.fetch(session, child.metrics) or ""
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name == "callstream_consumer_holes_total":
+                        holes[sample.labels["outcome"]] += int(sample.value)
+    return dict(sorted(holes.items()))
+
+
 async def _ingress_metrics(children: list[Child]) -> str:
     """The ingress's metrics, as Prometheus text."""
     [url] = [child.metrics for child in children if up.service_of(child) == "ingress"]
@@ -606,7 +625,8 @@ def report(results: dict[str, Any]) -> str:
                 else []
             ),
             f"alerts: {results['alerts']} transitions, {results['alerts_duplicated']} episodes "
-            f"fired twice; records not committed by each group at the end {results['lag']}",
+            f"fired twice; records not committed by each group at the end {results['lag']}; "
+            f"holes in partitions' offsets met by the consumers {results['holes']}",
             f"callback to store: p50 {results['p50_ms']} ms, p99 {results['p99_ms']} ms, "
             f"max {results['max_ms']} ms",
             f"hops: {hops}",
