@@ -395,6 +395,10 @@ class Contiguity:
         return False
 
 
+def uncounted(_topic: str, _outcome: str) -> None:
+    """Holes met by a reader that has no metrics (a scan, a poller's follow)."""
+
+
 class Overloaded(Unavailable):
     """A record refused at once: the records already waiting for the broker's ack hold the
     Batcher's `max_pending_bytes`."""
@@ -750,9 +754,14 @@ class TopicScan:
         ) as client:  # fmt: skip
             starts = self.starts = await self._start_offsets(client)
             pending = self._assign(client, starts)
+            # Records in unbroken offset order, as the consumer runtime reads them (a hole
+            # passed over is logged; none is counted).
+            unbroken = Contiguity({self.kafka.topic(self.topic): self.topic}, uncounted, log)
+            for tp in pending:
+                unbroken.expect(tp, starts[tp.partition])
             moved = time.monotonic()
             while pending and not (stop is not None and stop.is_set()):
-                batch, done = await self._fetch(client, pending, starts)
+                batch, done = await self._fetch(client, pending, starts, unbroken)
                 client.pause(*done)  # read to their end: fetch them no more
                 pending -= done
                 if batch or done:
@@ -787,10 +796,14 @@ class TopicScan:
         return partitions
 
     async def _fetch(
-        self, client: AIOKafkaConsumer, pending: set[TopicPartition], starts: dict[int, int]
+        self,
+        client: AIOKafkaConsumer,
+        pending: set[TopicPartition],
+        starts: dict[int, int],
+        unbroken: Contiguity,
     ) -> tuple[list[Record], set[TopicPartition]]:
-        """One fetch: its records before their partition's end, and the partitions read to
-        their end."""
+        """One fetch: its records before their partition's end (up to a hole, fetched again
+        next), and the partitions read to their end."""
         try:
             fetched = await client.getmany(
                 *pending, timeout_ms=SCAN_POLL_MS, max_records=self.max_records
@@ -799,6 +812,7 @@ class TopicScan:
             for tp in exc.args[0]:
                 await self._restart(client, tp, starts)
             return [], set()
+        fetched = unbroken.cut(client, fetched)
         for tp in pending:
             if (highwater := client.highwater(tp)) is None:
                 continue

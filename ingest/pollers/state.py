@@ -78,7 +78,7 @@ async def follow(
     consumer = kafka_io.consumer(kafka, group_id=group_id, fetch_max_wait_ms=FETCH_WAIT_MS)
     # Records in unbroken offset order, as the consumer runtime reads them (a hole passed over
     # is logged; none is counted).
-    contiguity = kafka_io.Contiguity({kafka.topic(topic): topic}, lambda *_: None, log)
+    contiguity = kafka_io.Contiguity({kafka.topic(topic): topic}, kafka_io.uncounted, log)
     listener = _Listener(owner, consumer, contiguity)
     consumer.subscribe([kafka.topic(topic)], listener=listener)
     async with consumer:  # stopping it leaves the group: the partitions move on at once
