@@ -569,19 +569,27 @@ def _histogram_ms(text: str, name: str) -> dict[str, float]:
     return {"p50_ms": round(quantile(0.5) * 1000, 1), "p99_ms": round(quantile(0.99) * 1000, 1)}
 
 
-async def _alerts(kafka: KafkaSettings) -> dict[str, int]:
+async def _alerts(kafka: KafkaSettings) -> dict[str, Any]:
     """The alerts on calls.alerts, and those that fired an episode already firing: a (rule,
     scope) firing again with no resolve between (an alert sink's key is its partition's, so
-    offset order is the order of its transitions)."""
-    states: dict[str, str] = {}
-    alerts = duplicated = 0
+    offset order is the order of its transitions); the first TRACED of those with where the
+    two firings are (`partition:offset`, and the episode each says it started)."""
+    states: dict[str, tuple[str, str]] = {}
+    alerts, duplicated = 0, []
     async for batch in TopicScan(kafka, topics.ALERTS).batches():
         for record in batch:
             alert = _alert.decode(record.value or b"")
             alerts += 1
-            duplicated += alert.state == "firing" and states.get(alert.key) == "firing"
-            states[alert.key] = alert.state
-    return {"alerts": alerts, "alerts_duplicated": duplicated}
+            where = f"{record.partition}:{record.offset} from {alert.since.isoformat()}"
+            state, before = states.get(alert.key, ("", ""))
+            if alert.state == "firing" and state == "firing":
+                duplicated.append(f"{alert.key}: {before}, again {where}")
+            states[alert.key] = (alert.state, where)
+    return {
+        "alerts": alerts,
+        "alerts_duplicated": len(duplicated),
+        "alerts_duplicated_at": duplicated[:TRACED],
+    }
 
 
 def _percentiles_ms(latencies: list[float]) -> dict[str, float]:
