@@ -65,6 +65,7 @@ FLOOD_MIN = 10
 flood: the service stops rather than dead-letter them."""
 BACKOFF_S = (0.1, 5.0)
 """First and longest wait between two tries of a transient failure."""
+
 log = structlog.get_logger("callstream.runtime")
 
 Emit = tuple[str, OutRecord]
