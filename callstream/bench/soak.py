@@ -40,6 +40,7 @@ import aiohttp
 import msgspec
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from callstream import status, up
 from callstream.broker import EmbeddedBroker, free_port
@@ -498,22 +499,14 @@ async def _alerts_decided(
     """Wait until every calls.alerts.samples partition is decided up to `until` (epoch s), as
     the alert sinks' `callstream_alerts_decided_seconds` say; raises TimeoutError past
     `within_s`."""
-    urls = [child.metrics for child in children if up.service_of(child) == "alerts"]
     async with asyncio.timeout(within_s), aiohttp.ClientSession() as session:
         while True:
-            decided: list[float] = []
-            for url in filter(None, urls):
-                try:
-                    async with session.get(url) as answer:
-                        text = await answer.text()
-                except aiohttp.ClientError:
-                    continue  # restarting after its kill
-                decided += [
-                    sample.value
-                    for family in text_string_to_metric_families(text)
-                    for sample in family.samples
-                    if sample.name == "callstream_alerts_decided_seconds"
-                ]
+            decided = [
+                sample.value
+                for sample in await _samples(
+                    session, children, {"alerts"}, "callstream_alerts_decided_seconds"
+                )
+            ]
             if decided and min(decided) >= until:
                 return
             await asyncio.sleep(0.5)
@@ -524,15 +517,29 @@ async def _holes(children: list[Child]) -> dict[str, int]:
     summed over the instances (since each one's last start)."""
     holes: Counter[str] = Counter()
     async with aiohttp.ClientSession() as session:
-        for child in children:
-            if child.metrics is None or up.service_of(child) not in KILLED:
-                continue
-            text = await metrics.fetch(session, child.metrics) or ""
-            for family in text_string_to_metric_families(text):
-                for sample in family.samples:
-                    if sample.name == "callstream_consumer_holes_total":
-                        holes[sample.labels["outcome"]] += int(sample.value)
+        name = "callstream_consumer_holes_total"
+        for sample in await _samples(session, children, set(KILLED), name):
+            holes[sample.labels["outcome"]] += int(sample.value)
     return dict(sorted(holes.items()))
+
+
+async def _samples(
+    session: aiohttp.ClientSession, children: list[Child], services: set[str], name: str
+) -> list[Sample]:
+    """The samples named `name` of every instance of `services` that answers for its metrics
+    (one restarting after its kill does not)."""
+    found: list[Sample] = []
+    for child in children:
+        if child.metrics is None or up.service_of(child) not in services:
+            continue
+        text = await metrics.fetch(session, child.metrics) or ""
+        found += [
+            sample
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name
+        ]
+    return found
 
 
 async def _ingress_metrics(children: list[Child]) -> str:

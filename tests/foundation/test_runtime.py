@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 
 import msgspec
@@ -366,6 +366,9 @@ async def test_producers_writing_one_partition_together_lose_no_record_to_the_co
                 records = [OutRecord(None, value, [], partition=0) for value in values]
                 await kafka_io.send_all(producer, kafka.topic(topics.RAW), records)
 
+    async def owned() -> bool:
+        return bool(runtime.owned)
+
     async def copied_all() -> bool:
         assert not copying.done(), copying
         return sum((await committed(kafka, Copier.group_id, topics.RAW)).values()) >= total
@@ -375,7 +378,7 @@ async def test_producers_writing_one_partition_together_lose_no_record_to_the_co
     stop = asyncio.Event()
     copying = asyncio.create_task(runtime.run(stop))
     try:
-        await eventually(_async(lambda: bool(runtime.owned)), "the copier owns the partitions")
+        await eventually(owned, "the copier owns the partitions")
         await asyncio.gather(*(produce(who) for who in range(producers)))  # read live meanwhile
         await eventually(copied_all, f"{total} records copied")
     finally:
@@ -384,10 +387,3 @@ async def test_producers_writing_one_partition_together_lose_no_record_to_the_co
     copied = {record.value for record in await kafka_io.read_all(kafka, topics.EVENTS)}
     assert len(copied) == total
     assert metrics.holes.labels("copier", topics.RAW, "passed")._value.get() == 0
-
-
-def _async(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
-    async def checked() -> bool:
-        return check()
-
-    return checked
