@@ -20,8 +20,9 @@ last state, then its samples read again from the state's `restore_from` (into th
 from the state's offset to the group's committed one (handled as before; their alerts are on
 calls.alerts already). Alerts on calls.alerts that the restored windows would give again (those
 of a batch produced but not committed before a crash) are not produced twice: an alert's id is
-its key, state and episode start, so the same decision has the same id. A restart or a
-rebalance therefore neither fires an episode again nor loses one.
+its key, state and episode start, so the same decision has the same id, and no two decisions
+share one (an episode lasts a positive time, `sinks.windows`). A restart or a rebalance
+therefore neither fires an episode again nor loses one.
 
 A session record that cannot be decoded is dead-lettered (stage `alerts`), and so is a samples
 record that cannot.
@@ -60,7 +61,7 @@ from schemas import SessionRecord, cloudevents, topics
 from schemas.records import Alert, AlertState, AlertWatermark
 from schemas.topics import Stage
 from sinks.rules import AnyRule, load_rules, samples
-from sinks.windows import NEVER, SamplesRecord, Windows, micros
+from sinks.windows import NEVER, SamplesRecord, Windows
 
 SERVICE = "alerts"
 log = structlog.get_logger("callstream.alerts")
@@ -319,7 +320,7 @@ class Evaluator(BaseHandler[None]):
                 continue  # not an alert: nothing to produce again
             partition = kafka_io.partition_for(str(alert.scope).encode(), partitions)
             windows = restored.get(partition)
-            if windows is not None and micros(alert.at) >= windows.decided:
+            if windows is not None and windows.may_decide(alert):
                 produced.setdefault(partition, set()).add(alert.alert_id)
         return produced
 

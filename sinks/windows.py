@@ -17,6 +17,13 @@ the one case in which another run may decide differently. A session is counted o
 a sample of a session key already counted is a duplicate (a later version of the session, or a
 batch written again after a crash), and one older than every window is out of reach.
 
+An episode lasts a positive time: it does not resolve at the instant it fired (late samples are
+all counted at `decided`, and a burst of them could otherwise fire, resolve and fire again at
+one instant), and a quiet one resolves a microsecond after it fired at the earliest. So the
+episodes of a (rule, scope) start at distinct times, and an alert's id (key, state, start)
+names one transition: the alert sink, restored, drops as already produced exactly the
+transitions that were.
+
 Everything is a function of the partition's records in offset order, so the state is restored
 by taking the last `AlertState` (`state`: firing episodes, clocks, offsets) and reading the
 samples partition again from its `restore_from` (`refill`, which decides nothing): the windows
@@ -68,6 +75,12 @@ class _Track:
         """The received time of its latest sample."""
         self.since: int | None = None
         """When its episode started, while it fires."""
+
+    def quiet_at(self) -> int:
+        """When its episode resolves for want of samples: its window emptied, and never at the
+        instant it fired."""
+        assert self.since is not None  # noqa: S101 - asked of firing tracks only
+        return max(self.last + self.span, self.since + 1)
 
 
 class _Scope:
@@ -191,10 +204,10 @@ class Windows:
                     track.since = now
                     self.firing[track.key] = track
                     alerts.append(self._alert(track, "firing", now, now))
-            elif rule.clears(track.window):
+            elif now > track.since and rule.clears(track.window):
                 alerts.append(self._resolve(track, track.since, now))
             if track.since is not None:
-                heapq.heappush(self.quiet, (track.last + track.span, track.key))
+                heapq.heappush(self.quiet, (track.quiet_at(), track.key))
         return alerts
 
     def _resolve_quiet(self, before: int) -> list[Alert]:
@@ -204,7 +217,7 @@ class Windows:
         while quiet and quiet[0][0] < before:
             due, key = heapq.heappop(quiet)
             track = self.firing.get(key)
-            if track is None or track.since is None or track.last + track.span != due:
+            if track is None or track.since is None or track.quiet_at() != due:
                 continue
             track.window.clear()
             alerts.append(self._resolve(track, track.since, due))
@@ -294,6 +307,12 @@ class Windows:
             windows.firing[track.key] = track
         return windows
 
+    def may_decide(self, alert: Alert) -> bool:
+        """Whether these windows may decide `alert` (of one of their scopes) again: it is at or
+        after their decided time. A restored partition's alerts already on calls.alerts that
+        may be decided again are not produced twice."""
+        return micros(alert.at) >= self.decided
+
     def refill(self, record: SamplesRecord, offset: int) -> None:
         """Take back a sample the state already reflects (offset below `state().offset`): into
         its windows, or pending, as when it came; nothing is decided."""
@@ -313,7 +332,7 @@ class Windows:
     def refilled(self) -> None:
         """Once every sample from `restore_from` to the state's offset is refilled."""
         for track in self.firing.values():
-            heapq.heappush(self.quiet, (track.last + track.span, track.key))
+            heapq.heappush(self.quiet, (track.quiet_at(), track.key))
 
 
 def _iso(at: datetime) -> str:
