@@ -21,7 +21,7 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Final, Literal
 
 import msgspec
 import structlog
@@ -674,9 +674,11 @@ async def committed(
         return {tp: await client.committed(tp) for tp in partitions}
 
 
-Start = int | datetime | None
+LAST: Final = "last"
+Start = int | datetime | Literal["last"] | None
 """Where a partition is read from: an offset, the first record at or after a time (a partition
-with none is not read), or None: its first record."""
+with none is not read), LAST: its last record (and a few before it on the embedded broker,
+whose end offset falls within the last batch), or None: its first record."""
 
 
 class TopicScan:
@@ -848,8 +850,12 @@ async def _offsets(
     client: AIOKafkaConsumer, starts: Mapping[TopicPartition, Start]
 ) -> dict[TopicPartition, int]:
     """Each Start as an offset; partitions with no record at or after their time left out."""
-    beginnings = [tp for tp, at in starts.items() if at is None]
+    beginnings = [tp for tp, at in starts.items() if at is None or at == LAST]
     firsts = await client.beginning_offsets(beginnings) if beginnings else {}
+    lasts = [tp for tp, at in starts.items() if at == LAST]
+    if lasts:
+        ends = await client.end_offsets(lasts)
+        firsts.update({tp: max(ends[tp] - 1, firsts[tp]) for tp in lasts})
     times = {tp: _ms(at) for tp, at in starts.items() if isinstance(at, datetime)}
     found = await client.offsets_for_times(times) if times else {}
     offsets = {tp: at for tp, at in starts.items() if isinstance(at, int)}

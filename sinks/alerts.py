@@ -291,11 +291,13 @@ class Evaluator(BaseHandler[None]):
         return scan.batches()
 
     async def _states(self, numbers: list[int]) -> dict[int, AlertState]:
-        """The last state written of each partition."""
+        """The last state written of each partition, read from its partition's last record (the
+        only key there), whatever the length of the topic's history. One that cannot be read is
+        logged and skipped; a partition left with none is restored from its samples alone."""
         states: dict[int, AlertState] = {}
         scan = kafka_io.TopicScan(
-            self.kafka, topics.ALERT_STATE, starts=dict.fromkeys(numbers), max_records=None,
-            stall_s=None,
+            self.kafka, topics.ALERT_STATE, starts=dict.fromkeys(numbers, kafka_io.LAST),
+            max_records=None, stall_s=None,
         )  # fmt: skip
         async for batch in scan.batches():
             for record in batch:
