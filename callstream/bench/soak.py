@@ -198,7 +198,10 @@ async def _soak(duration: float, rate: float, *, faults: bool, instances: int) -
                 ledger.callbacks.clear()  # its latency counts the groups' joins
                 traffic_from = time.time()
                 started = time.monotonic()
-                striking = _strike(broker, children, duration) if faults else _no_faults()
+                killed_holes: Counter[str] = Counter()
+                striking = (
+                    _strike(broker, children, duration, killed_holes) if faults else _no_faults()
+                )
                 struck = asyncio.create_task(striking)
                 await webhooks.fire(rate, count=round(duration * rate), connections=CONNECTIONS)
                 sent_s = time.monotonic() - started
@@ -218,7 +221,7 @@ async def _soak(duration: float, rate: float, *, faults: bool, instances: int) -
             wrong = set(figures["wrong_session_keys"])
             trace = await _trace(kafka, lost, wrong) if lost or wrong else {}
             restarts = {child.name: child.restarts for child in children}
-            holes = await _holes(children)
+            holes = dict(sorted((await _holes(children) + killed_holes).items()))
     return {
         "duration_s": duration,
         "rate": rate,
@@ -311,10 +314,12 @@ async def _poll(done: Callable[[], Awaitable[bool]], within_s: float, every_s: f
     return await done()
 
 
-async def _strike(broker: EmbeddedBroker, children: list[Child], duration: float) -> list[str]:
+async def _strike(
+    broker: EmbeddedBroker, children: list[Child], duration: float, holes: Counter[str]
+) -> list[str]:
     """The faults, each at its time: one instance of each service killed in turn (the first
     one, then the second…), then the broker paused; what was done, with when (seconds into the
-    traffic)."""
+    traffic). The holes each killed instance had met are added to `holes` just before."""
     started, done = time.monotonic(), []
     for turn, (name, at) in enumerate(zip((*KILLED, "broker"), FAULTS_AT, strict=True)):
         await asyncio.sleep(max(0.0, started + at * duration - time.monotonic()))
@@ -326,6 +331,7 @@ async def _strike(broker: EmbeddedBroker, children: list[Child], duration: float
             instances = [child for child in children if up.service_of(child) == name]
             child = instances[turn % len(instances)]
             assert child.process is not None  # noqa: S101 - started by the supervisor
+            holes.update(await _holes([child]))
             os.kill(child.process.pid, signal.SIGKILL)
             done.append(f"{moment}s: {child.name} killed")
         log.warning("soak_fault", fault=done[-1])
@@ -512,7 +518,7 @@ async def _alerts_decided(
             await asyncio.sleep(0.5)
 
 
-async def _holes(children: list[Child]) -> dict[str, int]:
+async def _holes(children: list[Child]) -> Counter[str]:
     """Holes in partitions' offsets the consumers met (`callstream_consumer_holes`), by outcome,
     summed over the instances (since each one's last start)."""
     holes: Counter[str] = Counter()
@@ -520,7 +526,7 @@ async def _holes(children: list[Child]) -> dict[str, int]:
         name = "callstream_consumer_holes_total"
         for sample in await _samples(session, children, set(KILLED), name):
             holes[sample.labels["outcome"]] += int(sample.value)
-    return dict(sorted(holes.items()))
+    return holes
 
 
 async def _samples(
