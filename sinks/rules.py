@@ -17,6 +17,8 @@ one episode, not a flood.
 
 from __future__ import annotations
 
+import math
+import re
 from bisect import bisect_right
 from collections import deque
 from importlib import resources
@@ -66,6 +68,11 @@ class Window:
         self.total = 0
 
 
+MAX_WINDOW_S = 86_400.0
+"""A rule's longest window: a day (a window holds each of its samples in memory)."""
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
 class Rule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="kind"):
     """One rule of the rules file; `kind` picks the metric."""
 
@@ -75,8 +82,13 @@ class Rule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     scopes: tuple[ScopeKind, ...] = ("provider", "account", "country")
 
     def __post_init__(self) -> None:
-        if self.window_s <= 0:
-            raise ValueError(f"rule {self.name!r}: window_s must be > 0")
+        if not _NAME.fullmatch(self.name):
+            raise ValueError(
+                f"rule name {self.name!r}: 1 to 64 letters, digits, '_', '-' or '.' (it is part "
+                "of the alerts' keys and ids, `<name>:<scope>`)"
+            )
+        if not 0 < self.window_s <= MAX_WINDOW_S:  # False for NaN too
+            raise ValueError(f"rule {self.name!r}: window_s must be > 0 and ≤ {MAX_WINDOW_S:g}")
         if self.min_attempts < 1:
             raise ValueError(f"rule {self.name!r}: min_attempts must be ≥ 1")
 
@@ -112,6 +124,8 @@ class Threshold(Rule):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not (math.isfinite(self.fire) and math.isfinite(self.clear)):
+            raise ValueError(f"rule {self.name!r}: fire and clear must be finite numbers")
         if (self.clear < self.fire) if self.below else (self.clear > self.fire):
             side = "≥" if self.below else "≤"
             raise ValueError(f"rule {self.name!r}: clear must be {side} fire (hysteresis)")

@@ -202,6 +202,13 @@ def test_the_default_rules_load() -> None:
         ('name = "a"\nkind = "asr"\nfire = 0.3\nclear = 0.2\n', "clear must be ≥ fire"),
         ('name = "a"\nkind = "nope"\n', "kind"),
         ('name = "a"\nkind = "acd"\nfire = 10\n', "clear"),
+        ('name = "a"\nkind = "causes"\nwindow_s = inf\n', "window_s must be"),
+        ('name = "a"\nkind = "causes"\nwindow_s = nan\n', "window_s must be"),
+        ('name = "a"\nkind = "causes"\nwindow_s = 86401\n', "window_s must be"),
+        ('name = "a"\nkind = "asr"\nfire = nan\nclear = 0.4\n', "finite"),
+        ('name = "a"\nkind = "pdd"\nfire = inf\nclear = inf\n', "finite"),
+        ('name = "asr:provider=x"\nkind = "causes"\n', "rule name"),
+        ('name = ""\nkind = "causes"\n', "rule name"),
     ],
 )
 def test_a_bad_rules_file_names_the_file_and_the_key(tmp_path: Path, body: str, names: str) -> None:
