@@ -15,7 +15,11 @@ a calls.sessions partition read to its end while the stage before it lagged) is 
 counted at once, at `decided`, if it is still inside a window (`late` counts them), and that is
 the one case in which another run may decide differently. A session is counted once per scope:
 a sample of a session key already counted is a duplicate (a later version of the session, or a
-batch written again after a crash), and one older than every window is out of reach.
+batch written again after a crash), and one older than every window is out of reach. A counted
+key is remembered as long as its time may be in a window (`decided` less the longest window),
+and no longer, whenever the sweep that forgets it comes: a restore, which cannot know when the
+sweeps came, then holds the same keys. (A key coming back with another time once its first is
+out of reach counts again; `sinks.rules.samples` gives every version of a session one time.)
 
 An episode lasts a positive time: it does not resolve at the instant it fired (late samples are
 all counted at `decided`, and a burst of them could otherwise fire, resolve and fire again at
@@ -149,7 +153,9 @@ class Windows:
         """Note a sample; pending if its time is not decided yet. None for a duplicate, or a
         sample older than every window."""
         scope = self.scopes.get(sample.scope) or self._scope(sample.scope)
-        if sample.session_key in scope.seen or at < self.decided - self.longest:
+        reach = self.decided - self.longest
+        counted = scope.seen.get(sample.session_key)
+        if at < reach or (counted is not None and counted >= reach):
             return None
         scope.seen[sample.session_key] = at
         self.held.append((offset, at))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from datetime import datetime, timedelta
+from typing import Any
 
 import msgspec
 from hypothesis import given, settings
@@ -144,7 +145,7 @@ def test_a_restore_from_any_state_goes_on_as_if_nothing_happened(
     written, committed, handled = sorted(round(cut * len(records)) for cut in cuts)
     original = Windows(RULES, sessions=SOURCES, grace_s=GRACE_S)
     alerts = [a for offset, r in enumerate(records[:written]) for a in original.add(r, offset)]
-    state = _state.decode(msgspec.json.encode(original.state()))  # as calls.alerts.state has it
+    state = original.state()
     before_commit = [
         a for offset in range(written, committed) for a in original.add(records[offset], offset)
     ]
@@ -152,10 +153,7 @@ def test_a_restore_from_any_state_goes_on_as_if_nothing_happened(
         a for offset in range(committed, handled) for a in original.add(records[offset], offset)
     ]
 
-    restored = Windows.restored(RULES, state, sessions=SOURCES, grace_s=GRACE_S)
-    for offset in range(state.restore_from, state.offset):
-        restored.refill(records[offset], offset)
-    restored.refilled()
+    restored = _restored(state, records, sessions=SOURCES, grace_s=GRACE_S)
     again = [
         a for offset in range(written, committed) for a in restored.add(records[offset], offset)
     ]
@@ -170,6 +168,46 @@ def test_a_restore_from_any_state_goes_on_as_if_nothing_happened(
     assert again == before_commit
     assert after[: len(uncommitted)] == uncommitted  # the same ids: not produced twice
     assert on_topic + [a for a in after if a.alert_id not in produced] == _run(records)
+
+
+def _restored(state: AlertState, records: list[SamplesRecord], **windows: Any) -> Windows:
+    """Windows restored from `state` as the alert sink restores them: the samples refilled from
+    its restore_from (`windows`: Windows' keywords)."""
+    state = _state.decode(msgspec.json.encode(state))  # as calls.alerts.state has it
+    restored = Windows.restored(RULES, state, **windows)
+    for offset in range(state.restore_from, state.offset):
+        restored.refill(records[offset], offset)
+    restored.refilled()
+    return restored
+
+
+def test_a_restore_forgets_a_key_out_of_reach_as_an_uninterrupted_run_does() -> None:
+    """A session key counted again, at another time, once its first time is out of every window:
+    whether the uninterrupted run has swept the key yet or not, both runs count it."""
+
+    def funds(key: str, at_s: float) -> AlertSample:
+        return msgspec.structs.replace(
+            _sample(at_s, key), scope=Scope("p1", account="a1"), cause="NO_FUNDS"
+        )
+
+    records = [
+        _mark(0.5, 0),  # decided 0.5, swept; the next sweep 60 s on
+        funds("k", 0.2),  # late: counted at 0.5, fires funds
+        _mark(60.3, 0),  # the key out of reach (60 s, the longest window), not swept yet
+        funds("k", 60.4),  # the key again, at another time
+        _mark(100, 0),
+    ]
+    original = Windows(RULES, sessions=1, grace_s=0)
+    before = _run(records[:3], original)
+    restored = _restored(original.state(), records, sessions=1, grace_s=0)
+    after = [a for offset in (3, 4) for a in original.add(records[offset], offset)]
+    assert [a for offset in (3, 4) for a in restored.add(records[offset], offset)] == after
+    assert [(a.rule, a.state, a.since) for a in before + after] == [
+        ("funds", "firing", T0 + timedelta(seconds=0.5)),
+        ("funds", "resolved", T0 + timedelta(seconds=0.5)),
+        ("funds", "firing", T0 + timedelta(seconds=60.4)),
+        ("funds", "resolved", T0 + timedelta(seconds=60.4)),
+    ]
 
 
 @settings(deadline=None)
