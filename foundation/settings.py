@@ -230,12 +230,12 @@ class AlertSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Consumer group on calls.sessions; the windows' group on calls.alerts.samples is this
     followed by `-windows`."""
     max_batch: int = 5_000
-    grace_s: float = 60.0
+    grace_s: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 60.0
     """How long after a session's received time its sample is counted, on the slowest
     calls.sessions partition's clock: longer than a session can take to reach the windows
     (the aggregator's SWEEP_INTERVAL_S for a timeout close, plus the pipeline's lag). A sample
     that takes longer is still counted, but a replay may then decide differently."""
-    tick_interval_s: float = 5.0
+    tick_interval_s: Annotated[float, msgspec.Meta(gt=0, le=3_600)] = 5.0
     """How often each instance says how far it has read calls.sessions (the windows decide no
     further than that), and writes its windows' state to calls.alerts.state."""
     metrics_port: int = 0

@@ -25,7 +25,8 @@ share one (an episode lasts a positive time, `sinks.windows`). A restart or a re
 therefore neither fires an episode again nor loses one.
 
 A session record that cannot be decoded is dead-lettered (stage `alerts`), and so is a samples
-record that cannot.
+record that cannot, or that the windows cannot take (`sinks.windows.implausible`: the sink
+writes none such).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ from schemas import SessionRecord, cloudevents, topics
 from schemas.records import Alert, AlertState, AlertWatermark
 from schemas.topics import Stage
 from sinks.rules import AnyRule, load_rules, samples
-from sinks.windows import NEVER, SamplesRecord, Windows
+from sinks.windows import NEVER, SamplesRecord, Windows, implausible
 
 SERVICE = "alerts"
 log = structlog.get_logger("callstream.alerts")
@@ -179,10 +180,10 @@ class Evaluator(BaseHandler[None]):
         if record.offset < windows.offset:
             return Handled()  # reflected by the restored state already
         try:
-            value = _samples_record.decode(record.value or b"")
-        except msgspec.DecodeError as exc:
+            value = _read(record, self.sessions_partitions)
+        except Rejected:
             windows.skip(record.offset)
-            raise Rejected(f"not an alert sample or watermark: {exc}") from exc
+            raise
         late = windows.late
         alerts = windows.add(value, record.offset)
         self.late.inc(windows.late - late)
@@ -266,7 +267,7 @@ class Evaluator(BaseHandler[None]):
             if state.restore_from < state.offset
         }
         async for batch in self._samples(refill):
-            for record, value in _decoded(batch):
+            for record, value in _decoded(batch, self.sessions_partitions):
                 restored[record.partition].refill(value, record.offset)
         for windows in restored.values():
             windows.refilled()
@@ -276,7 +277,7 @@ class Evaluator(BaseHandler[None]):
             if (done := committed[tps[p]]) is not None and windows.offset < done
         }
         async for batch in self._samples(again):
-            for record, value in _decoded(batch):
+            for record, value in _decoded(batch, self.sessions_partitions):
                 restored[record.partition].add(value, record.offset)
         return restored
 
@@ -373,13 +374,24 @@ async def _partitions(kafka: KafkaSettings) -> tuple[int, int]:
     return samples_count, sessions_count
 
 
-def _decoded(records: list[Record]) -> list[tuple[Record, SamplesRecord]]:
-    """The records that decode (the others were dead-lettered when they were handled)."""
+def _read(record: Record, sessions: int) -> SamplesRecord:
+    """The samples record `record` holds; raises Rejected if it holds none the windows take."""
+    try:
+        value = _samples_record.decode(record.value or b"")
+    except msgspec.DecodeError as exc:
+        raise Rejected(f"not an alert sample or watermark: {exc}") from exc
+    if (reason := implausible(value, sessions)) is not None:
+        raise Rejected(f"an alert sample or watermark the windows cannot take: {reason}")
+    return value
+
+
+def _decoded(records: list[Record], sessions: int) -> list[tuple[Record, SamplesRecord]]:
+    """The records the windows take (the others were dead-lettered when they were handled)."""
     decoded = []
     for record in records:
         try:
-            decoded.append((record, _samples_record.decode(record.value or b"")))
-        except msgspec.DecodeError:
+            decoded.append((record, _read(record, sessions)))
+        except Rejected:
             continue
     return decoded
 

@@ -58,12 +58,33 @@ SamplesRecord = AlertSample | AlertWatermark
 """What calls.alerts.samples carries."""
 
 
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+"""The latest time the windows take: a window or the grace past it stays within datetime's
+range (a window is at most a day)."""
+
+
 def micros(at: datetime) -> int:
     return (at - EPOCH) // MICROSECOND
 
 
 def moment(us: int) -> datetime:
     return EPOCH + us * MICROSECOND
+
+
+def implausible(record: SamplesRecord, sessions: int) -> str | None:
+    """Why the windows of a topic whose calls.sessions has `sessions` partitions cannot take
+    `record`, or None: a time before 1970 or after LATEST, or a watermark of a calls.sessions
+    partition that does not exist. (The alert sink writes neither: such a record was written
+    by hand.)"""
+    if isinstance(record, AlertSample):
+        times = [record.at]
+    else:
+        if not all(0 <= partition < sessions for partition in record.sessions):
+            return f"a watermark of partitions {sorted(record.sessions)} of {sessions}"
+        times = list(record.sessions.values())
+    if not all(EPOCH <= at <= LATEST for at in times):
+        return f"a time outside {EPOCH.year} to {LATEST.year}"
+    return None
 
 
 class _Track:

@@ -239,6 +239,14 @@ async def test_an_episode_across_a_restart_fires_once_and_resolves_once(
         await _produced(kafka, f"asr_low:provider=wavecell,account={_accounts()[0]}", "firing")
     async with _running(settings, kafka) as metrics:  # restored: windows, pending, episodes
         await kafka_io.publish(kafka, topics.SESSIONS, [OutRecord(b"k", b"not json", [])])
+        hostile = [  # written by hand: the sink writes neither
+            AlertWatermark({0: datetime(9999, 12, 31, tzinfo=UTC)}),  # past any window's reach
+            AlertWatermark({99: start}),  # a calls.sessions partition that does not exist
+        ]
+        await kafka_io.publish(
+            kafka, topics.ALERT_SAMPLES,
+            [OutRecord(None, msgspec.json.encode(mark), [], partition=0) for mark in hostile],
+        )  # fmt: skip
         for phase in phases[1:]:
             await _publish(kafka, phase)
         await _all_decided(metrics, start)
@@ -259,7 +267,11 @@ async def test_an_episode_across_a_restart_fires_once_and_resolves_once(
         assert headers["ce_time"] == msgspec.json.encode(alert.at)[1:-1]
         assert headers["content-type"] == b"application/json"
     dlq = await kafka_io.read_all(kafka, topics.DLQ)
-    assert [dict(r.headers).get(topics.ERROR_STAGE) for r in dlq] == [b"alerts"]
+    reasons = sorted(dict(r.headers)[topics.ERROR].decode() for r in dlq)
+    assert [dict(r.headers).get(topics.ERROR_STAGE) for r in dlq] == [b"alerts"] * 3
+    assert reasons[0].startswith("an alert sample or watermark the windows cannot take: a time")
+    assert "a watermark of partitions [99] of 4" in reasons[1]
+    assert reasons[2].startswith("not a session record")
 
 
 async def _start_instance(

@@ -5,7 +5,7 @@ two transitions with one id."""
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -16,7 +16,7 @@ from sink_helpers import RECEIVED_AT as T0
 from schemas import Status
 from schemas.records import Alert, AlertSample, AlertState, AlertWatermark, Scope
 from sinks.rules import Asr, Causes, Pdd
-from sinks.windows import SamplesRecord, Windows
+from sinks.windows import SamplesRecord, Windows, implausible
 
 SOURCES = 3
 GRACE_S = 5.0
@@ -270,3 +270,14 @@ def test_an_episode_does_not_resolve_at_the_instant_it_fired() -> None:
     assert (resolved.state, resolved.since, resolved.at) == (
         "resolved", T0 + timedelta(seconds=20), T0 + timedelta(seconds=21),
     )  # fmt: skip
+
+
+def test_records_no_window_can_take_are_named() -> None:
+    """The alert sink writes neither; one written by hand is dead-lettered with this reason."""
+    assert implausible(_sample(0, "k"), sessions=2) is None
+    assert implausible(_mark(0, 0, 1), sessions=2) is None
+    for at in (datetime(1969, 12, 31, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC)):
+        far = msgspec.structs.replace(_sample(0, "k"), at=at)
+        assert implausible(far, sessions=2) == "a time outside 1970 to 9000"
+        assert implausible(AlertWatermark({0: at}), sessions=2) == "a time outside 1970 to 9000"
+    assert implausible(_mark(0, 2), sessions=2) == "a watermark of partitions [2] of 2"
