@@ -698,6 +698,9 @@ class TopicScan:
     highwater: the topic was made anew, another cluster) is read from the partition's beginning
     instead, after `on_start_outside(partition)` is called, before any of its records is yielded.
 
+    Records come in unbroken offset order (`Contiguity`): `counted(topic, outcome)` is told of
+    each hole met (by default no one: a hole passed over is logged all the same).
+
     Memory is one batch in hand plus what the consumer has fetched and not yet handed out: one
     fetch response of SCAN_FETCH_BYTES at most (a record batch larger than that still comes
     whole).
@@ -713,8 +716,10 @@ class TopicScan:
         max_records: int | None = 1_000,
         stall_s: float | None = 30.0,
         on_start_outside: Callable[[int], None] | None = None,
+        counted: Callable[[str, str], None] = uncounted,
     ) -> None:
         self.kafka, self.topic, self.max_records, self.stall_s = kafka, topic, max_records, stall_s
+        self.counted = counted
         self._asked_starts, self._asked_ends = starts, dict(ends or {})
         self.on_start_outside = on_start_outside
         self.starts: dict[int, int] | None = None
@@ -756,9 +761,9 @@ class TopicScan:
         ) as client:  # fmt: skip
             starts = self.starts = await self._start_offsets(client)
             pending = self._assign(client, starts)
-            # Records in unbroken offset order, as the consumer runtime reads them (a hole
-            # passed over is logged; none is counted).
-            unbroken = Contiguity({self.kafka.topic(self.topic): self.topic}, uncounted, log)
+            # Records in unbroken offset order, as the consumer runtime reads them.
+            named = {self.kafka.topic(self.topic): self.topic}
+            unbroken = Contiguity(named, self.counted, log)
             for tp in pending:
                 unbroken.expect(tp, starts[tp.partition])
             moved = time.monotonic()
@@ -868,10 +873,18 @@ def _ms(when: datetime) -> int:
     return int(when.timestamp() * 1000)
 
 
-async def read_all(kafka: KafkaSettings, topic: str, *, within_s: float = 30.0) -> list[Record]:
-    """Every record of `topic` written so far, in offset order per partition (no group).
+async def read_all(
+    kafka: KafkaSettings,
+    topic: str,
+    *,
+    within_s: float = 30.0,
+    counted: Callable[[str, str], None] = uncounted,
+) -> list[Record]:
+    """Every record of `topic` written so far, in offset order per partition (no group);
+    `counted` as TopicScan's.
 
     Raises TimeoutError if the topic cannot be read to its end within `within_s`.
     """
+    scan = TopicScan(kafka, topic, counted=counted)
     async with asyncio.timeout(within_s):
-        return [record async for batch in TopicScan(kafka, topic).batches() for record in batch]
+        return [record async for batch in scan.batches() for record in batch]

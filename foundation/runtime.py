@@ -240,8 +240,9 @@ class Metrics:
         )  # fmt: skip
         self.holes = Counter(
             "callstream_consumer_holes",
-            "Holes in a partition's offsets met while consuming: fetched again (outcome "
-            "refetched), or passed over as real (passed).", ["service", "topic", "outcome"],
+            "Holes in a partition's offsets met while consuming or restoring: fetched again "
+            "(outcome refetched), or passed over as real (passed).",
+            ["service", "topic", "outcome"],
             registry=registry,
         )  # fmt: skip
         self.batch_seconds = Histogram(
@@ -252,6 +253,11 @@ class Metrics:
 
     def error(self, stage: str, kind: str) -> None:
         self.errors.labels(self.service, stage, kind).inc()
+
+    def hole(self, topic: str, outcome: str) -> None:
+        """A hole met in `topic`'s offsets (`foundation.kafka.Contiguity`), by whatever read it:
+        the consumer loop, or a scan restoring state."""
+        self.holes.labels(self.service, topic, outcome).inc()
 
     def total(self, counter: str) -> int:
         """A counter's sum over its labels: `received`, `produced`, `dead_lettered`, `errors`."""
@@ -284,14 +290,11 @@ class Runtime(ConsumerRebalanceListener, Generic[T]):
         self.lock = asyncio.Lock()
         """Keeps a rebalance out of a batch in hand."""
         self.owned: set[TopicPartition] = set()
-        self.contiguity = kafka_io.Contiguity(self.named, self._count_hole, self.log)
+        self.contiguity = kafka_io.Contiguity(self.named, self.metrics.hole, self.log)
         self.consumer: AIOKafkaConsumer | None = None
         self.listener_failed: BaseException | None = None
         self.stop = asyncio.Event()
         self.progress = _Progress(self.log, handler.service, clock)
-
-    def _count_hole(self, topic: str, outcome: str) -> None:
-        self.metrics.holes.labels(self.handler.service, topic, outcome).inc()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; the batch in hand is finished first, then the consumer

@@ -370,6 +370,7 @@ class Aggregator(BaseHandler[None]):
         state: StateDir,
     ) -> None:
         self.settings, self.kafka, self.state = settings, kafka, state
+        self.hole = metrics.hole
         self.events_topic = kafka.topic(topics.EVENTS)
         self.group_id, self.max_batch = settings.group_id, settings.max_batch
         self.tick_every_s = settings.sweep_interval_s
@@ -522,6 +523,7 @@ class Aggregator(BaseHandler[None]):
             self.kafka, topics.SESSIONS,
             starts={number: partition.store.position for number, partition in opened.items()},
             max_records=None, stall_s=None, on_start_outside=partial(self._empty, opened),
+            counted=self.hole,
         )  # fmt: skip
         async for batch in scan.batches():
             for number, records in groupby(batch, attrgetter("partition")):

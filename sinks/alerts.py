@@ -144,6 +144,7 @@ class Evaluator(BaseHandler[None]):
     ) -> None:
         """`partitions`: how many calls.alerts.samples and calls.sessions have."""
         self.settings, self.kafka, self.rules = settings, kafka, rules
+        self.hole = metrics.hole
         self.group_id, self.max_batch = settings.windows_group_id, settings.max_batch
         self.tick_every_s = settings.tick_interval_s
         self.samples_partitions, self.sessions_partitions = partitions
@@ -287,7 +288,7 @@ class Evaluator(BaseHandler[None]):
             self.kafka, topics.ALERT_SAMPLES,
             starts={p: start for p, (start, _) in ranges.items()},
             ends={p: end for p, (_, end) in ranges.items()},
-            max_records=None, stall_s=None,
+            max_records=None, stall_s=None, counted=self.hole,
         )  # fmt: skip
         return scan.batches()
 
@@ -298,7 +299,7 @@ class Evaluator(BaseHandler[None]):
         states: dict[int, AlertState] = {}
         scan = kafka_io.TopicScan(
             self.kafka, topics.ALERT_STATE, starts=dict.fromkeys(numbers, kafka_io.LAST),
-            max_records=None, stall_s=None,
+            max_records=None, stall_s=None, counted=self.hole,
         )  # fmt: skip
         async for batch in scan.batches():
             for record in batch:
@@ -316,7 +317,7 @@ class Evaluator(BaseHandler[None]):
         decided time on: the only ones its windows can decide again."""
         produced: dict[int, set[str]] = {}
         partitions = range(self.samples_partitions)
-        for record in await kafka_io.read_all(self.kafka, topics.ALERTS):
+        for record in await kafka_io.read_all(self.kafka, topics.ALERTS, counted=self.hole):
             try:
                 alert = _alert.decode(record.value or b"")
             except msgspec.DecodeError:

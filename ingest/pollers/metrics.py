@@ -63,9 +63,20 @@ class Metrics:
             ["provider", "read"],
             registry=self.registry,
         )
+        self.holes = Counter(
+            "poller_consumer_holes",
+            "Holes in the offsets of calls.track or calls.checkpoints met while following them: "
+            "fetched again (outcome refetched), or passed over as real (passed).",
+            ["topic", "outcome"],
+            registry=self.registry,
+        )
         self.checkpoint = Gauge(
             "poller_checkpoint_timestamp_seconds",
             "The end of the last vpbx window checkpointed, by client (epoch seconds).",
             ["client_id"],
             registry=self.registry,
         )
+
+    def hole(self, topic: str, outcome: str) -> None:
+        """A hole met in `topic`'s offsets (`foundation.kafka.Contiguity`)."""
+        self.holes.labels(topic, outcome).inc()

@@ -93,7 +93,10 @@ async def run(settings: MobileAgentPollSettings, plumbing: Plumbing, stop: async
     log.info("mobile_agent_poller_started", url=settings.base_url, partitions=len(partitions))
     scheduler = poller.background.start(poller.run(), "mobile_agent-scheduler")
     try:
-        await state.follow(plumbing.kafka, topics.TRACK, settings.group_id, poller, stop)
+        await state.follow(
+            plumbing.kafka, topics.TRACK, settings.group_id, poller, stop,
+            counted=plumbing.metrics.hole,
+        )  # fmt: skip
     finally:
         scheduler.cancel()
         await asyncio.gather(scheduler, return_exceptions=True)

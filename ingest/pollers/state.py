@@ -12,7 +12,7 @@ Scaling out is Kafka's: more instances in the group, up to the partition count.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from typing import Any, Protocol
 
 import structlog
@@ -68,17 +68,22 @@ class Owner(Protocol):
 
 
 async def follow(
-    kafka: KafkaSettings, topic: str, group_id: str, owner: Owner, stop: asyncio.Event
+    kafka: KafkaSettings,
+    topic: str,
+    group_id: str,
+    owner: Owner,
+    stop: asyncio.Event,
+    *,
+    counted: Callable[[str, str], None] = kafka_io.uncounted,
 ) -> None:
     """Feed `owner` the partitions of `topic` (a `schemas.topics` name) that group `group_id`
-    assigns, until `stop`.
+    assigns, until `stop`, each partition's records in unbroken offset order (`counted` is told
+    of each hole met, as the consumer runtime's metrics are).
 
     Raises PollerCrashedError when the owner's work failed.
     """
     consumer = kafka_io.consumer(kafka, group_id=group_id, fetch_max_wait_ms=FETCH_WAIT_MS)
-    # Records in unbroken offset order, as the consumer runtime reads them (a hole passed over
-    # is logged; none is counted).
-    contiguity = kafka_io.Contiguity({kafka.topic(topic): topic}, kafka_io.uncounted, log)
+    contiguity = kafka_io.Contiguity({kafka.topic(topic): topic}, counted, log)
     listener = _Listener(owner, consumer, contiguity)
     consumer.subscribe([kafka.topic(topic)], listener=listener)
     async with consumer:  # stopping it leaves the group: the partitions move on at once

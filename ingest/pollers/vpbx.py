@@ -89,7 +89,10 @@ async def run(settings: VpbxPollSettings, plumbing: Plumbing, stop: asyncio.Even
     publisher = Publisher(PROVIDER, plumbing)
     poller = VpbxPoller(settings, api, publisher, partitions, plumbing.clock)
     log.info("vpbx_poller_started", clients=len(settings.client_ids), url=settings.base_url)
-    await state.follow(plumbing.kafka, topics.CHECKPOINTS, settings.group_id, poller, stop)
+    await state.follow(
+        plumbing.kafka, topics.CHECKPOINTS, settings.group_id, poller, stop,
+        counted=plumbing.metrics.hole,
+    )  # fmt: skip
 
 
 def check(settings: VpbxPollSettings) -> None:
