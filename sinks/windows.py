@@ -61,6 +61,8 @@ SamplesRecord = AlertSample | AlertWatermark
 LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 """The latest time the windows take: a window or the grace past it stays within datetime's
 range (a window is at most a day)."""
+MAX_PDD_S = (LATEST - EPOCH).total_seconds()
+"""The longest post-dial delay a sample may carry: the span of the times the windows take."""
 
 
 def micros(at: datetime) -> int:
@@ -73,10 +75,12 @@ def moment(us: int) -> datetime:
 
 def implausible(record: SamplesRecord, sessions: int) -> str | None:
     """Why the windows of a topic whose calls.sessions has `sessions` partitions cannot take
-    `record`, or None: a time before 1970 or after LATEST, or a watermark of a calls.sessions
-    partition that does not exist. (The alert sink writes neither: such a record was written
-    by hand.)"""
+    `record`, or None: a time before 1970 or after LATEST, a post-dial delay longer than the
+    times between, or a watermark of a calls.sessions partition that does not exist. (The alert
+    sink writes none such: such a record was written by hand.)"""
     if isinstance(record, AlertSample):
+        if record.pdd_s is not None and not 0 <= record.pdd_s <= MAX_PDD_S:  # NaN too
+            return f"a pdd_s outside 0 to {MAX_PDD_S:.0f}"
         times = [record.at]
     else:
         if not all(0 <= partition < sessions for partition in record.sessions):

@@ -281,3 +281,6 @@ def test_records_no_window_can_take_are_named() -> None:
         assert implausible(far, sessions=2) == "a time outside 1970 to 9000"
         assert implausible(AlertWatermark({0: at}), sessions=2) == "a time outside 1970 to 9000"
     assert implausible(_mark(0, 2), sessions=2) == "a watermark of partitions [2] of 2"
+    for pdd_s in (-1.0, 1e303, float("nan")):
+        slow = msgspec.structs.replace(_sample(0, "k"), pdd_s=pdd_s)
+        assert (implausible(slow, sessions=2) or "").startswith("a pdd_s outside 0 to")
