@@ -19,7 +19,15 @@ import logging
 import random
 import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from datetime import datetime
 from typing import Any, Final, Literal
 
@@ -31,6 +39,7 @@ from aiokafka.errors import (
     CommitFailedError,
     IllegalStateError,
     KafkaConnectionError,
+    KafkaError,
     OffsetOutOfRangeError,
     ProducerClosed,
     TopicAlreadyExistsError,
@@ -336,6 +345,19 @@ class Contiguity:
         """`tp`'s next record must be at `offset` (its position when assigned)."""
         self.expected[tp] = offset
 
+    async def expect_positions(
+        self, consumer: AIOKafkaConsumer, assigned: Collection[TopicPartition], within_s: float
+    ) -> None:
+        """Each of `assigned` must go on from `consumer`'s position (its committed offset, a
+        seek, or the reset's): a hole there is fetched again too. Left unchecked if the
+        positions cannot be had within `within_s` (the consumer stopping, the broker away)."""
+        try:
+            async with asyncio.timeout(within_s):
+                for tp in assigned:
+                    self.expect(tp, await consumer.position(tp))
+        except (KafkaError, TimeoutError) as exc:  # IllegalStateError: unassigned meanwhile
+            self.log.debug("positions_unknown", error=repr(exc))
+
     def forget(self, tp: TopicPartition) -> None:
         self.expected.pop(tp, None)
         self.refetched.pop(tp, None)
@@ -396,7 +418,7 @@ class Contiguity:
 
 
 def uncounted(_topic: str, _outcome: str) -> None:
-    """Holes met by a reader that has no metrics (a scan, a poller's follow)."""
+    """Holes met by a reader given no metrics to count them in (a command's scan)."""
 
 
 class Overloaded(Unavailable):

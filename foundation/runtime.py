@@ -523,21 +523,11 @@ class Runtime(ConsumerRebalanceListener, Generic[T]):
             except Exception as exc:
                 self.listener_failed = exc
                 raise
-            await self._expect_positions(assigned)
+            if self.consumer is not None:
+                await self.contiguity.expect_positions(
+                    self.consumer, assigned, self.kafka.request_timeout_ms / 1000
+                )
             self.owned.update(assigned)
-
-    async def _expect_positions(self, assigned: Collection[TopicPartition]) -> None:
-        """Each assigned partition's first record must be at its position (its committed offset,
-        or the reset's): a hole there is fetched again too. Left unchecked if the position cannot
-        be had within a request's timeout (the consumer stopping, the broker away)."""
-        if self.consumer is None:
-            return
-        try:
-            async with asyncio.timeout(self.kafka.request_timeout_ms / 1000):
-                for tp in assigned:
-                    self.contiguity.expect(tp, await self.consumer.position(tp))
-        except (KafkaError, TimeoutError) as exc:  # IllegalStateError: unassigned meanwhile
-            self.log.debug("positions_unknown", error=_reason(exc))
 
 
 async def run_together(stop: asyncio.Event, *runtimes: Runtime[Any]) -> None:

@@ -84,7 +84,7 @@ async def follow(
     """
     consumer = kafka_io.consumer(kafka, group_id=group_id, fetch_max_wait_ms=FETCH_WAIT_MS)
     contiguity = kafka_io.Contiguity({kafka.topic(topic): topic}, counted, log)
-    listener = _Listener(owner, consumer, contiguity)
+    listener = _Listener(owner, consumer, contiguity, kafka.request_timeout_ms / 1000)
     consumer.subscribe([kafka.topic(topic)], listener=listener)
     async with consumer:  # stopping it leaves the group: the partitions move on at once
         try:
@@ -103,9 +103,14 @@ async def follow(
 
 class _Listener(ConsumerRebalanceListener):
     def __init__(
-        self, owner: Owner, consumer: AIOKafkaConsumer, contiguity: kafka_io.Contiguity
+        self,
+        owner: Owner,
+        consumer: AIOKafkaConsumer,
+        contiguity: kafka_io.Contiguity,
+        request_timeout_s: float,
     ) -> None:
         self.owner, self.consumer, self.contiguity = owner, consumer, contiguity
+        self.request_timeout_s = request_timeout_s
         self.owned: set[TopicPartition] = set()
         self.restoring: set[TopicPartition] = set()
 
@@ -122,8 +127,7 @@ class _Listener(ConsumerRebalanceListener):
         self.restoring |= set(assigned)
         if assigned:
             await self.consumer.seek_to_beginning(*assigned)
-            for tp in assigned:
-                self.contiguity.expect(tp, await self.consumer.position(tp))
+            await self.contiguity.expect_positions(self.consumer, assigned, self.request_timeout_s)
         log.info("poll_partitions_assigned", partitions=sorted(tp.partition for tp in assigned))
 
     async def start_caught_up(self) -> None:
