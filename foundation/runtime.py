@@ -128,8 +128,10 @@ class Handler(Protocol[T]):
         """What `record` leads to. Raises Rejected for bad input; anything else is a failure."""
         ...
 
-    def arrange(self, records: list[Record]) -> list[Record]:
-        """The order in which a batch's records are handled (offset order per partition)."""
+    def prepare(self, batch: Mapping[TopicPartition, list[Record]]) -> None:
+        """A batch, before any of its records is handled (each partition's in offset order):
+        the handler may read ahead what handling them needs (the aggregator reads the batch's
+        sessions in one lookup per partition). Raising stops the service, uncommitted."""
         ...
 
     def flush(self) -> list[Emit]:
@@ -163,8 +165,8 @@ class BaseHandler(Generic[T]):
     sink: Sink[T] | None = None
     tick_every_s: float | None = None
 
-    def arrange(self, records: list[Record]) -> list[Record]:
-        return records
+    def prepare(self, batch: Mapping[TopicPartition, list[Record]]) -> None:
+        del batch
 
     def flush(self) -> list[Emit]:
         return []
@@ -343,7 +345,8 @@ class Runtime(ConsumerRebalanceListener, Generic[T]):
             batch = self.contiguity.cut(consumer, batch)
             if not batch:  # fetched before a rebalance took the partitions, or after a hole
                 return
-            records = self.handler.arrange([r for part in batch.values() for r in part])
+            self.handler.prepare(batch)
+            records = [r for part in batch.values() for r in part]
             emits, items, dead = self._handle_all(records)
             emits += self.handler.flush()
             if self.handler.sink is not None and items:

@@ -59,6 +59,7 @@ from normalize.sessions import close, fold
 from normalize.state import (
     DUE,
     EVICTED,
+    SESSION,
     StateDir,
     Store,
     due_entry,
@@ -128,6 +129,9 @@ class Partition:
         """When each state read or pending is due (epoch seconds)."""
         self.stored_due: dict[str, bytes] = {}
         """The due entry of each session read from the database, replaced when it changes."""
+        self.read: dict[bytes, bytes | None] = {}
+        """Stored values of the batch's sessions, by entry, read ahead (`read_ahead`); each is
+        used at most once, and the rest dropped by the next write."""
         self.encoded: dict[str, bytes] = {}
         """Each pending session as it was produced."""
         self.changed: dict[str, SessionRecord] = {}
@@ -144,10 +148,17 @@ class Partition:
         self._next_us = _UNKNOWN
         """No entry is due before this (µs); _UNKNOWN until the database's index is read."""
 
+    def read_ahead(self, keys: list[bytes]) -> None:
+        """Read the sessions of `keys` (session keys, encoded) from the database in one lookup,
+        for `get`. The database changes only by `write`, which drops what is left of them."""
+        entries = list(dict.fromkeys(SESSION + key for key in keys))
+        self.read.update(zip(entries, self.store.get_many(entries), strict=True))
+
     def get(self, key: str) -> State | None:
         if key in self.pending:
             return self.pending[key]
-        value = self.store.get(session_entry(key))
+        entry = session_entry(key)
+        value = self.read.pop(entry) if entry in self.read else self.store.get(entry)
         if value is None:
             return None
         state: State = evicted_when(value) if value[:1] == EVICTED else _session.decode(value)
@@ -277,6 +288,7 @@ class Partition:
             self.store.write(batch, position)
         self.floor = floor
         self.pending, self.dues, self.stored_due, self.encoded = {}, {}, {}, {}
+        self.read = {}
         self.due_pending, self.swept = None, []
         self._index = self._head = None
         self._next_us = _UNKNOWN
@@ -400,6 +412,11 @@ class Aggregator(BaseHandler[None]):
             "Size of the state's files of the assigned partitions (RocksDB SST files).",
             ["service"], registry=metrics.registry,
         ).labels(self.service)  # fmt: skip
+
+    def prepare(self, batch: Mapping[TopicPartition, list[Record]]) -> None:
+        """The batch's sessions of each partition read from its database in one lookup."""
+        for tp, records in batch.items():
+            self.partitions[tp.partition].read_ahead([r.key for r in records if r.key])
 
     def handle(self, record: Record) -> Handled[None]:
         try:

@@ -167,6 +167,31 @@ def test_a_report_received_later_moves_the_session_on_and_its_old_due_time_is_sk
     assert closed.received_at == T0 + timedelta(seconds=14_200)
 
 
+def test_sessions_read_ahead_are_what_the_database_holds_and_a_write_drops_the_rest(
+    partition: Partition,
+) -> None:
+    """A batch's sessions are read in one lookup by the records' keys, which are untrusted: a
+    key that is no session, or not the key of its event, costs a lookup and changes nothing."""
+    ringing, other = _session(1, "x"), _session(1, "y")
+    _put(partition, ringing, other)
+    partition.write(2)
+    answered = fold(ringing, _poll(2, T0 + timedelta(seconds=5), "x"))
+    assert answered is not None
+
+    keys = [ringing.session_key.encode(), b"\xff\x00 not a session", ringing.session_key.encode()]
+    partition.read_ahead([*keys, other.session_key.encode()])
+    assert partition.get(ringing.session_key) == ringing  # read ahead
+    assert partition.get("wavecell:nobody:1") is None  # not read ahead: looked up
+    _put(partition, answered)
+    assert partition.get(ringing.session_key) == answered  # pending, not what was read
+    partition.write(3)
+    assert partition.read == {}  # `other`, read and not used, is not kept past the batch
+
+    partition.read_ahead([ringing.session_key.encode()])
+    assert partition.get(ringing.session_key) == answered
+    assert partition.get(other.session_key) == other
+
+
 def test_a_provider_timestamp_moves_no_clock(partition: Partition) -> None:
     """A report dated 1970 or 9999 is due by when it was received, not by what it says."""
     event = msgspec.structs.replace(
