@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError
 from callstream import dlq, reports, status, up
 from callstream.asyncapi import render
 from callstream.bench import Target, verdicts
+from callstream.bench import aggregate as aggregate_bench
 from callstream.broker import EmbeddedBroker, port_free
 from callstream.replay import replay
 from callstream.reports import since
@@ -444,7 +445,12 @@ def _add_bench_commands(commands: Any) -> None:
     cmd.add_argument(
         "--sessions", type=_count, default=None, help="two-leg sessions pre-loaded (100000)"
     )
-    cmd.set_defaults(run=_bench, options=("sessions",))
+    cmd.add_argument(
+        "--legs", choices=aggregate_bench.LEGS, default=None,
+        help="a session's two events one after the other (together) or in different batches, "
+        "the second read from the database (apart)",
+    )  # fmt: skip
+    cmd.set_defaults(run=_bench, options=("sessions", "legs"))
     cmd = bench.add_parser(
         "soak", help="the whole pipeline under traffic and faults, reconciled at the end"
     )

@@ -2,7 +2,11 @@
 
 An embedded broker is started and calls.events pre-loaded with the canonical events of
 `sessions` distinct two-leg Wavecell sessions (`samples` through `normalize()`, keyed by
-session_key, all received now: none is due while the run lasts). The aggregator then runs with
+session_key, all received now: none is due while the run lasts), in one of two orders (`legs`):
+`together`, each session's two events one after the other, so that the second finds the session
+the batch in hand folded; or `apart`, each chunk of CHUNK sessions' first events and then their
+second ones, so that a second event comes in a later batch and its session is read from the
+database, as the later reports of real calls are. The aggregator then runs with
 its default settings, its state in a temporary directory, in a process of its own that does
 nothing else, until it has consumed every event and produced every session. That process reports
 the rate and its peak resident memory (`ru_maxrss`), so neither the pre-load nor the broker is
@@ -46,6 +50,7 @@ from normalize import aggregator, normalize
 from schemas import cloudevents, topics
 
 SESSIONS = 100_000
+LEGS = ("together", "apart")
 TARGET_PER_S = 50_000
 POLL_S = 0.005
 TIMEOUT_FACTOR = 20
@@ -55,13 +60,13 @@ CHUNK = 50_000
 """Sessions pre-loaded at a time, so that the pre-load's memory does not grow with `sessions`."""
 
 
-def run(sessions: int = SESSIONS) -> dict[str, float]:
-    """Rate and peak memory of the aggregator over `sessions` pre-loaded sessions (one flat
-    dict)."""
-    return asyncio.run(_run(sessions))
+def run(sessions: int = SESSIONS, legs: str = LEGS[0]) -> dict[str, float | str]:
+    """Rate and peak memory of the aggregator over `sessions` pre-loaded sessions, their legs
+    in the order `legs` (one flat dict)."""
+    return asyncio.run(_run(sessions, legs))
 
 
-async def _run(sessions: int) -> dict[str, float]:
+async def _run(sessions: int, legs: str) -> dict[str, float | str]:
     loop = asyncio.get_running_loop()
     with (
         ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool,
@@ -73,15 +78,16 @@ async def _run(sessions: int) -> dict[str, float]:
         async with EmbeddedBroker(free_port()) as broker:
             kafka = KafkaSettings(bootstrap=broker.bootstrap)
             await kafka_io.ensure_topics(kafka, [*topics.ALL, passthrough.TOPIC])
-            events = await _preload(kafka, sessions)
+            events = await _preload(kafka, sessions, apart=legs == "apart")
             results = await loop.run_in_executor(
                 pool, _measure_alone, kafka.bootstrap, events, state_dir
             )
-    return results | {"sessions": sessions}
+    return results | {"sessions": sessions, "legs": legs}
 
 
-async def _preload(kafka: KafkaSettings, sessions: int) -> int:
-    """Pre-load the events of `sessions` distinct sessions; return how many events."""
+async def _preload(kafka: KafkaSettings, sessions: int, *, apart: bool) -> int:
+    """Pre-load the events of `sessions` distinct two-leg sessions, with `apart` each chunk's
+    first legs before its second ones; return how many events."""
     received_at = datetime.now(UTC)
     events = 0
     async with kafka_io.producer(kafka) as producer:
@@ -97,6 +103,8 @@ async def _preload(kafka: KafkaSettings, sessions: int) -> int:
                 for body in samples.payloads("wavecell", min(CHUNK, sessions - start), seed)
                 for event in normalize("wavecell", body, received_at=received_at)
             ]
+            if apart:
+                records = records[0::2] + records[1::2]
             await kafka_io.send_all(producer, topics.EVENTS, records)
             events += len(records)
     return events
@@ -176,14 +184,15 @@ async def _counts_once(metrics: Metrics, reached: Callable[[int], bool]) -> tupl
         await asyncio.sleep(POLL_S)
 
 
-def report(results: dict[str, float]) -> str:
+def report(results: dict[str, float | str]) -> str:
     return "\n".join(
         [
             f"aggregator: {results['events_per_s']:,.0f} events/s folded and produced, "
             f"peak RSS {results['rss_mb']:,.0f} MB",
             f"passthrough (the same events' Kafka I/O): {results['passthrough_per_s']:,.0f} "
             f"events/s; ratio {results['ratio']:.2f}",
-            f"({results['events']:,.0f} events → {results['sessions']:,.0f} sessions in "
+            f"({results['events']:,.0f} events → {results['sessions']:,.0f} sessions, legs "
+            f"{results['legs']}, in "
             f"{results['session_records']:,.0f} records; {results['seconds']:.1f} s measured; "
             f"state {results['state_mb']:,.0f} MB on disk)",
         ]
