@@ -15,10 +15,9 @@ is the log. The database is flushed to its files when a partition is closed and 
 opens at its last flush, the position written with it, so the restore reads the changelog from
 there: a longer tail, never a wrong state.
 
-Memory: one block cache (a HyperClockCache) for every database of the process (`cache_mb`),
-which the write buffers (memtables) are charged to through one write buffer manager, so the
-state takes that much whatever the number of sessions; the rest is on disk, read through the
-cache.
+Memory: one block cache for every database of the process (`cache_mb`), which the write buffers
+(memtables) are charged to through one write buffer manager, so the state takes that much
+whatever the number of sessions; the rest is on disk, read through the cache.
 """
 
 from __future__ import annotations
@@ -81,10 +80,7 @@ class StateDir:
 
     def __init__(self, path: Path, cache_mb: int) -> None:
         self.path = path
-        # RocksDB's HyperClockCache, which it recommends over its LRU cache: a lookup takes no
-        # lock (its entry size estimated as it runs: 0). `bench aggregate --legs apart` at
-        # 1,000,000 sessions: 34,300-35,000 events/s against 31,800-32,000 with the LRU cache.
-        cache = rocksdict.Cache.new_hyper_clock_cache(cache_mb << 20, 0)
+        cache = rocksdict.Cache(cache_mb << 20)
         table = rocksdict.BlockBasedOptions()
         table.set_block_cache(cache)
         table.set_bloom_filter(10, False)
