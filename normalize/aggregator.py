@@ -59,7 +59,6 @@ from normalize.sessions import close, fold
 from normalize.state import (
     DUE,
     EVICTED,
-    SESSION,
     StateDir,
     Store,
     due_entry,
@@ -151,8 +150,7 @@ class Partition:
     def read_ahead(self, keys: list[bytes]) -> None:
         """Read the sessions of `keys` (session keys, encoded) from the database in one lookup,
         for `get`. The database changes only by `write`, which drops what is left of them."""
-        entries = list(dict.fromkeys(SESSION + key for key in keys))
-        self.read.update(zip(entries, self.store.get_many(entries), strict=True))
+        self.read.update(self.store.get_sessions(keys))
 
     def get(self, key: str) -> State | None:
         if key in self.pending:

@@ -27,7 +27,7 @@ import math
 import os
 import shutil
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import rocksdict
@@ -161,11 +161,13 @@ class Store:
         value: bytes | None = self.db.get(entry)
         return value
 
-    def get_many(self, entries: list[bytes]) -> list[bytes | None]:
-        """The values of `entries`, in their order (None where absent), in one lookup: RocksDB's
-        MultiGet reads the files' indexes and blocks once for all of them."""
+    def get_sessions(self, keys: Iterable[bytes]) -> dict[bytes, bytes | None]:
+        """The stored values of the sessions whose keys (encoded) are `keys`, by their entries
+        (`session_entry`; None where absent), in one lookup: RocksDB's MultiGet reads the
+        files' indexes and blocks once for all of them."""
+        entries = list(dict.fromkeys(SESSION + key for key in keys))
         values: list[bytes | None] = self.db.get(entries)
-        return values
+        return dict(zip(entries, values, strict=True))
 
     def due(self, start: bytes = DUE) -> Iterator[tuple[int, str, bytes]]:
         """The due index from `start` on, in time order: (µs, session_key, entry). Reads the
