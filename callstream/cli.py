@@ -462,7 +462,12 @@ def _add_bench_commands(commands: Any) -> None:
         help="kill one instance of each consumer in turn and pause the broker (all), or not",
     )  # fmt: skip
     cmd.add_argument("--instances", type=_count, default=None, help="of each consumer service (1)")
-    cmd.set_defaults(run=_bench, options=("duration", "rate", "faults", "instances"))
+    cmd.add_argument(
+        "--store", default=None,
+        help="postgresql://…: store into a schema of the run's own there, with --instances "
+        "stores (default: up's SQLite file, one store)",
+    )  # fmt: skip
+    cmd.set_defaults(run=_bench, options=("duration", "rate", "faults", "instances", "store"))
 
 
 def _positive(text: str) -> float:

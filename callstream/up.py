@@ -70,6 +70,7 @@ def services(
     metrics: bool = True,
     ingress_workers: int | None = None,
     instances: int = 1,
+    store: str | None = None,
 ) -> list[Child]:
     """The services `up` runs, each the same `callstream <service>` command a container runs:
     the pollers too when some are configured (CALLSTREAM_POLL__*), and with `demo` the provider
@@ -77,7 +78,8 @@ def services(
     serves its metrics on a free port (`Child.metrics`), which `serve` gathers into one. Each
     is given `kafka`'s bootstrap and topic prefix. With `instances` above 1, that many of each
     consumer service run as members of its group, named `normalizer-1`, `normalizer-2`…, but
-    for the store: its SQLite file has one writer (SQLITE_WRITERS).
+    for a store on an SQLite file, which has one writer (SQLITE_WRITERS).
+    `store`: the store's URL (None: the SQLite file under `data_dir`, `store_url`).
     `ingress_workers`: the ingress's `--workers` (None: CALLSTREAM_INGRESS__WORKERS, else 1).
 
     They are listed in the order they start; they stop in the reverse order, one after the
@@ -97,16 +99,18 @@ def services(
     bootstrap = ("--kafka", kafka.bootstrap)
     prefixed = {TOPIC_PREFIX: kafka.topic_prefix}
     workers = () if ingress_workers is None else ("--workers", str(ingress_workers))
+    store = store or store_url(data_dir)
 
     def options(name: str, instance: int) -> tuple[str, ...]:
         if name == "store":
-            return ("--store", store_url(data_dir))
+            return ("--store", store)
         if name == "aggregator":  # each instance its own: a partition's database is locked
             return ("--state-dir", str(state_dir(data_dir) / str(instance)))
         return ()
 
     def count(name: str) -> int:
-        return SQLITE_WRITERS if name == "store" else instances
+        one_writer = name == "store" and store.startswith("sqlite:")
+        return SQLITE_WRITERS if one_writer else instances
 
     children = [
         _measured(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import secrets
 import signal
 import sqlite3
 import statistics
@@ -29,14 +30,15 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, closing
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import msgspec
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
@@ -48,13 +50,16 @@ from callstream.simulate.traffic import Ingress, Webhooks
 from callstream.supervisor import Child
 from foundation import metrics
 from foundation.kafka import TopicScan
-from foundation.settings import KafkaSettings
+from foundation.settings import KafkaSettings, SettingsError
 from normalize import normalize
 from normalize.sessions import fold
 from schemas import SessionRecord, topics
 from schemas.raw import received_at_of
 from schemas.records import Alert
+from sinks import stores
+from sinks.postgres import PostgresBackend
 from sinks.rules import DEFAULT_RULES
+from sinks.sqlite import SqliteBackend
 
 KILLED = up.CONSUMERS
 """The services one instance of which is SIGKILLed, in this order, at FAULTS_AT of the traffic's
@@ -101,11 +106,18 @@ log = structlog.get_logger("callstream.bench")
 
 
 def run(
-    duration: float = 120.0, rate: float = 2_000.0, faults: str = "all", instances: int = 1
+    duration: float = 120.0,
+    rate: float = 2_000.0,
+    faults: str = "all",
+    instances: int = 1,
+    store: str | None = None,
 ) -> dict[str, Any]:
     """Reconciled figures of a soak of `duration` seconds at `rate` callbacks a second, with
-    `instances` of each consumer service, under the faults (`all`) or none (`none`)."""
-    return asyncio.run(_soak(duration, rate, faults=faults == "all", instances=instances))
+    `instances` of each consumer service, under the faults (`all`) or none (`none`), storing
+    into `up`'s SQLite file or (`store`, a PostgreSQL URL) a schema of the run's own there."""
+    return asyncio.run(
+        _soak(duration, rate, faults=faults == "all", instances=instances, store_asked=store)
+    )
 
 
 @dataclass
@@ -139,16 +151,15 @@ class _Ledger:
 
 
 class _StoreWatch(threading.Thread):
-    """When each event first appeared in the SQLite store: a thread of its own reads the new rows
-    every WATCH_S and stamps them at once, so that the load generator's busy event loop does not
-    delay the stamps."""
+    """When each event first appeared in the store: a thread of its own reads the new rows every
+    WATCH_S and stamps them at once, so that the load generator's busy event loop does not delay
+    the stamps."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, store: str) -> None:
         super().__init__(name="store-watch", daemon=True)
-        self.path = path
+        self.store = store
         self._seen: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._last_rowid = 0
         self._stopping = threading.Event()
 
     def seen(self) -> dict[str, float]:
@@ -157,37 +168,85 @@ class _StoreWatch(threading.Thread):
             return dict(self._seen)
 
     def run(self) -> None:
-        while not self._stopping.wait(WATCH_S):
-            rows = self._new_rows()
-            now = time.time()
-            with self._lock:
-                for event_id in rows:
-                    self._seen.setdefault(event_id, now)
+        with _arrivals(self.store) as arrived:
+            while not self._stopping.wait(WATCH_S):
+                rows = arrived()
+                now = time.time()
+                with self._lock:
+                    for event_id in rows:
+                        self._seen.setdefault(event_id, now)
 
     def stop(self) -> None:
         self._stopping.set()
         self.join()
 
-    def _new_rows(self) -> list[str]:
-        if not self.path.exists():
-            return []
-        try:
-            with closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)) as db:
-                rows = db.execute(
-                    "SELECT rowid, event_id FROM call_events WHERE rowid > ? ORDER BY rowid",
-                    (self._last_rowid,),
-                ).fetchall()
-        except sqlite3.OperationalError:  # the store has not made its tables yet
-            return []
-        if rows:
-            self._last_rowid = rows[-1][0]
-        return [event_id for _, event_id in rows]
+
+@contextmanager
+def _arrivals(store: str) -> Iterator[Callable[[], list[str]]]:
+    """A function that returns the event ids the store committed since its last call: in SQLite
+    the rows past the last rowid read; in PostgreSQL those `_postgres_schema`'s trigger queued,
+    taken off the queue (row order there is not commit order)."""
+    if store.startswith("sqlite:"):
+        last_rowid = 0
+
+        def new_in_sqlite() -> list[str]:
+            nonlocal last_rowid
+            rows = _query(store, NEW_SQLITE_ROWS, last_rowid)
+            if rows:
+                last_rowid = rows[-1][0]
+            return [event_id for _, event_id in rows]
+
+        yield new_in_sqlite
+        return
+    loop = asyncio.new_event_loop()
+    db = loop.run_until_complete(asyncpg.connect(store))
+    try:
+        taken = f"DELETE FROM {ARRIVALS} RETURNING event_id"  # noqa: S608 - our name
+        yield lambda: [row[0] for row in loop.run_until_complete(db.fetch(taken))]
+    finally:
+        loop.run_until_complete(db.close())
+        loop.close()
 
 
-async def _soak(duration: float, rate: float, *, faults: bool, instances: int) -> dict[str, Any]:
+NEW_SQLITE_ROWS = "SELECT rowid, event_id FROM call_events WHERE rowid > ? ORDER BY rowid"
+
+
+def _query(store: str, sql: str, *args: Any) -> list[Any]:
+    """The rows of `sql` (with `args`, in the store's own parameter style) in the store, read on
+    a connection of its own (SQLite's read-only: a reader that may checkpoint would be a second
+    writer of the WAL). [] while an SQLite store has not made its tables yet."""
+    if not store.startswith("sqlite:"):
+        return asyncio.run(_postgres_query(store, sql, *args))
+    try:
+        with closing(sqlite3.connect(f"file:{_sqlite_path(store)}?mode=ro", uri=True)) as db:
+            return db.execute(sql, args).fetchall()
+    except sqlite3.OperationalError:
+        return []
+
+
+async def _postgres_query(store: str, sql: str, *args: Any) -> list[Any]:
+    db = await asyncpg.connect(store)
+    try:
+        return list(await db.fetch(sql, *args))
+    finally:
+        await db.close()
+
+
+def _sqlite_path(store: str) -> Path:
+    backend = stores.backend_for(store)
+    assert isinstance(backend, SqliteBackend)  # noqa: S101 - checked by the caller
+    return backend.path
+
+
+async def _soak(
+    duration: float, rate: float, *, faults: bool, instances: int, store_asked: str | None
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="callstream-soak-") as data_dir:
-        async with _pipeline(Path(data_dir), instances) as (broker, children, url, store_path):
-            ledger, watch = _Ledger(), _StoreWatch(store_path)
+        async with (
+            _store(store_asked, Path(data_dir)) as store,
+            _pipeline(Path(data_dir), instances, store) as (broker, children, url),
+        ):
+            ledger, watch = _Ledger(), _StoreWatch(store)
             watch.start()
             async with aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=CONNECTIONS)
@@ -207,10 +266,10 @@ async def _soak(duration: float, rate: float, *, faults: bool, instances: int) -
                 sent_s = time.monotonic() - started
                 done = await struck
             ledger.settle()
-            drain_s = await _drain(ledger, watch, store_path)
+            drain_s = await _drain(ledger, watch, store)
             watch.stop()
             seen = watch.seen()
-            figures = _reconcile(ledger, seen, store_path)
+            figures = await asyncio.to_thread(_reconcile, ledger, seen, store)
             kafka = KafkaSettings(bootstrap=broker.bootstrap)
             ingress_metrics = await _ingress_metrics(children)
             freshness = await _freshness(kafka, ledger, seen, ingress_metrics, traffic_from)
@@ -227,6 +286,8 @@ async def _soak(duration: float, rate: float, *, faults: bool, instances: int) -
         "rate": rate,
         "instances": instances,
         "ingress_workers": instances,
+        "store": "sqlite" if store.startswith("sqlite:") else "postgresql",
+        "stores": sum(up.service_of(child) == "store" for child in children),
         "sent_s": round(sent_s, 1),
         "acknowledged_per_s": round(webhooks.accepted / sent_s),
         "acknowledged": webhooks.accepted,
@@ -248,12 +309,57 @@ async def _no_faults() -> list[str]:
 
 
 @asynccontextmanager
+async def _store(url: str | None, data_dir: Path) -> AsyncIterator[str]:
+    """The run's store, as a URL: `up`'s SQLite file under `data_dir` (`url` None), or a
+    PostgreSQL schema of the run's own in the database at `url`, made (and its arrivals queued:
+    `_postgres_schema`) before and dropped after."""
+    if url is None or url.startswith("sqlite:"):
+        yield url or up.store_url(data_dir)
+        return
+    if not isinstance(stores.backend_for(url), PostgresBackend):  # raises for other URLs
+        raise SettingsError(f"--store: {stores.redacted(url)} is neither SQLite nor PostgreSQL")
+    async with _postgres_schema(url) as schema_url:
+        yield schema_url
+
+
+ARRIVALS = "soak_arrivals"
+"""In a PostgreSQL soak, the event ids of the rows call_events gained (a trigger's queue)."""
+QUEUE_ARRIVALS = """
+CREATE TABLE {schema}.{arrivals} (event_id text NOT NULL);
+CREATE FUNCTION {schema}.soak_arrived() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN INSERT INTO {schema}.{arrivals} SELECT event_id FROM arrived; RETURN NULL; END $$;
+CREATE TRIGGER soak_arrived AFTER INSERT ON {schema}.call_events
+    REFERENCING NEW TABLE AS arrived FOR EACH STATEMENT EXECUTE FUNCTION {schema}.soak_arrived();
+"""
+
+
+@asynccontextmanager
+async def _postgres_schema(url: str) -> AsyncIterator[str]:
+    """A new schema in the database at `url`, migrated as a store does, where a statement
+    trigger queues the event id of each row call_events gains (ARRIVALS): PostgreSQL has no
+    rowid to read new rows by. Yields the store URL of that schema; drops it after."""
+    schema = f"soak_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute(f"CREATE SCHEMA {schema}")
+        schema_url = f"{url}{'&' if '?' in url else '?'}search_path={schema}"
+        backend = PostgresBackend(schema_url)
+        await backend.open()  # migrates
+        await backend.close()
+        await admin.execute(QUEUE_ARRIVALS.format(schema=schema, arrivals=ARRIVALS))
+        yield schema_url
+    finally:
+        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await admin.close()
+
+
+@asynccontextmanager
 async def _pipeline(
-    data_dir: Path, instances: int
-) -> AsyncIterator[tuple[EmbeddedBroker, list[Child], str, Path]]:
+    data_dir: Path, instances: int, store: str
+) -> AsyncIterator[tuple[EmbeddedBroker, list[Child], str]]:
     """`callstream up`'s broker and services, `instances` of each consumer, with this run's data
-    directory; yields the broker, the children, the ingress URL and the store's path once the
-    ingress is ready."""
+    directory and `store`; yields the broker, the children and the ingress URL once the ingress
+    is ready."""
     broker = EmbeddedBroker(free_port(), log_file=data_dir / "broker.log")
     kafka = KafkaSettings(bootstrap=broker.bootstrap)
     http_port = free_port()
@@ -263,7 +369,7 @@ async def _pipeline(
     children = [
         Child(child.name, child.args, env={**child.env, **env}, metrics=child.metrics)
         for child in up.services(
-            kafka, http_port, data_dir, instances=instances, ingress_workers=instances
+            kafka, http_port, data_dir, instances=instances, ingress_workers=instances, store=store
         )
     ]
     stop = asyncio.Event()
@@ -271,7 +377,7 @@ async def _pipeline(
     url = f"http://127.0.0.1:{http_port}"
     try:
         await _until_ready(url, running)
-        yield broker, children, url, data_dir / "callstream.sqlite3"
+        yield broker, children, url
     finally:
         stop.set()
         await running
@@ -347,7 +453,7 @@ async def _pause(broker: EmbeddedBroker) -> None:
         broker.process.send_signal(signal.SIGCONT)
 
 
-async def _drain(ledger: _Ledger, watch: _StoreWatch, store_path: Path) -> float:
+async def _drain(ledger: _Ledger, watch: _StoreWatch, store: str) -> float:
     """Seconds until the store holds every acknowledged event and every session as its events
     fold (DRAIN_S at most: what is still missing or wrong then is reported as such)."""
     started = time.monotonic()
@@ -355,17 +461,16 @@ async def _drain(ledger: _Ledger, watch: _StoreWatch, store_path: Path) -> float
     async def caught_up() -> bool:
         if ledger.events - watch.seen().keys():
             return False
-        return not await asyncio.to_thread(_wrong_sessions, ledger, store_path)
+        return not await asyncio.to_thread(_wrong_sessions, ledger, store)
 
     await _poll(caught_up, within_s=DRAIN_S, every_s=DRAIN_POLL_S)
     return time.monotonic() - started
 
 
-def _wrong_sessions(ledger: _Ledger, store_path: Path) -> dict[str, str]:
+def _wrong_sessions(ledger: _Ledger, store: str) -> dict[str, str]:
     """Sessions the store lacks, or holds with another status than their events fold into: each
     key, with what is wrong (`absent`, or `<folded>_stored_as_<stored>`)."""
-    with closing(sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)) as db:
-        stored = dict(db.execute("SELECT session_key, status FROM call_sessions"))
+    stored = dict(_query(store, "SELECT session_key, status FROM call_sessions"))
     return {
         key: "absent" if key not in stored else f"{session.status.value}_stored_as_{stored[key]}"
         for key, session in ledger.sessions.items()
@@ -373,13 +478,13 @@ def _wrong_sessions(ledger: _Ledger, store_path: Path) -> dict[str, str]:
     }
 
 
-def _reconcile(ledger: _Ledger, seen: dict[str, float], store_path: Path) -> dict[str, Any]:
-    with closing(sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)) as db:
-        rows, distinct = db.execute(
-            "SELECT count(*), count(DISTINCT provider || '|' || call_id || '|' ||"
-            " coalesce(leg, '') || '|' || status) FROM call_events"
-        ).fetchone()
-    wrong = _wrong_sessions(ledger, store_path)
+def _reconcile(ledger: _Ledger, seen: dict[str, float], store: str) -> dict[str, Any]:
+    [(rows, distinct)] = _query(
+        store,
+        "SELECT count(*), count(DISTINCT provider || '|' || call_id || '|' ||"
+        " coalesce(leg, '') || '|' || status) FROM call_events",
+    )
+    wrong = _wrong_sessions(ledger, store)
     missing = len(ledger.events - seen.keys())
     return {
         "events": len(ledger.events),
@@ -630,7 +735,8 @@ def report(results: dict[str, Any]) -> str:
             f"soak: {results['acknowledged']:,} callbacks acknowledged in {results['sent_s']} s "
             f"({results['acknowledged_per_s']:,}/s; target rate {results['rate']:,.0f}/s); "
             f"answers {results['answers']}",
-            f"instances: {results['instances']} of each consumer service (one store), "
+            f"instances: {results['instances']} of each consumer service but the store, "
+            f"{results['stores']} {results['store']} store(s), "
             f"{results['ingress_workers']} ingress worker(s)",
             "faults: "
             + ("; ".join(results["faults"]) or "none")

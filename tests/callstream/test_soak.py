@@ -1,8 +1,9 @@
 """The soak benchmark's promise at a small scale: the `up` topology under callbacks while one
 instance of the normalizer, the aggregator, the store and the alert sink is SIGKILLed in turn and
 the broker is paused loses, doubles and misfolds nothing that the ingress acknowledged, with one
-instance of each consumer service and with two. (`callstream bench soak` runs it at 2,000
-callbacks/s for 120 s; this run sends 3,000 in about 15 s.)"""
+instance of each consumer service and with two, storing into SQLite (one store) or PostgreSQL
+(a store per instance). (`callstream bench soak` runs it at 2,000 callbacks/s for 120 s; this run
+sends 3,000 in about 15 s.)"""
 
 from __future__ import annotations
 
@@ -26,9 +27,11 @@ GOLDEN = Path(__file__).parent.parent / "golden" / "wavecell"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("instances", [1, 2])
+@pytest.mark.parametrize(
+    ("instances", "backend"), [(1, "sqlite"), (2, "sqlite"), (2, "postgresql")]
+)
 async def test_nothing_acknowledged_is_lost_doubled_or_misfolded_under_faults(
-    instances: int, monkeypatch: pytest.MonkeyPatch
+    instances: int, backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The services run on the tests' group timings (the same faults strike): a killed member's
     # partitions move on within seconds, not after the default 10 s session.
@@ -37,23 +40,32 @@ async def test_nothing_acknowledged_is_lost_doubled_or_misfolded_under_faults(
     monkeypatch.setenv(
         "CALLSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS", str(timings.heartbeat_interval_ms)
     )
-    results = await asyncio.to_thread(soak.run, duration=15.0, rate=200.0, instances=instances)
+    store = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
+    results = await asyncio.to_thread(
+        soak.run, duration=15.0, rate=200.0, instances=instances, store=store
+    )
 
     assert results["acknowledged"] == 3_001  # with the warm-up callback
     assert results["answers"].get("503", 0) > 0  # the pause was felt: callbacks were sent again
-    first = "" if instances == 1 else "-1"
+    # One SQLite store whatever the instances (up.SQLITE_WRITERS); PostgreSQL takes several.
+    stores = 1 if backend == "sqlite" else instances
+    assert (results["store"], results["stores"]) == (backend, stores)
+
+    def nth(service: str, turn: int, count: int = instances) -> str:
+        return service if count == 1 else f"{service}-{turn % count + 1}"
+
     assert [fault.split(": ")[1] for fault in results["faults"]] == [
-        f"normalizer{first} killed",
-        f"aggregator{'' if instances == 1 else '-2'} killed",
-        "store killed",  # one store whatever the instances: up.SQLITE_WRITERS
-        f"alerts{'' if instances == 1 else '-2'} killed",
+        f"{nth('normalizer', 0)} killed",
+        f"{nth('aggregator', 1)} killed",
+        f"{nth('store', 2, stores)} killed",
+        f"{nth('alerts', 3)} killed",
         f"broker paused {soak.PAUSE_S:.0f}s",
     ]
     killed = {fault.split(": ")[1].removesuffix(" killed") for fault in results["faults"]}
     assert results["restarts"] == {
         name: int(name in killed) for name in results["restarts"]
     }  # each killed instance restarted once, and nothing else
-    assert len(results["restarts"]) == 3 * instances + 2  # one store, the ingress
+    assert len(results["restarts"]) == 3 * instances + stores + 1  # and the ingress
     assert results["events"] > results["acknowledged"]  # wavecell callbacks carry two legs
     lost = (results["missing"], results["duplicated_rows"], results["wrong_sessions"])
     assert lost == (0, 0, 0), soak.report(results)
