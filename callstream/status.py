@@ -352,14 +352,15 @@ async def latest_alerts(kafka: KafkaSettings) -> list[Alert]:
     """The latest transition of every (rule, scope) on calls.alerts (records that are not
     `alert/1` are skipped)."""
     latest: dict[str, Alert] = {}
-    for record in await kafka_io.read_all(kafka, topics.ALERTS):
-        try:
-            alert = msgspec.json.decode(record.value or b"", type=Alert)
-        except msgspec.DecodeError:  # ValidationError included
-            continue
-        seen = latest.get(alert.key)
-        if seen is None or alert.at >= seen.at:
-            latest[alert.key] = alert
+    async for batch in kafka_io.TopicScan(kafka, topics.ALERTS).batches():  # memory: the keys
+        for record in batch:
+            try:
+                alert = msgspec.json.decode(record.value or b"", type=Alert)
+            except msgspec.DecodeError:  # ValidationError included
+                continue
+            seen = latest.get(alert.key)
+            if seen is None or alert.at >= seen.at:
+                latest[alert.key] = alert
     return list(latest.values())
 
 

@@ -903,7 +903,8 @@ async def read_all(
     counted: Callable[[str, str], None] = uncounted,
 ) -> list[Record]:
     """Every record of `topic` written so far, in offset order per partition (no group);
-    `counted` as TopicScan's.
+    `counted` as TopicScan's. All in memory at once, within one time bound: for tests and
+    benchmarks of a known size; what reads a topic of any length streams `TopicScan.batches`.
 
     Raises TimeoutError if the topic cannot be read to its end within `within_s`.
     """

@@ -317,15 +317,17 @@ class Evaluator(BaseHandler[None]):
         decided time on: the only ones its windows can decide again."""
         produced: dict[int, set[str]] = {}
         partitions = range(self.samples_partitions)
-        for record in await kafka_io.read_all(self.kafka, topics.ALERTS, counted=self.hole):
-            try:
-                alert = _alert.decode(record.value or b"")
-            except msgspec.DecodeError:
-                continue  # not an alert: nothing to produce again
-            partition = kafka_io.partition_for(str(alert.scope).encode(), partitions)
-            windows = restored.get(partition)
-            if windows is not None and windows.may_decide(alert):
-                produced.setdefault(partition, set()).add(alert.alert_id)
+        scan = kafka_io.TopicScan(self.kafka, topics.ALERTS, counted=self.hole)
+        async for batch in scan.batches():  # streamed: the topic's length costs time, not memory
+            for record in batch:
+                try:
+                    alert = _alert.decode(record.value or b"")
+                except msgspec.DecodeError:
+                    continue  # not an alert: nothing to produce again
+                partition = kafka_io.partition_for(str(alert.scope).encode(), partitions)
+                windows = restored.get(partition)
+                if windows is not None and windows.may_decide(alert):
+                    produced.setdefault(partition, set()).add(alert.alert_id)
         return produced
 
 
