@@ -35,7 +35,7 @@ from contextlib import asynccontextmanager, closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import asyncpg
@@ -49,6 +49,7 @@ from callstream.broker import EmbeddedBroker, free_port
 from callstream.simulate.traffic import Ingress, Webhooks
 from callstream.supervisor import Child
 from foundation import metrics
+from foundation.errors import Unavailable
 from foundation.kafka import TopicScan
 from foundation.settings import KafkaSettings, SettingsError
 from normalize import normalize
@@ -103,6 +104,7 @@ sessions crosses these thresholds again and again, so that episodes fire and res
 the faults and one fired twice would be seen."""
 
 log = structlog.get_logger("callstream.bench")
+T = TypeVar("T")
 
 
 def run(
@@ -184,8 +186,8 @@ class _StoreWatch(threading.Thread):
 @contextmanager
 def _arrivals(store: str) -> Iterator[Callable[[], list[str]]]:
     """A function that returns the event ids the store committed since its last call: in SQLite
-    the rows past the last rowid read; in PostgreSQL those `_postgres_schema`'s trigger queued,
-    taken off the queue (row order there is not commit order)."""
+    the rows past the last rowid read; in PostgreSQL those `_postgres_schema`'s trigger queued
+    (`_TakenArrivals`: row order there is not commit order)."""
     if store.startswith("sqlite:"):
         last_rowid = 0
 
@@ -198,14 +200,48 @@ def _arrivals(store: str) -> Iterator[Callable[[], list[str]]]:
 
         yield new_in_sqlite
         return
-    loop = asyncio.new_event_loop()
-    db = loop.run_until_complete(asyncpg.connect(store))
-    try:
-        taken = f"DELETE FROM {ARRIVALS} RETURNING event_id"  # noqa: S608 - our name
-        yield lambda: [row[0] for row in loop.run_until_complete(db.fetch(taken))]
-    finally:
-        loop.run_until_complete(db.close())
-        loop.close()
+    with closing(asyncio.new_event_loop()) as loop:
+        taken = _TakenArrivals(store)
+        try:
+            yield lambda: loop.run_until_complete(taken())
+        finally:
+            loop.run_until_complete(taken.close())
+
+
+class _TakenArrivals:
+    """The event ids queued in a PostgreSQL soak's ARRIVALS, each call those queued since the
+    last: read, then deleted, so that a connection lost between the two reads them again rather
+    than loses them (the watch keeps an event's first stamp). A database that does not answer
+    gives none this time; the next call connects again."""
+
+    def __init__(self, store: str) -> None:
+        self.store = store
+        self.db: asyncpg.Connection | None = None
+        self.unanswered = False
+        """Whether the last call found the database not answering (logged once a time)."""
+
+    async def __call__(self) -> list[str]:
+        try:
+            if self.db is None or self.db.is_closed():
+                self.db = await _connect(self.store)
+            rows = await self.db.fetch(f"SELECT event_id FROM {ARRIVALS}")  # noqa: S608 - ours
+            ids = [row[0] for row in rows]
+            await self.db.execute(f"DELETE FROM {ARRIVALS} WHERE event_id = ANY($1)", ids)  # noqa: S608
+        except (Unavailable, *_UNANSWERED) as exc:
+            if not self.unanswered:
+                log.warning("soak_store_unread", error=str(exc))
+            self.unanswered = True
+            await self.close()
+            return []
+        if self.unanswered:
+            log.warning("soak_store_read_again")
+            self.unanswered = False
+        return ids
+
+    async def close(self) -> None:
+        if self.db is not None:
+            self.db.terminate()  # nothing to wait for on the server
+            self.db = None
 
 
 NEW_SQLITE_ROWS = "SELECT rowid, event_id FROM call_events WHERE rowid > ? ORDER BY rowid"
@@ -216,7 +252,7 @@ def _query(store: str, sql: str, *args: Any) -> list[Any]:
     a connection of its own (SQLite's read-only: a reader that may checkpoint would be a second
     writer of the WAL). [] while an SQLite store has not made its tables yet."""
     if not store.startswith("sqlite:"):
-        return asyncio.run(_postgres_query(store, sql, *args))
+        return list(asyncio.run(_on_postgres(store, lambda db: db.fetch(sql, *args))))
     try:
         with closing(sqlite3.connect(f"file:{_sqlite_path(store)}?mode=ro", uri=True)) as db:
             return db.execute(sql, args).fetchall()
@@ -224,12 +260,33 @@ def _query(store: str, sql: str, *args: Any) -> list[Any]:
         return []
 
 
-async def _postgres_query(store: str, sql: str, *args: Any) -> list[Any]:
-    db = await asyncpg.connect(store)
+async def _on_postgres(store: str, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """What `work` gives on a connection of its own to the PostgreSQL store; raises
+    Unavailable when the database does not answer."""
+    db = await _connect(store)
     try:
-        return list(await db.fetch(sql, *args))
+        return await work(db)
+    except _UNANSWERED as exc:
+        raise _unanswered(store, exc) from exc
     finally:
-        await db.close()
+        db.terminate()
+
+
+_UNANSWERED = (*PostgresBackend.transient, asyncpg.InterfaceError, asyncpg.InternalClientError)
+"""What a lost or refused connection raises (InternalClientError: one lost mid-operation)."""
+
+
+async def _connect(store: str) -> asyncpg.Connection:
+    """A connection to the PostgreSQL store; raises Unavailable when it does not answer or
+    refuses (no such role or database)."""
+    try:
+        return await asyncpg.connect(store)
+    except (*_UNANSWERED, asyncpg.PostgresError) as exc:
+        raise _unanswered(store, exc) from exc
+
+
+def _unanswered(store: str, exc: Exception) -> Unavailable:
+    return Unavailable(f"the store at {stores.redacted(store)} does not answer ({exc})")
 
 
 def _sqlite_path(store: str) -> Path:
@@ -339,18 +396,20 @@ async def _postgres_schema(url: str) -> AsyncIterator[str]:
     trigger queues the event id of each row call_events gains (ARRIVALS): PostgreSQL has no
     rowid to read new rows by. Yields the store URL of that schema; drops it after."""
     schema = f"soak_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(url)
+    await _on_postgres(url, lambda db: db.execute(f"CREATE SCHEMA {schema}"))
     try:
-        await admin.execute(f"CREATE SCHEMA {schema}")
         schema_url = f"{url}{'&' if '?' in url else '?'}search_path={schema}"
         backend = PostgresBackend(schema_url)
         await backend.open()  # migrates
         await backend.close()
-        await admin.execute(QUEUE_ARRIVALS.format(schema=schema, arrivals=ARRIVALS))
+        queue = QUEUE_ARRIVALS.format(schema=schema, arrivals=ARRIVALS)
+        await _on_postgres(url, lambda db: db.execute(queue))
         yield schema_url
     finally:
-        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        await admin.close()
+        try:
+            await _on_postgres(url, lambda db: db.execute(f"DROP SCHEMA {schema} CASCADE"))
+        except Unavailable as exc:
+            log.warning("soak_schema_left", schema=schema, error=str(exc))
 
 
 @asynccontextmanager
