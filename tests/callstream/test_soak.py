@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import asyncpg
 import msgspec
 import pytest
 from helpers import RECEIVED_AT, raw, settings_for
@@ -22,6 +23,7 @@ from foundation.settings import KafkaSettings
 from normalize import normalize
 from normalize.sessions import fold
 from schemas import topics
+from sinks.postgres import PostgresBackend
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "wavecell"
 
@@ -114,3 +116,38 @@ async def test_a_lost_event_and_a_wrong_session_are_traced_to_the_records_holdin
             f"calls.sessions 0:0 {session.status.value} of 2 events",
         ],
     }
+
+
+async def test_a_postgresql_soak_sees_each_stored_event_once_and_a_lost_connection_loses_none(
+    postgres_url: str,
+) -> None:
+    first = normalize(
+        "wavecell", (GOLDEN / "doc_sample.json").read_bytes(), received_at=RECEIVED_AT
+    )
+    later = normalize(
+        "wavecell", (GOLDEN / "empty_details.json").read_bytes(), received_at=RECEIVED_AT
+    )
+    async with soak._postgres_schema(postgres_url) as store:
+        backend = PostgresBackend(store)
+        await backend.open()
+        taken = soak._TakenArrivals(store)
+        try:
+            await backend.write(first, [])
+            assert sorted(await taken()) == sorted(e.event_id for e in first)
+            await backend.write(first, [])  # written again: no new row, nothing new to see
+            assert await taken() == []
+
+            await backend.write(later, [])
+            assert taken.db is not None
+            await backend.fetch("SELECT pg_terminate_backend($1)", [taken.db.get_server_pid()])
+            assert await taken() == []  # the watch's connection was lost: nothing read
+            assert sorted(await taken()) == sorted(e.event_id for e in later)  # read again
+        finally:
+            await taken.close()
+            await backend.close()
+        schema = store.rpartition("search_path=")[2]
+    db = await asyncpg.connect(postgres_url)
+    try:
+        assert await db.fetchval("SELECT to_regnamespace($1)", schema) is None  # dropped
+    finally:
+        await db.close()
