@@ -205,7 +205,7 @@ def _arrivals(store: str) -> Iterator[Callable[[], list[str]]]:
         try:
             yield lambda: loop.run_until_complete(taken())
         finally:
-            loop.run_until_complete(taken.close())
+            taken.close()
 
 
 class _TakenArrivals:
@@ -231,14 +231,14 @@ class _TakenArrivals:
             if not self.unanswered:
                 log.warning("soak_store_unread", error=str(exc))
             self.unanswered = True
-            await self.close()
+            self.close()
             return []
         if self.unanswered:
             log.warning("soak_store_read_again")
             self.unanswered = False
         return ids
 
-    async def close(self) -> None:
+    def close(self) -> None:
         if self.db is not None:
             self.db.terminate()  # nothing to wait for on the server
             self.db = None
@@ -369,12 +369,17 @@ async def _no_faults() -> list[str]:
 async def _store(url: str | None, data_dir: Path) -> AsyncIterator[str]:
     """The run's store, as a URL: `up`'s SQLite file under `data_dir` (`url` None), or a
     PostgreSQL schema of the run's own in the database at `url`, made (and its arrivals queued:
-    `_postgres_schema`) before and dropped after."""
-    if url is None or url.startswith("sqlite:"):
-        yield url or up.store_url(data_dir)
+    `_postgres_schema`) before and dropped after. Raises SettingsError for another URL: a store
+    that holds rows already would not reconcile."""
+    if url is None:
+        yield up.store_url(data_dir)
         return
-    if not isinstance(stores.backend_for(url), PostgresBackend):  # raises for other URLs
-        raise SettingsError(f"--store: {stores.redacted(url)} is neither SQLite nor PostgreSQL")
+    scheme = url.partition("://")[0]
+    if scheme not in ("postgresql", "postgres"):
+        raise SettingsError(
+            f"--store: expected postgresql://USER@HOST/DB, got {stores.redacted(url)!r} "
+            "(without --store, the run stores into an SQLite file of its own)"
+        )
     async with _postgres_schema(url) as schema_url:
         yield schema_url
 
