@@ -31,7 +31,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, closing, contextmanager
+from contextlib import asynccontextmanager, closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -205,7 +205,7 @@ def _arrivals(store: str) -> Iterator[Callable[[], list[str]]]:
         try:
             yield lambda: loop.run_until_complete(taken())
         finally:
-            taken.close()
+            loop.run_until_complete(taken.close())
 
 
 class _TakenArrivals:
@@ -231,16 +231,16 @@ class _TakenArrivals:
             if not self.unanswered:
                 log.warning("soak_store_unread", error=str(exc))
             self.unanswered = True
-            self.close()
+            await self.close()
             return []
         if self.unanswered:
             log.warning("soak_store_read_again")
             self.unanswered = False
         return ids
 
-    def close(self) -> None:
+    async def close(self) -> None:
         if self.db is not None:
-            self.db.terminate()  # nothing to wait for on the server
+            await _close(self.db)
             self.db = None
 
 
@@ -269,9 +269,17 @@ async def _on_postgres(store: str, work: Callable[[asyncpg.Connection], Awaitabl
     except _UNANSWERED as exc:
         raise _unanswered(store, exc) from exc
     finally:
-        db.terminate()
+        await _close(db)
 
 
+async def _close(db: asyncpg.Connection) -> None:
+    """`db` closed, its socket too before this returns (a connection only aborted is closed by
+    a callback that a loop about to end may never run); one already lost, aborted."""
+    with suppress(*_UNANSWERED, TimeoutError):
+        await db.close(timeout=CLOSE_TIMEOUT_S)
+
+
+CLOSE_TIMEOUT_S = 5.0
 _UNANSWERED = (*PostgresBackend.transient, asyncpg.InterfaceError, asyncpg.InternalClientError)
 """What a lost or refused connection raises (InternalClientError: one lost mid-operation)."""
 

@@ -143,7 +143,7 @@ async def test_a_postgresql_soak_sees_each_stored_event_once_and_a_lost_connecti
             assert await taken() == []  # the watch's connection was lost: nothing read
             assert sorted(await taken()) == sorted(e.event_id for e in later)  # read again
         finally:
-            taken.close()
+            await taken.close()
             await backend.close()
         schema = store.rpartition("search_path=")[2]
     db = await asyncpg.connect(postgres_url)
