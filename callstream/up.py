@@ -19,6 +19,8 @@ from callstream.simulate.simulation import poll_env
 from callstream.supervisor import Child, supervise
 from foundation.kafka import ensure_topics
 from foundation.settings import KafkaSettings, PollSettings, load
+from sinks.sqlite import SqliteBackend
+from sinks.stores import backend_for
 
 log = structlog.get_logger("callstream.up")
 
@@ -109,7 +111,7 @@ def services(
         return ()
 
     def count(name: str) -> int:
-        one_writer = name == "store" and store.startswith("sqlite:")
+        one_writer = name == "store" and isinstance(backend_for(store), SqliteBackend)
         return SQLITE_WRITERS if one_writer else instances
 
     children = [

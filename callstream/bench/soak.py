@@ -188,7 +188,7 @@ def _arrivals(store: str) -> Iterator[Callable[[], list[str]]]:
     """A function that returns the event ids the store committed since its last call: in SQLite
     the rows past the last rowid read; in PostgreSQL those `_postgres_schema`'s trigger queued
     (`_TakenArrivals`: row order there is not commit order)."""
-    if store.startswith("sqlite:"):
+    if _sqlite_path(store) is not None:
         last_rowid = 0
 
         def new_in_sqlite() -> list[str]:
@@ -251,10 +251,11 @@ def _query(store: str, sql: str, *args: Any) -> list[Any]:
     """The rows of `sql` (with `args`, in the store's own parameter style) in the store, read on
     a connection of its own (SQLite's read-only: a reader that may checkpoint would be a second
     writer of the WAL). [] while an SQLite store has not made its tables yet."""
-    if not store.startswith("sqlite:"):
+    path = _sqlite_path(store)
+    if path is None:
         return list(asyncio.run(_on_postgres(store, lambda db: db.fetch(sql, *args))))
     try:
-        with closing(sqlite3.connect(f"file:{_sqlite_path(store)}?mode=ro", uri=True)) as db:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
             return db.execute(sql, args).fetchall()
     except sqlite3.OperationalError:
         return []
@@ -297,10 +298,10 @@ def _unanswered(store: str, exc: Exception) -> Unavailable:
     return Unavailable(f"the store at {stores.redacted(store)} does not answer ({exc})")
 
 
-def _sqlite_path(store: str) -> Path:
+def _sqlite_path(store: str) -> Path | None:
+    """The file of an SQLite store; None for a PostgreSQL one (`stores.backend_for` tells)."""
     backend = stores.backend_for(store)
-    assert isinstance(backend, SqliteBackend)  # noqa: S101 - checked by the caller
-    return backend.path
+    return backend.path if isinstance(backend, SqliteBackend) else None
 
 
 async def _soak(
@@ -351,7 +352,7 @@ async def _soak(
         "rate": rate,
         "instances": instances,
         "ingress_workers": instances,
-        "store": "sqlite" if store.startswith("sqlite:") else "postgresql",
+        "store": "postgresql" if _sqlite_path(store) is None else "sqlite",
         "stores": sum(up.service_of(child) == "store" for child in children),
         "sent_s": round(sent_s, 1),
         "acknowledged_per_s": round(webhooks.accepted / sent_s),
@@ -382,8 +383,11 @@ async def _store(url: str | None, data_dir: Path) -> AsyncIterator[str]:
     if url is None:
         yield up.store_url(data_dir)
         return
-    scheme = url.partition("://")[0]
-    if scheme not in ("postgresql", "postgres"):
+    try:
+        backend = stores.backend_for(url)
+    except SettingsError:
+        backend = None
+    if not isinstance(backend, PostgresBackend):
         raise SettingsError(
             f"--store: expected postgresql://USER@HOST/DB, got {stores.redacted(url)!r} "
             "(without --store, the run stores into an SQLite file of its own)"
