@@ -121,12 +121,11 @@ async def test_a_lost_event_and_a_wrong_session_are_traced_to_the_records_holdin
 async def test_a_postgresql_soak_sees_each_stored_event_once_and_a_lost_connection_loses_none(
     postgres_url: str,
 ) -> None:
-    first = normalize(
-        "wavecell", (GOLDEN / "doc_sample.json").read_bytes(), received_at=RECEIVED_AT
+    first, later = (
+        normalize("wavecell", (GOLDEN / name).read_bytes(), received_at=RECEIVED_AT)
+        for name in ("doc_sample.json", "at_the_bounds.json")
     )
-    later = normalize(
-        "wavecell", (GOLDEN / "empty_details.json").read_bytes(), received_at=RECEIVED_AT
-    )
+    assert len({e.event_id for e in [*first, *later]}) == 4  # two calls of two legs each
     async with soak._postgres_schema(postgres_url) as store:
         backend = PostgresBackend(store)
         await backend.open()
